@@ -1,0 +1,166 @@
+"""The metadata schema of a collection: one row per image, Darwin Core names where they apply.
+
+Every source (folder + labels CSV, manifest, Darwin Core Archive, tar shards) maps what it reads
+onto these columns; anything else it knows about an image goes, as a JSON object, into ``extra``.
+Column names are case-sensitive Darwin Core terms; ``class`` and ``order`` are SQL keywords, so
+every SQL statement quotes identifiers (see :func:`quote_ident`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+__all__ = [
+    "SYSTEM_COLUMNS",
+    "SOURCE_COLUMNS",
+    "DWC_COLUMNS",
+    "METADATA_COLUMNS",
+    "ALL_COLUMNS",
+    "RANK_COLUMNS",
+    "RANKS",
+    "COLUMN_TYPES",
+    "DWC_TERM_LOOKUP",
+    "canonical_column",
+    "quote_ident",
+    "arrow_schema",
+]
+
+#: Columns the indexer fills in itself.
+SYSTEM_COLUMNS: Final[tuple[str, ...]] = (
+    "id",  # stable integer id, shared by FAISS and the metadata
+    "key",  # identity of the image within the collection (absolute path, URL, tar member, ...)
+    "source",  # the SOURCE argument (or its label) the image came from
+    "location",  # where the bytes are read from: absolute local path, http(s) URL, or tar member
+    "size",  # bytes of the file (local files), for change detection
+    "mtime",  # modification time, seconds since the epoch (local files)
+    "sha256",  # hex digest of the file's bytes
+    "width",  # pixel size of the original image
+    "height",
+    "indexed_at",  # when this row was committed (UTC)
+)
+
+#: Columns a source fills in for every item (besides metadata).
+SOURCE_COLUMNS: Final[tuple[str, ...]] = ("key", "location", "size", "mtime")
+
+#: Darwin Core (and a few media) terms kept as their own columns.
+DWC_COLUMNS: Final[tuple[str, ...]] = (
+    "recordID",  # the record (specimen/occurrence) the image belongs to; several images may share it
+    "occurrenceID",
+    "catalogNumber",
+    "institutionCode",
+    "collectionCode",
+    "basisOfRecord",
+    "scientificName",
+    "taxonRank",
+    "kingdom",
+    "phylum",
+    "class",
+    "order",
+    "family",
+    "genus",
+    "specificEpithet",
+    "infraspecificEpithet",
+    "vernacularName",
+    "typeStatus",
+    "eventDate",
+    "year",
+    "country",
+    "countryCode",
+    "stateProvince",
+    "locality",
+    "decimalLatitude",
+    "decimalLongitude",
+    "recordedBy",
+    "identifiedBy",
+    "license",
+    "rightsHolder",
+    "references",
+    "mediaURL",  # the published URL of the image (may differ from location, see --media-root)
+    "mediaFormat",
+)
+
+#: Everything a source may provide besides the system columns; ``extra`` is a JSON object (text).
+METADATA_COLUMNS: Final[tuple[str, ...]] = DWC_COLUMNS + ("extra",)
+
+ALL_COLUMNS: Final[tuple[str, ...]] = SYSTEM_COLUMNS + METADATA_COLUMNS
+
+#: The seven Linnaean ranks in order, as column names.
+RANK_COLUMNS: Final[tuple[str, ...]] = (
+    "kingdom", "phylum", "class", "order", "family", "genus", "specificEpithet",
+)
+#: Rank names as users say them, parallel to RANK_COLUMNS.
+RANKS: Final[tuple[str, ...]] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+
+#: DuckDB types; every column not listed is VARCHAR.
+COLUMN_TYPES: Final[dict[str, str]] = {
+    "id": "BIGINT",
+    "size": "BIGINT",
+    "mtime": "DOUBLE",
+    "width": "INTEGER",
+    "height": "INTEGER",
+    "indexed_at": "TIMESTAMP",
+    "year": "INTEGER",
+    "decimalLatitude": "DOUBLE",
+    "decimalLongitude": "DOUBLE",
+}
+
+#: lower-cased term -> canonical column; accepts a few common spellings besides the DwC term.
+DWC_TERM_LOOKUP: Final[dict[str, str]] = {c.lower(): c for c in DWC_COLUMNS}
+DWC_TERM_LOOKUP.update(
+    {
+        "scientific_name": "scientificName",
+        "species_name": "scientificName",
+        "common_name": "vernacularName",
+        "vernacular_name": "vernacularName",
+        "catalog_number": "catalogNumber",
+        "catalognumber": "catalogNumber",
+        "latitude": "decimalLatitude",
+        "longitude": "decimalLongitude",
+        "lat": "decimalLatitude",
+        "lon": "decimalLongitude",
+        "species_epithet": "specificEpithet",
+        "epithet": "specificEpithet",
+        "accessuri": "mediaURL",
+        "media_url": "mediaURL",
+        "dc:format": "mediaFormat",
+        "rights_holder": "rightsHolder",
+        "dcterms:license": "license",
+        "dcterms:rightsholder": "rightsHolder",
+        "dcterms:references": "references",
+    }
+)
+
+_TERM_URI = re.compile(r"^https?://[^#]*[/#]([^/#]+)$")
+
+
+def canonical_column(name: str) -> str | None:
+    """Map a column header or Darwin Core term URI to a canonical column, or None if it is not one.
+
+    ``http://rs.tdwg.org/dwc/terms/catalogNumber`` -> ``catalogNumber``; ``Scientific_Name`` is
+    not a DwC spelling and maps only if listed in DWC_TERM_LOOKUP (``scientific_name`` is).
+    """
+    raw = name.strip().lstrip("\ufeff")
+    m = _TERM_URI.match(raw)
+    if m:
+        raw = m.group(1)
+    return DWC_TERM_LOOKUP.get(raw.lower())
+
+
+def quote_ident(name: str) -> str:
+    """Quote an SQL identifier for DuckDB (``order`` -> ``"order"``)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def arrow_schema():
+    """The pyarrow schema of a metadata segment (all columns, in order)."""
+    import pyarrow as pa
+
+    types = {
+        "BIGINT": pa.int64(),
+        "DOUBLE": pa.float64(),
+        "INTEGER": pa.int32(),
+        "TIMESTAMP": pa.timestamp("us"),  # naive UTC
+        "VARCHAR": pa.string(),
+    }
+    return pa.schema([(c, types[COLUMN_TYPES.get(c, "VARCHAR")]) for c in ALL_COLUMNS])

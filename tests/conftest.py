@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny random-weight open_clip model folder, made once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the network, and must not pick up a developer's real model cache.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """Folder with a tiny random open_clip model; load it as ``local-dir:{path}``."""
+    from bioclip.testing import write_random_model
+
+    return write_random_model(tmp_path_factory.mktemp("tiny-model") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_source(tiny_model_dir) -> str:
+    return f"local-dir:{tiny_model_dir}"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data when present; tests that need it skip cleanly otherwise."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real sample data not present at {SHARED_DATA}")
+    return SHARED_DATA
