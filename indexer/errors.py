@@ -1,0 +1,89 @@
+"""Named exceptions of the indexer and search engine. Only the CLI and the app turn them into messages."""
+
+from __future__ import annotations
+
+__all__ = [
+    "IndexerError",
+    "SourceError",
+    "ItemError",
+    "FetchError",
+    "DecodeError",
+    "CollectionError",
+    "CollectionNotFoundError",
+    "FormatVersionError",
+    "ModelMismatchError",
+    "CollectionLockedError",
+    "QueryError",
+    "FilterError",
+]
+
+
+class IndexerError(Exception):
+    """Base class of everything the indexer and search engine raise on purpose."""
+
+
+class SourceError(IndexerError):
+    """A source as a whole cannot be read (missing file, malformed descriptor, ...).
+
+    The message names the file and the problem; ``path`` is the file, when there is one.
+    """
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+
+class ItemError(IndexerError):
+    """One image could not be used. Recorded as a failure; the run goes on.
+
+    ``reason`` is a short stable code (``not-found``, ``permission-denied``, ``http-404``,
+    ``truncated``, ``not-an-image``, ``too-many-pixels``, ...) used for counting failures by reason;
+    ``detail`` is a human-readable message.
+    """
+
+    stage = "item"
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class FetchError(ItemError):
+    """The bytes of an image could not be read or downloaded."""
+
+    stage = "fetch"
+
+
+class DecodeError(ItemError):
+    """The bytes are not a usable image."""
+
+    stage = "decode"
+
+
+class CollectionError(IndexerError):
+    """A collection directory is missing, damaged or used inconsistently."""
+
+
+class CollectionNotFoundError(CollectionError):
+    pass
+
+
+class FormatVersionError(CollectionError):
+    """The collection was written by a newer (or unknown) format version."""
+
+
+class ModelMismatchError(CollectionError):
+    """The collection was built with another model than the one asked for."""
+
+
+class CollectionLockedError(CollectionError):
+    """Another process is writing to the collection."""
+
+
+class QueryError(IndexerError):
+    """A query cannot be answered as asked (empty text, unknown id, unreadable image, ...)."""
+
+
+class FilterError(QueryError):
+    """A metadata filter names an unknown column or has a value of the wrong type."""
