@@ -1,0 +1,32 @@
+"""The source contract shared by every kind of input (see docs/ARCHITECTURE.md, "Sources")."""
+
+from __future__ import annotations
+
+from typing import Iterator, Protocol, runtime_checkable
+
+import pyarrow as pa
+
+__all__ = ["Source", "ITEM_COLUMNS", "ERROR_COLUMNS"]
+
+#: Columns every batch a source yields has.
+ITEM_COLUMNS = ("key", "location", "size", "mtime")
+
+#: Optional columns: a row whose ``error_reason`` is not null is not an image to encode but a
+#: failure found while scanning (a broken symlink, a media row without a usable URL, ...); the
+#: pipeline records it with its reason and goes on.
+ERROR_COLUMNS = ("error_reason", "error_detail")
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Something that lists images and their metadata.
+
+    ``scan()`` yields Arrow record batches with ``ITEM_COLUMNS`` and any of
+    ``indexer.schema.METADATA_COLUMNS`` (plus, optionally, ``ERROR_COLUMNS``). ``key`` is unique
+    within the source and stable across runs. It raises ``indexer.errors.SourceError`` when the
+    source as a whole cannot be read; one bad item is a row with ``error_reason`` instead.
+    """
+
+    name: str
+
+    def scan(self) -> Iterator[pa.RecordBatch]: ...

@@ -1,0 +1,164 @@
+"""A folder tree of images, optionally with a labels CSV joined on the relative path."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+
+from indexer.errors import SourceError
+from indexer.schema import canonical_column, quote_ident
+
+__all__ = ["FolderSource", "read_labels"]
+
+log = logging.getLogger(__name__)
+
+#: Accepted names of the labels column holding the path relative to the folder (first match wins).
+PATH_COLUMNS = ("path", "file", "filename", "file_name", "relpath", "relative_path")
+
+_BATCH = 50_000
+
+
+def read_labels(labels: str | os.PathLike) -> pa.Table:
+    """Read a labels CSV into a table with ``relpath``, canonical Darwin Core columns and ``extra``.
+
+    The path column is ``path`` (or ``file`` / ``filename``), relative to the folder, with either
+    slash. Columns that are Darwin Core terms map onto the collection's columns; every other
+    column is kept in ``extra`` (a JSON object). Raises SourceError naming the file, and the row
+    where one is at fault.
+    """
+    import duckdb
+
+    path = os.fspath(labels)
+    if not os.path.isfile(path):
+        raise SourceError(f"labels file not found: {path}", path)
+    con = duckdb.connect()
+    try:
+        try:
+            rel = con.read_csv(path, header=True, all_varchar=True)
+            columns = list(rel.columns)
+        except duckdb.Error as exc:
+            raise SourceError(f"cannot read labels file {path}: {exc}", path) from exc
+        lowered = {c.strip().lstrip("\ufeff").lower(): c for c in columns}
+        path_col = next((lowered[c] for c in PATH_COLUMNS if c in lowered), None)
+        if path_col is None:
+            raise SourceError(
+                f"labels file {path} has no path column: expected one of {', '.join(PATH_COLUMNS)}; "
+                f"found {', '.join(columns)}",
+                path,
+            )
+        selects = [
+            "replace(regexp_replace(trim({p}), '^(\\./)+', ''), '\\', '/') AS relpath".format(
+                p=quote_ident(path_col)
+            )
+        ]
+        extras: list[str] = []
+        taken: set[str] = set()
+        for col in columns:
+            if col == path_col:
+                continue
+            canon = canonical_column(col)
+            if canon is not None and canon not in taken and canon != "extra":
+                taken.add(canon)
+                selects.append(f"nullif(trim({quote_ident(col)}), '') AS {quote_ident(canon)}")
+            else:
+                extras.append(col)
+        if extras:
+            pairs = ", ".join(f"'{c.replace(chr(39), chr(39) * 2)}', {quote_ident(c)}" for c in extras)
+            selects.append(f"CAST(json_object({pairs}) AS VARCHAR) AS extra")
+        con.register("labels_rel", rel)
+        table = con.sql(
+            f"SELECT row_number() OVER () + 1 AS _line, {', '.join(selects)} FROM labels_rel"
+        ).to_arrow_table()
+        con.register("table_", table)
+        dup = con.execute(
+            "SELECT relpath, list(_line ORDER BY _line) FROM table_ WHERE relpath IS NOT NULL "
+            "GROUP BY relpath HAVING count(*) > 1 ORDER BY min(_line) LIMIT 3"
+        ).fetchall()
+        if dup:
+            where = "; ".join(f"{r!r} on lines {', '.join(map(str, lines))}" for r, lines in dup)
+            raise SourceError(f"labels file {path} lists the same path more than once: {where}", path)
+        missing = con.execute("SELECT min(_line) FROM table_ WHERE relpath IS NULL OR relpath = ''").fetchone()[0]
+        if missing is not None:
+            raise SourceError(f"labels file {path}, line {missing}: empty {path_col!r}", path)
+        return table.drop(["_line"])
+    finally:
+        con.close()
+
+
+class FolderSource:
+    """Every image file under ``root`` (recursively), with metadata from an optional labels CSV.
+
+    ``key`` and ``location`` are the absolute path (in the lossless text form of
+    ``indexer.localfs.path_to_text``). Files the walk cannot use (broken symlinks, loops,
+    unreadable directories) come out as rows with ``error_reason``.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, labels: str | os.PathLike | None = None, name: str | None = None):
+        root = os.fspath(root)
+        if not os.path.isdir(root):
+            raise SourceError(f"not a folder: {root}", root)
+        self.root = os.path.abspath(root)
+        self.labels = os.fspath(labels) if labels is not None else None
+        self.name = name or self.root
+        # Read eagerly: a bad labels file must fail before any encoding starts.
+        self._labels_table = read_labels(self.labels) if self.labels else None
+
+    def __repr__(self) -> str:
+        return f"FolderSource({self.root!r}, labels={self.labels!r})"
+
+    def scan(self) -> Iterator[pa.RecordBatch]:
+        from indexer.localfs import FileProblem, walk_images
+
+        rows: dict[str, list] = {k: [] for k in ("relpath", "key", "location", "size", "mtime", "error_reason", "error_detail")}
+        seen_relpaths: set[str] = set()
+        for entry in walk_images(self.root):
+            rows["relpath"].append(entry.relpath)
+            rows["key"].append(entry.path)
+            rows["location"].append(entry.path)
+            if isinstance(entry, FileProblem):
+                rows["size"].append(None)
+                rows["mtime"].append(None)
+                rows["error_reason"].append(entry.reason)
+                rows["error_detail"].append(entry.detail)
+            else:
+                rows["size"].append(entry.size)
+                rows["mtime"].append(entry.mtime)
+                rows["error_reason"].append(None)
+                rows["error_detail"].append(None)
+            seen_relpaths.add(entry.relpath)
+            if len(rows["key"]) >= _BATCH:
+                yield self._finish(rows)
+                rows = {k: [] for k in rows}
+        if rows["key"]:
+            yield self._finish(rows)
+        if self._labels_table is not None:
+            unmatched = [p for p in self._labels_table.column("relpath").to_pylist() if p not in seen_relpaths]
+            if unmatched:
+                log.warning(
+                    "%d rows of %s name no image under %s (first: %s)",
+                    len(unmatched), self.labels, self.root, ", ".join(unmatched[:3]),
+                )
+
+    def _finish(self, rows: dict[str, list]) -> pa.RecordBatch:
+        files = pa.table(
+            {
+                "relpath": pa.array(rows["relpath"], pa.string()),
+                "key": pa.array(rows["key"], pa.string()),
+                "location": pa.array(rows["location"], pa.string()),
+                "size": pa.array(rows["size"], pa.int64()),
+                "mtime": pa.array(rows["mtime"], pa.float64()),
+                "error_reason": pa.array(rows["error_reason"], pa.string()),
+                "error_detail": pa.array(rows["error_detail"], pa.string()),
+            }
+        )
+        if self._labels_table is not None:
+            files = files.join(self._labels_table, "relpath", join_type="left outer")
+        files = files.drop(["relpath"])
+        batches = files.combine_chunks().to_batches()
+        if len(batches) == 1:
+            return batches[0]
+        return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
