@@ -37,6 +37,7 @@ SYSTEM_COLUMNS: Final[tuple[str, ...]] = (
     "sha256",  # hex digest of the file's bytes
     "width",  # pixel size of the original image
     "height",
+    "meta_hash",  # digest of the metadata columns, to notice edited labels without re-encoding
     "indexed_at",  # when this row was committed (UTC)
 )
 
