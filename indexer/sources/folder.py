@@ -81,7 +81,7 @@ def read_labels(labels: str | os.PathLike) -> pa.Table:
         if dup:
             where = "; ".join(f"{r!r} on lines {', '.join(map(str, lines))}" for r, lines in dup)
             raise SourceError(f"labels file {path} lists the same path more than once: {where}", path)
-        missing = con.execute("SELECT min(_line) FROM table_ WHERE relpath IS NULL OR relpath = ''").fetchone()[0]
+        missing = con.execute("SELECT min(_line) FROM table_ WHERE relpath IS NULL OR relpath = ''").fetchall()[0][0]
         if missing is not None:
             raise SourceError(f"labels file {path}, line {missing}: empty {path_col!r}", path)
         return table.drop(["_line"])
