@@ -1,0 +1,123 @@
+"""Keeping a collection's ANN index up to date with its stored vectors.
+
+The index is derived data: it is built from the vectors in the segments, covers a recorded set
+of segments, and can be rebuilt at any time with another index type (``bioclip-index reindex``).
+Segments committed after the index was built are searched exactly by the engine until the next
+update, so readers always see every committed image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from indexer.collection import Snapshot, Writer
+
+__all__ = ["update_index", "index_path", "gather_vectors"]
+
+log = logging.getLogger(__name__)
+
+
+def index_path(collection_path: os.PathLike | str, entry: dict) -> str:
+    return os.path.join(os.fspath(collection_path), entry["path"])
+
+
+def gather_vectors(snapshot: "Snapshot", segments=None) -> tuple[np.ndarray, np.ndarray]:
+    """Live (ids, float16 vectors) of the given segments, concatenated (half the size of float32)."""
+    ids_parts, vec_parts = [], []
+    for ids, vecs in snapshot.iter_vectors(segments):
+        ids_parts.append(ids)
+        vec_parts.append(np.asarray(vecs, dtype=np.float16))
+    if not ids_parts:
+        return np.empty(0, np.int64), np.empty((0, snapshot.dimension), np.float16)
+    return np.concatenate(ids_parts), np.concatenate(vec_parts)
+
+
+def update_index(
+    writer: "Writer",
+    *,
+    factory: str | None = None,
+    memory_budget: int | None = None,
+    recall_target: float = 0.95,
+    force: bool = False,
+) -> dict | None:
+    """Bring the ANN index in line with the writer's last generation and publish it.
+
+    Adds the uncovered segments to the existing index when its type allows and still suits the
+    collection's size; otherwise (or with ``force`` / a different ``factory``) rebuilds it from all
+    stored vectors. Returns the published index entry (None for an empty collection).
+    """
+    from indexer import ann
+
+    snap = writer.snapshot()
+    gen = snap.generation
+    entry = gen.index
+    all_segments = [s.n for s in gen.segments]
+    live = gen.images
+    if live == 0:
+        if entry is not None:
+            writer.publish_index(None)
+        return None
+    covered = set(entry.get("covers", [])) if entry else set()
+    uncovered = [s for s in gen.segments if s.n not in covered]
+    deleted = snap.deleted_ids()
+    col_path = writer.collection.path
+
+    rebuild = force or entry is None or (factory is not None and factory != entry.get("factory"))
+    index = None
+    if not rebuild:
+        if not uncovered and int(entry.get("deleted_seen", -1)) == int(deleted.size):
+            return entry  # nothing changed since the index was built
+        try:
+            index = ann.AnnIndex.load(index_path(col_path, entry))
+        except Exception as exc:  # a damaged or missing derived file is rebuilt, never fatal
+            log.warning("cannot load the ANN index (%s); rebuilding it", exc)
+            rebuild = True
+        else:
+            if not ann.fits_incremental(index, live, memory_budget):
+                log.info("the collection outgrew its %s index; rebuilding", index.factory)
+                rebuild = True
+
+    t0 = time.monotonic()
+    if rebuild:
+        ids, vecs = gather_vectors(snap)
+        log.info("building the ANN index over %d vectors", len(ids))
+        index = ann.build_index(
+            vecs, ids, factory=factory, memory_budget=memory_budget, recall_target=recall_target
+        )
+    else:
+        assert index is not None
+        if uncovered:
+            ids, vecs = gather_vectors(snap, uncovered)
+            if len(ids):
+                index.add(np.asarray(vecs, dtype=np.float32), ids)
+        if deleted.size and index.supports_remove:
+            index.remove(deleted)
+    rel = writer.new_file_name("ann", ".faiss")
+    index.save(os.path.join(col_path, rel))
+    info = index.info.to_dict() if hasattr(index.info, "to_dict") else dict(vars(index.info))
+    new_entry = {
+        "path": rel,
+        "files": _index_files(col_path, rel),
+        "factory": index.factory,
+        "covers": all_segments,
+        "deleted_seen": int(deleted.size),
+        "removes_deleted": bool(index.supports_remove),
+        "info": info,
+        "seconds": round(time.monotonic() - t0, 3),
+    }
+    writer.publish_index(new_entry)
+    log.info("published %s index (%d vectors) in %.1fs", index.factory, index.ntotal, new_entry["seconds"])
+    return new_entry
+
+
+def _index_files(col_path, rel: str) -> list[str]:
+    """Every file the saved index consists of (the index and any sidecar next to it)."""
+    d = os.path.dirname(os.path.join(col_path, rel))
+    base = os.path.basename(rel)
+    return sorted(f"index/{n}" for n in os.listdir(d) if n == base or n.startswith(base + "."))
