@@ -110,20 +110,22 @@ class BuildReport:
 # model <-> collection
 
 
-def check_model_compatible(collection: Collection, model_name: str | None) -> None:
+def check_model_compatible(collection: Collection, model_name: str | None, revision: str | None = None) -> None:
     """Raise ModelMismatchError when ``model_name`` is not the model the collection was built with.
 
-    Checked from the model string alone, before any weights are loaded.
+    Checked from the model string alone, before any weights are loaded. A revision, when given,
+    must be the recorded commit (or a prefix of it).
     """
-    if not model_name:
+    if not model_name and not revision:
         return
     from bioclip.registry import resolve_spec
 
     recorded = collection.model
-    spec = resolve_spec(model_name)
+    spec = resolve_spec(model_name or recorded.get("source"), revision=revision)
     same = spec.source == recorded.get("source") and (spec.pretrained or None) == (recorded.get("pretrained") or None)
-    if spec.revision and recorded.get("revision") and not str(recorded["revision"]).startswith(spec.revision):
-        same = same and spec.revision == recorded.get("requested_revision")
+    rec_rev = str(recorded.get("revision") or "")
+    if spec.revision and not (rec_rev.startswith(spec.revision) or spec.revision == recorded.get("requested_revision")):
+        same = False
     if not same:
         was = recorded.get("name") or recorded.get("source")
         raise ModelMismatchError(
@@ -161,6 +163,7 @@ def open_or_create(
     path: str | os.PathLike,
     *,
     model_name: str | None,
+    revision: str | None = None,
     device: str = "auto",
     precision: str = "auto",
     preprocess: str | None = None,
@@ -174,11 +177,13 @@ def open_or_create(
         if model is not None:
             _check_loaded_model(collection, model)
         else:
-            check_model_compatible(collection, model_name)
+            check_model_compatible(collection, model_name, revision)
             model = load_collection_model(collection, device=device, precision=precision)
         return collection, model
     if model is None:
-        model = load_model(model_name or "bioclip", device=device, precision=precision, preprocess=preprocess)
+        model = load_model(
+            model_name or "bioclip", device=device, precision=precision, preprocess=preprocess, revision=revision
+        )
     info = model.describe()
     collection = Collection.create(path, info, dimension=model.dimension)
     return collection, model
@@ -217,12 +222,18 @@ class _ItemDataset:
 
     def __getitem__(self, i: int) -> dict:
         from indexer.decode import decode_image
-        from indexer.fetch import read_location
 
         rec: dict[str, Any] = {"i": i, "tensor": None}
         try:
             loc = self.local_paths.get(i, self.locations[i])
-            data = read_location(loc, max_bytes=self.max_bytes)
+            if loc.startswith("tar://"):
+                from indexer.fetch import read_location
+
+                data = read_location(loc, max_bytes=self.max_bytes)
+            else:
+                from indexer.localfs import read_file
+
+                data = read_file(loc, max_bytes=self.max_bytes)
             rec["sha256"] = hashlib.sha256(data).hexdigest()
             kwargs = {"min_size": self.min_size}
             if self.max_pixels is not None:
@@ -299,6 +310,7 @@ def build(
     sources: Sequence[Source],
     *,
     model_name: str | None = None,
+    revision: str | None = None,
     model: Any = None,
     device: str = "auto",
     precision: str = "auto",
@@ -315,7 +327,13 @@ def build(
     started = time.monotonic()
     # Read the sources' descriptors before anything else, so a bad source fails fast.
     collection, model = open_or_create(
-        collection_path, model_name=model_name, device=device, precision=precision, preprocess=preprocess, model=model
+        collection_path,
+        model_name=model_name,
+        revision=revision,
+        device=device,
+        precision=precision,
+        preprocess=preprocess,
+        model=model,
     )
     report = BuildReport(collection=str(collection.path))
     with collection.writer() as writer:
