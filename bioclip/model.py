@@ -650,7 +650,7 @@ def _create(
         )
     except (RuntimeError, OSError, ValueError) as exc:
         raise ModelNotAvailableError(
-            f"Model {spec.name!r}: the weights could not be loaded from {where}: {exc}. "
+            f"Model {spec.name!r}: the weights could not be loaded from {where}: {str(exc).rstrip('. ')}. "
             "If they are not downloaded yet, run the same command once on a machine with network "
             "access and copy its cache, or download a checkpoint file and use ARCH:/path/to/file, "
             "or a model folder with --model local-dir:PATH.",

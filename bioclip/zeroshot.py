@@ -90,11 +90,11 @@ class ZeroShotClassifier:
         form: TextForm | str = TextForm.TAXONOMIC_COMMON,
         ensemble: bool = True,
     ):
-        labels = list(labels)
+        labels = [label.strip() if isinstance(label, str) else label for label in labels]
         if not labels:
             raise ValueError("A zero-shot classifier needs at least one label.")
         for label in labels:
-            if not isinstance(label, (Taxon, str)) or (isinstance(label, str) and not label.strip()):
+            if not isinstance(label, (Taxon, str)) or label == "":
                 raise ValueError(f"Labels are Taxon values or non-empty strings, not {label!r}.")
         self.model = model
         self.labels: list[Taxon | str] = labels
@@ -112,7 +112,7 @@ class ZeroShotClassifier:
                 [self.labels[i] for i in taxa_at], form=self.form, ensemble=self.ensemble
             )
         if text_at:
-            texts = [str(self.labels[i]).strip() for i in text_at]
+            texts = [str(self.labels[i]) for i in text_at]
             if self.ensemble:
                 out[text_at] = self.model.embed_text_ensemble(texts)
             else:
