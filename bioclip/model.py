@@ -497,9 +497,14 @@ def _snapshot(spec: ModelSpec, cache_dir: str, offline: bool) -> Path:
         )
 
     try:
-        folder = fetch(SAFETENSORS_WEIGHTS)
-        if _find_weights(folder) is None:
-            # Older repositories have only the pickled weights; fetch those instead.
+        try:
+            folder: Path | None = fetch(SAFETENSORS_WEIGHTS)
+        except LocalEntryNotFoundError:
+            # Offline, a cache holding only the pickled weights counts as incomplete for the
+            # safetensors pattern; the fallback below may still find a complete snapshot.
+            folder = None
+        if folder is None or _find_weights(folder) is None:
+            # Older repositories (and some caches) have only the pickled weights.
             folder = fetch(PICKLE_WEIGHTS)
     except GatedRepoError as exc:
         raise unavailable(f"the repository is gated and needs a Hugging Face token ({exc}).") from exc

@@ -91,6 +91,21 @@ def test_cached_snapshot_without_weights_is_not_available(hf_cache, tmp_path, ti
         load_model("bioclip", device="cpu")
 
 
+def test_cache_with_pickled_weights_only(hf_cache, tmp_path, tiny_model_dir, tiny_model_source):
+    import torch
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(tiny_model_dir / "open_clip_config.json", pickled)
+    torch.save(load_file(str(tiny_model_dir / "open_clip_model.safetensors")), pickled / "open_clip_pytorch_model.bin")
+    write_fake_hf_cache(hf_cache, "imageomics/bioclip", pickled, revision=REVISION)
+    model = load_model("bioclip", device="cpu")
+    assert model.revision == REVISION
+    direct = load_model(tiny_model_source, device="cpu")
+    np.testing.assert_allclose(model.encode_texts(["a crow"]), direct.encode_texts(["a crow"]), atol=1e-6)
+
+
 def test_local_dir_without_weights(tmp_path, tiny_model_dir):
     folder = tmp_path / "no-weights"
     folder.mkdir()
