@@ -1,0 +1,345 @@
+"""Local files for folder sources: a robust recursive walk, safe reads, and text-safe path names.
+
+Paths cross two worlds. On disk a file name is bytes; Python's ``os`` functions hand them out as
+``str`` with undecodable bytes as lone surrogates (``surrogateescape``), which cannot be written to
+Parquet or DuckDB (UTF-8 only). Everything this module returns is in *text form*
+(:func:`path_to_text`: valid UTF-8, identical to the ordinary path for every UTF-8 name), and
+everything it accepts may be in text form (:func:`text_to_path` turns it back into the ``str`` that
+opens the file).
+
+Text form: an undecodable byte ``0xE9`` is written ``%%E9`` (two percent signs mark it), and a
+literal ``%`` that is directly followed by another ``%`` is written ``%%25``. So names without
+undecodable bytes and without ``%%`` are unchanged; names with them stay readable
+(``caf%%E9.jpg`` for Latin-1 ``café.jpg``) and the mapping is exactly reversible.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import stat
+from dataclasses import dataclass
+from typing import Final, Iterable, Iterator
+
+from indexer.errors import FetchError, SourceError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "FileEntry",
+    "FileProblem",
+    "read_file",
+    "walk_images",
+    "path_to_text",
+    "text_to_path",
+]
+
+log = logging.getLogger(__name__)
+
+#: File name extensions a folder source indexes (compared case-insensitively).
+IMAGE_EXTENSIONS: Final[frozenset[str]] = frozenset(
+    {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif"}
+)
+
+#: Directory names skipped besides hidden ones: macOS resource-fork folders in zip exports.
+_JUNK_DIRS: Final[frozenset[str]] = frozenset({"__MACOSX"})
+
+_TOKEN: Final = re.compile(r"%%([0-9A-F]{2})")
+_READ_CHUNK: Final = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """An image file found by :func:`walk_images`.
+
+    ``path``: absolute path (symlinks not resolved), text form; ``relpath``: POSIX path relative to
+    the walk's root, text form; ``size`` (bytes) and ``mtime`` (seconds since the epoch) of the file
+    itself, after following symlinks.
+    """
+
+    path: str
+    relpath: str
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True, slots=True)
+class FileProblem:
+    """Something under the root that looks like an image (or a folder) but cannot be used.
+
+    ``reason`` is a stable code (``broken-symlink``, ``symlink-loop``, ``permission-denied``,
+    ``not-a-regular-file``, ``io-error``); ``detail`` a human-readable message. Paths as in FileEntry.
+    """
+
+    path: str
+    relpath: str
+    reason: str
+    detail: str
+
+
+# -- text form of paths ----------------------------------------------------------------------------
+
+
+def path_to_text(path: str | bytes | os.PathLike) -> str:
+    """The text form of a path: valid UTF-8, lossless, identical for ordinary names.
+
+    Accepts a ``str`` as ``os`` returns it (surrogate-escaped), ``bytes`` or a path-like object.
+    See the module docstring for the scheme; :func:`text_to_path` is its exact inverse.
+    Raises ValueError for a ``str`` holding lone surrogates that are not surrogate escapes.
+    """
+    raw = os.fsencode(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        if "%%" not in text:
+            return text
+    escaped = raw.decode("utf-8", "surrogateescape")
+    out: list[str] = []
+    for i, ch in enumerate(escaped):
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, as surrogateescape carries it
+            out.append(f"%%{code - 0xDC00:02X}")
+        elif ch == "%" and escaped[i + 1 : i + 2] == "%":
+            out.append("%%25")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def text_to_path(text: str | os.PathLike) -> str:
+    """The ``str`` path (surrogate-escaped, as ``os`` uses it) that a text form names.
+
+    Exact inverse of :func:`path_to_text`. A ``str`` that still holds surrogate escapes (a raw
+    ``os`` path) is passed through, so callers may hand either form.
+    """
+    text = os.fspath(text)
+    if isinstance(text, bytes):
+        return os.fsdecode(text)
+    if "%%" not in text:
+        return os.fsdecode(text.encode("utf-8", "surrogateescape"))
+    parts: list[bytes] = []
+    pos = 0
+    for match in _TOKEN.finditer(text):
+        parts.append(text[pos : match.start()].encode("utf-8", "surrogateescape"))
+        parts.append(bytes([int(match.group(1), 16)]))
+        pos = match.end()
+    parts.append(text[pos:].encode("utf-8", "surrogateescape"))
+    return os.fsdecode(b"".join(parts))
+
+
+# -- reading one file ------------------------------------------------------------------------------
+
+
+def read_file(path: str | os.PathLike, *, max_bytes: int | None = None) -> bytes:
+    """All bytes of the regular file at ``path`` (text form or raw), following symlinks.
+
+    Raises FetchError with reason ``not-found``, ``broken-symlink``, ``symlink-loop``,
+    ``permission-denied``, ``is-a-directory``, ``not-a-regular-file`` (FIFO, device, socket: never
+    read, a FIFO would block and a device may never end), ``too-large`` (over ``max_bytes``,
+    checked before reading and while reading, in case the file grows) or ``io-error``.
+    """
+    fs_path = text_to_path(path)
+    shown = path_to_text(fs_path)
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it has no effect on regular files.
+        fd = os.open(fs_path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise _open_error(fs_path, shown, exc) from None
+    try:
+        try:
+            info = os.fstat(fd)
+        except OSError as exc:
+            raise _open_error(fs_path, shown, exc) from None
+        if stat.S_ISDIR(info.st_mode):
+            raise FetchError("is-a-directory", f"{shown} is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise FetchError("not-a-regular-file", f"{shown} is a {_kind(info.st_mode)}, not a file")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise FetchError("too-large", f"{shown} has {info.st_size:,} bytes, over the limit of {max_bytes:,}")
+        return _read_all(fd, info.st_size, max_bytes, shown)
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int, expected: int, max_bytes: int | None, shown: str) -> bytes:
+    """Read to the end: one read of the expected size, then reads until EOF (the file may grow)."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        want = max(expected - total, _READ_CHUNK)
+        if max_bytes is not None:
+            want = min(want, max_bytes + 1 - total)  # one byte past the limit proves it is over
+        try:
+            chunk = os.read(fd, want)
+        except OSError as exc:
+            if exc.errno == errno.EISDIR:
+                raise FetchError("is-a-directory", f"{shown} is a directory") from None
+            raise FetchError("io-error", f"cannot read {shown}: {exc.strerror or exc}") from None
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        if max_bytes is not None and total > max_bytes:
+            raise FetchError("too-large", f"{shown} grew past the limit of {max_bytes:,} bytes while being read")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _open_error(fs_path: str, shown: str, exc: OSError) -> FetchError:
+    """Name the reason ``os.open(fs_path)`` failed."""
+    code = exc.errno
+    if code == errno.ELOOP:
+        return FetchError("symlink-loop", f"{shown}: too many levels of symbolic links")
+    if code in (errno.EACCES, errno.EPERM):
+        return FetchError("permission-denied", f"{shown}: permission denied")
+    if code == errno.EISDIR:
+        return FetchError("is-a-directory", f"{shown} is a directory")
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        if os.path.islink(fs_path):
+            target = _readlink(fs_path)
+            return FetchError("broken-symlink", f"{shown} is a symbolic link to {target}, which does not exist")
+        return FetchError("not-found", f"{shown} does not exist")
+    return FetchError("io-error", f"cannot open {shown}: {exc.strerror or exc}")
+
+
+def _readlink(fs_path: str) -> str:
+    try:
+        return path_to_text(os.readlink(fs_path))
+    except OSError:
+        return "?"
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "special file"
+
+
+# -- walking a folder ------------------------------------------------------------------------------
+
+
+def walk_images(
+    root: str | os.PathLike, extensions: Iterable[str] = IMAGE_EXTENSIONS
+) -> Iterator[FileEntry | FileProblem]:
+    """Every image file under ``root``, recursively, and a FileProblem for each one it cannot use.
+
+    * Order is deterministic: each folder's entries sorted by their name's bytes, depth first,
+      so the output is sorted by relpath compared folder by folder.
+    * ``extensions`` match case-insensitively (``.JPG`` is an image), with or without the dot.
+    * Hidden files and folders (name starts with ``.``, which includes macOS ``._*`` files) and
+      ``__MACOSX`` folders are skipped.
+    * Symlinks are followed, to files and to folders. A folder symlink that leads back to a
+      folder being walked (a loop) is a FileProblem ``symlink-loop`` and is not entered (like
+      ``find -L``); a folder reachable by two paths that is not a loop is listed under both.
+      A symlink with an image extension that is broken, loops (``ELOOP``) or is unreadable is a
+      FileProblem (``broken-symlink``, ``symlink-loop``, ``permission-denied``).
+    * A folder that cannot be listed is a FileProblem (``permission-denied`` or ``io-error``) and
+      the walk goes on. Files that vanish during the walk are skipped.
+    * Special files with an image extension (FIFO, device, socket) are ``not-a-regular-file``.
+
+    Raises SourceError when ``root`` itself is missing, not a folder, or unreadable.
+    """
+    fs_root = os.path.abspath(text_to_path(root))
+    shown_root = path_to_text(fs_root)
+    exts = frozenset(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+    try:
+        root_info = os.stat(fs_root)
+    except OSError as exc:
+        raise SourceError(f"cannot read folder {shown_root}: {exc.strerror or exc}", shown_root) from None
+    if not stat.S_ISDIR(root_info.st_mode):
+        raise SourceError(f"not a folder: {shown_root}", shown_root)
+    try:
+        top = _list_dir(fs_root)
+    except OSError as exc:
+        raise SourceError(f"cannot list folder {shown_root}: {exc.strerror or exc}", shown_root) from None
+
+    # Each stack frame: (iterator over a folder's sorted entries, its relpath parts, the
+    # (device, inode) of it and every folder above it, to recognise loops).
+    stack: list[tuple[Iterator[os.DirEntry[str]], tuple[str, ...], frozenset[tuple[int, int]]]] = [
+        (iter(top), (), frozenset({(root_info.st_dev, root_info.st_ino)}))
+    ]
+    while stack:
+        entries, parts, ancestors = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        name = entry.name
+        if name.startswith(".") or name in _JUNK_DIRS:
+            continue
+        rel = parts + (name,)
+        is_image = os.path.splitext(name)[1].lower() in exts
+        try:
+            is_link = entry.is_symlink()
+            if is_link:
+                info = os.stat(entry.path)  # the target
+            elif entry.is_dir(follow_symlinks=False):
+                info = entry.stat(follow_symlinks=False)
+            elif is_image:
+                info = entry.stat(follow_symlinks=False)
+            else:
+                continue  # an ordinary non-image file: no system call spent on it
+        except OSError as exc:
+            if exc.errno == errno.ENOENT and not os.path.lexists(entry.path):
+                continue  # deleted while we walked: not a problem, just gone
+            if not is_image:
+                # An unusable link without an image name could have been anything (a folder?).
+                log.debug("skipping unusable entry %s: %s", path_to_text(entry.path), exc.strerror)
+                continue
+            yield _stat_problem(entry.path, path_to_text(entry.path), path_to_text("/".join(rel)), exc)
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            ident = (info.st_dev, info.st_ino)
+            shown = path_to_text(entry.path)
+            relpath = path_to_text("/".join(rel))
+            if ident in ancestors:
+                via = f"symbolic link to {_readlink(entry.path)}" if is_link else "mount"
+                yield FileProblem(
+                    shown, relpath, "symlink-loop", f"{shown} ({via}) leads back to a folder above it; not entered"
+                )
+                continue
+            try:
+                children = _list_dir(entry.path)
+            except OSError as exc:
+                yield _list_problem(shown, relpath, exc)
+                continue
+            stack.append((iter(children), rel, ancestors | {ident}))
+        elif is_image:
+            shown = path_to_text(entry.path)
+            relpath = path_to_text("/".join(rel))
+            if stat.S_ISREG(info.st_mode):
+                yield FileEntry(shown, relpath, info.st_size, info.st_mtime)
+            else:
+                yield FileProblem(
+                    shown, relpath, "not-a-regular-file", f"{shown} is a {_kind(info.st_mode)}, not a file"
+                )
+
+
+def _list_dir(fs_path: str) -> list[os.DirEntry[str]]:
+    """A folder's entries sorted by the bytes of their names (independent of locale and escapes)."""
+    with os.scandir(fs_path) as it:
+        return sorted(it, key=lambda e: os.fsencode(e.name))
+
+
+def _stat_problem(fs_path: str, shown: str, relpath: str, exc: OSError) -> FileProblem:
+    code = exc.errno
+    if code == errno.ELOOP:
+        return FileProblem(shown, relpath, "symlink-loop", f"{shown}: too many levels of symbolic links")
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        target = _readlink(fs_path)
+        return FileProblem(shown, relpath, "broken-symlink", f"{shown} is a symbolic link to {target}, which does not exist")
+    if code in (errno.EACCES, errno.EPERM):
+        return FileProblem(shown, relpath, "permission-denied", f"{shown}: permission denied")
+    return FileProblem(shown, relpath, "io-error", f"cannot stat {shown}: {exc.strerror or exc}")
+
+
+def _list_problem(shown: str, relpath: str, exc: OSError) -> FileProblem:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return FileProblem(shown, relpath, "permission-denied", f"cannot list folder {shown}: permission denied")
+    return FileProblem(shown, relpath, "io-error", f"cannot list folder {shown}: {exc.strerror or exc}")
