@@ -1,0 +1,608 @@
+"""Bytes for a location: a local file, a tar member, or an http(s) URL through the downloader.
+
+:func:`read_location` reads local files and tar members (see :mod:`indexer.sources.tar` for the
+``tar://`` format). :class:`Downloader` fetches http(s) URLs into an on-disk cache keyed by URL,
+with bounded concurrency (overall and per host), timeouts, retries with backoff that honour
+``Retry-After``, a size limit and a check that the body is an image. Every failure is a
+:class:`~indexer.errors.FetchError` whose ``reason`` is one of ``http-<status>``, ``timeout``,
+``too-large``, ``not-an-image``, ``truncated``, ``connection-error``, ``invalid-url`` (and, for
+local reads, ``not-found``, ``permission-denied``, ``not-a-file``, ``read-error``, ``cache-error``)
+and whose ``detail`` names the URL or path.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import heapq
+import itertools
+import logging
+import os
+import random
+import tarfile
+import tempfile
+import threading
+import time
+import zlib
+from collections import Counter, deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+from urllib.parse import unquote, urlsplit
+
+from indexer import __version__
+from indexer.errors import FetchError
+
+__all__ = ["read_location", "DownloadConfig", "Downloader", "looks_like_image", "DEFAULT_MAX_BYTES"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 64 << 20
+
+# -- local files and tar members ---------------------------------------------------------------
+
+
+def _read_plain_file(path: str) -> bytes:
+    """Read a local file, with failures as FetchError (used until ``indexer.localfs`` exists)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise FetchError("not-found", f"no such file: {path}") from None
+    except PermissionError:
+        raise FetchError("permission-denied", f"permission denied: {path}") from None
+    except IsADirectoryError:
+        raise FetchError("not-a-file", f"a folder, not a file: {path}") from None
+    except OSError as exc:
+        raise FetchError("read-error", f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _local_reader() -> Callable[[str], bytes]:
+    """``indexer.localfs.read_file`` (non-UTF-8 names, one place for local I/O) when present."""
+    try:
+        from indexer.localfs import read_file
+    except ImportError:
+        return _read_plain_file
+    return read_file
+
+
+def _to_os_path(text: str):
+    try:
+        from indexer.localfs import text_to_path
+    except ImportError:
+        return text
+    return text_to_path(text)
+
+
+def read_location(location: str, *, max_bytes: int | None = None, downloader: "Downloader | None" = None) -> bytes:
+    """The bytes at ``location``: an absolute local path, a ``file://`` URL, a ``tar://`` member,
+    or (only with a ``downloader``) an http(s) URL. Raises FetchError; ``too-large`` when the
+    bytes would exceed ``max_bytes`` (checked before reading where the size is known)."""
+    if location.startswith("tar://"):
+        return _read_tar_member(location, max_bytes)
+    if location.startswith(("http://", "https://", "HTTP://", "HTTPS://")):
+        if downloader is None:
+            raise FetchError("invalid-url", f"{location}: http(s) locations are read through a Downloader")
+        for _, result in downloader.fetch_many([location]):
+            if isinstance(result, FetchError):
+                raise result
+            return read_location(result, max_bytes=max_bytes)
+        raise FetchError("connection-error", f"{location}: no result from the downloader")  # pragma: no cover
+    path = location
+    scheme = location.split("://", 1)[0].lower() if "://" in location else None
+    if scheme == "file":
+        parts = urlsplit(location)
+        if parts.netloc not in ("", "localhost"):
+            raise FetchError("invalid-url", f"{location}: file URL on another host")
+        path = unquote(parts.path)
+    elif scheme is not None:
+        raise FetchError("invalid-url", f"unsupported location: {location}")
+    if max_bytes is not None:
+        try:
+            size = os.stat(_to_os_path(path)).st_size
+        except OSError:
+            size = None  # the reader reports why
+        if size is not None and size > max_bytes:
+            raise FetchError("too-large", f"{path}: {size} bytes, more than the limit of {max_bytes}")
+    return _local_reader()(path)
+
+
+def _read_tar_member(location: str, max_bytes: int | None) -> bytes:
+    from indexer.sources.tar import parse_tar_location
+
+    try:
+        loc = parse_tar_location(location)
+    except ValueError as exc:
+        raise FetchError("invalid-url", str(exc)) from None
+    if loc.offset is not None and loc.size is not None:
+        if max_bytes is not None and loc.size > max_bytes:
+            raise FetchError("too-large", f"{location}: {loc.size} bytes, more than the limit of {max_bytes}")
+        try:
+            with open(_to_os_path(loc.shard), "rb") as fh:
+                fh.seek(loc.offset)
+                data = fh.read(loc.size)
+        except FileNotFoundError:
+            raise FetchError("not-found", f"no such tar shard: {loc.shard}") from None
+        except OSError as exc:
+            raise FetchError("read-error", f"cannot read {loc.shard}: {exc.strerror or exc}") from None
+        if len(data) < loc.size:
+            raise FetchError("truncated", f"{location}: the shard ends after {len(data)} of {loc.size} bytes")
+        return data
+    return _STREAMS.read(loc.shard, loc.member, max_bytes, location)
+
+
+class _TarStreams:
+    """Members of compressed shards, read by streaming forward through the shard.
+
+    Keeps one open stream per process (and its place in it), so members asked for in shard order
+    cost a single pass; a member behind the current place reopens the shard. Thread-safe (one
+    reader at a time: a compressed stream has one position).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._shard: str | None = None
+        self._stamp: tuple[int, int] | None = None
+        self._tar: tarfile.TarFile | None = None
+        self._seen: set[str] = set()
+
+    def _close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+        self._tar, self._shard, self._stamp, self._seen = None, None, None, set()
+
+    def read(self, shard: str, member: str, max_bytes: int | None, location: str) -> bytes:
+        with self._lock:
+            try:
+                st = os.stat(_to_os_path(shard))
+            except FileNotFoundError:
+                raise FetchError("not-found", f"no such tar shard: {shard}") from None
+            except OSError as exc:
+                raise FetchError("read-error", f"cannot read {shard}: {exc.strerror or exc}") from None
+            stamp = (st.st_mtime_ns, st.st_size)
+            if self._shard != shard or self._stamp != stamp or member in self._seen:
+                self._close()
+            for attempt in range(2):
+                if self._tar is None:
+                    try:
+                        self._tar = tarfile.open(_to_os_path(shard), mode="r|*")
+                    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+                        raise FetchError("read-error", f"cannot open tar shard {shard}: {exc}") from None
+                    self._shard, self._stamp = shard, stamp
+                try:
+                    for info in self._tar:
+                        self._seen.add(info.name)
+                        if info.name != member or not info.isfile():
+                            continue
+                        if max_bytes is not None and info.size > max_bytes:
+                            raise FetchError("too-large", f"{location}: {info.size} bytes, more than the limit of {max_bytes}")
+                        fh = self._tar.extractfile(info)
+                        data = fh.read() if fh is not None else b""
+                        if len(data) < info.size:
+                            raise FetchError("truncated", f"{location}: {len(data)} of {info.size} bytes")
+                        return data
+                except FetchError:
+                    self._close()
+                    raise
+                except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+                    self._close()
+                    raise FetchError("truncated", f"{location}: the shard breaks before the member ({exc})") from None
+                self._close()  # reached the end: the member was behind us, or is not there
+            raise FetchError("not-found", f"{location}: no member {member!r} in {shard}")
+
+
+_STREAMS = _TarStreams()
+
+# -- the downloader ----------------------------------------------------------------------------
+
+_GENERIC_TYPES = {
+    "",
+    "application/octet-stream",
+    "binary/octet-stream",
+    "application/binary",
+    "application/x-binary",
+    "application/unknown",
+    "application/download",
+    "application/force-download",
+}
+_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+def looks_like_image(head: bytes) -> bool:
+    """Whether ``head`` (the first bytes of a body) starts like an image file format Pillow reads."""
+    return (
+        head.startswith(b"\xff\xd8\xff")  # JPEG
+        or head.startswith(b"\x89PNG\r\n\x1a\n")
+        or head[:6] in (b"GIF87a", b"GIF89a")
+        or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+        or head[:4] in (b"II*\x00", b"MM\x00*")  # TIFF
+        or head[:2] == b"BM"
+        or head.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n")  # JPEG 2000
+        or head.startswith(b"\xffO\xffQ")  # JPEG 2000 codestream
+        or (head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"avif", b"avis"))
+    )
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """How the :class:`Downloader` fetches: limits, patience and where the cache is.
+
+    ``timeout`` is for connecting and for each read; ``attempt_deadline`` bounds one whole attempt
+    (None: 4 x ``timeout``; a server that drips bytes loses the slot at its first read after the
+    deadline). ``retries`` more attempts follow a 408/429/5xx, a timeout, a broken connection or a
+    truncated body, after ``backoff * 2**n`` seconds (with jitter, at most ``max_backoff``), or after
+    ``Retry-After`` (seconds or an HTTP date, at most ``max_backoff``; it also pauses that host).
+    ``max_pending`` bounds the URLs read ahead of the downloads (None: max(256, 16 x concurrency)).
+    """
+
+    cache_dir: str | os.PathLike
+    concurrency: int = 16
+    per_host: int = 4
+    timeout: float = 30.0
+    retries: int = 4
+    backoff: float = 0.5
+    max_backoff: float = 60.0
+    max_bytes: int = DEFAULT_MAX_BYTES
+    user_agent: str = f"bioclip-search/{__version__}"
+    attempt_deadline: float | None = None
+    max_pending: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.per_host < 1:
+            raise ValueError("concurrency and per_host must be at least 1")
+        if self.timeout <= 0 or (self.attempt_deadline is not None and self.attempt_deadline <= 0):
+            raise ValueError("timeouts must be positive")
+        if self.retries < 0 or self.backoff < 0 or self.max_backoff < 0:
+            raise ValueError("retries and backoff must not be negative")
+        if self.max_bytes < 1:
+            raise ValueError("max_bytes must be positive")
+        if self.max_pending is not None and self.max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+
+
+@dataclass
+class _Outcome:
+    path: str | None = None
+    error: FetchError | None = None
+    retry: bool = False
+    retry_after: float | None = None
+
+
+@dataclass
+class _Task:
+    url: str
+    host: str
+    attempt: int = 0
+    last_error: FetchError | None = field(default=None, repr=False)
+
+
+class _Failed(Exception):
+    def __init__(self, reason: str, detail: str, *, retry: bool = False, retry_after: float | None = None):
+        super().__init__(reason)
+        self.error = FetchError(reason, detail)
+        self.retry = retry
+        self.retry_after = retry_after
+
+
+class Downloader:
+    """Downloads http(s) URLs into ``config.cache_dir`` (one file per URL, named by its SHA-256).
+
+    A URL whose file is in the cache is never downloaded again, in this run or a later one; a
+    failure leaves nothing in the cache. Files are written under a temporary name, fsynced and
+    renamed, so a killed run leaves no partial file under a final name. Thread-safe for one
+    :meth:`fetch_many` at a time per instance. Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, config: DownloadConfig):
+        import urllib3
+
+        self.config = config
+        self.cache_dir = os.path.abspath(os.fspath(config.cache_dir))
+        os.makedirs(self.cache_dir, exist_ok=True)
+        self._timeout = urllib3.Timeout(connect=config.timeout, read=config.timeout)
+        self._pool = urllib3.PoolManager(
+            num_pools=max(64, 4 * config.concurrency),
+            maxsize=config.per_host,
+            block=False,
+            headers={
+                "User-Agent": config.user_agent,
+                "Accept": "image/*, */*;q=0.5",
+                # Content-Length must be the image's size, for the size and truncation checks.
+                "Accept-Encoding": "identity",
+            },
+        )
+        self._executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="bioclip-fetch")
+        self._closed = False
+
+    def __enter__(self) -> "Downloader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers (waiting for running downloads) and close the connections."""
+        if not self._closed:
+            self._closed = True
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._pool.clear()
+
+    # -- cache ------------------------------------------------------------------------------------
+
+    def cache_path(self, url: str) -> str:
+        """Where the body of ``url`` is (or will be) cached."""
+        digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+        return os.path.join(self.cache_dir, digest[:2], digest)
+
+    def cached(self, url: str) -> str | None:
+        """The cache file of ``url`` if it was downloaded before, else None."""
+        path = self.cache_path(url)
+        try:
+            return path if os.stat(path).st_size > 0 else None
+        except OSError:
+            return None
+
+    # -- scheduling -------------------------------------------------------------------------------
+
+    def fetch_many(self, urls: Iterable[str]) -> Iterator[tuple[str, str | FetchError]]:
+        """Yield ``(url, cache file path)`` or ``(url, FetchError)`` for every URL, as each completes.
+
+        ``urls`` is consumed lazily: at most ``max_pending`` URLs are held at a time, at most
+        ``concurrency`` download at once and at most ``per_host`` from one host. A URL given twice
+        while the first is pending is downloaded once and yielded twice. Cached URLs are yielded
+        without a request. Closing the generator early cancels what has not started.
+        """
+        if self._closed:
+            raise RuntimeError("Downloader is closed")
+        cfg = self.config
+        max_pending = cfg.max_pending or max(256, 16 * cfg.concurrency)
+        source = iter(urls)
+        exhausted = False
+        ready: deque[_Task] = deque()
+        delayed: list[tuple[float, int, _Task]] = []
+        inflight: dict[Future, _Task] = {}
+        active: Counter[str] = Counter()
+        paused_until: dict[str, float] = {}
+        waiting: dict[str, int] = {}
+        order = itertools.count()
+        try:
+            while True:
+                while not exhausted and len(ready) + len(delayed) + len(inflight) < max_pending:
+                    try:
+                        url = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    if url in waiting:
+                        waiting[url] += 1
+                        continue
+                    host, problem = _host_of(url)
+                    if problem is not None:
+                        yield url, problem
+                        continue
+                    hit = self.cached(url)
+                    if hit is not None:
+                        yield url, hit
+                        continue
+                    waiting[url] = 1
+                    ready.append(_Task(url, host))
+                now = time.monotonic()
+                while delayed and delayed[0][0] <= now:
+                    ready.append(heapq.heappop(delayed)[2])
+                if ready and len(inflight) < cfg.concurrency:
+                    held: list[_Task] = []
+                    while ready and len(inflight) < cfg.concurrency:
+                        task = ready.popleft()
+                        if active[task.host] >= cfg.per_host or paused_until.get(task.host, 0.0) > now:
+                            held.append(task)
+                            continue
+                        active[task.host] += 1
+                        inflight[self._executor.submit(self._attempt, task.url)] = task
+                    ready.extendleft(reversed(held))
+                if exhausted and not ready and not delayed and not inflight:
+                    return
+                wake = [t for t, _, _ in delayed[:1]]
+                wake += [paused_until[t.host] for t in ready if paused_until.get(t.host, 0.0) > now]
+                timeout = max(0.0, min(wake) - now) if wake else None
+                if not inflight:
+                    time.sleep(timeout if timeout is not None else 0.01)
+                    continue
+                done, _ = wait(list(inflight), timeout=timeout, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    task = inflight.pop(fut)
+                    active[task.host] -= 1
+                    outcome = fut.result()
+                    if outcome.path is not None:
+                        for _ in range(waiting.pop(task.url)):
+                            yield task.url, outcome.path
+                        continue
+                    assert outcome.error is not None
+                    if outcome.retry and task.attempt < cfg.retries:
+                        now = time.monotonic()
+                        if outcome.retry_after is not None:
+                            delay = min(outcome.retry_after, cfg.max_backoff)
+                            paused_until[task.host] = max(paused_until.get(task.host, 0.0), now + delay)
+                        else:
+                            delay = min(cfg.max_backoff, cfg.backoff * (2**task.attempt))
+                            delay *= random.uniform(0.5, 1.0)  # jitter: retries of many URLs do not stampede
+                        log.debug("retrying %s in %.2fs after %s", task.url, delay, outcome.error)
+                        task.attempt += 1
+                        heapq.heappush(delayed, (now + delay, next(order), task))
+                        continue
+                    log.debug("failed %s: %s", task.url, outcome.error)
+                    for _ in range(waiting.pop(task.url)):
+                        yield task.url, outcome.error
+        finally:
+            for fut in inflight:
+                fut.cancel()
+
+    # -- one attempt (in a worker thread) ---------------------------------------------------------
+
+    def _attempt(self, url: str) -> _Outcome:
+        try:
+            return _Outcome(path=self._download(url))
+        except _Failed as f:
+            return _Outcome(error=f.error, retry=f.retry, retry_after=f.retry_after)
+        except Exception as exc:  # never let one URL take the generator down
+            log.debug("unexpected error fetching %s", url, exc_info=True)
+            return _Outcome(error=FetchError("connection-error", f"{url}: {type(exc).__name__}: {exc}"), retry=True)
+
+    def _download(self, url: str) -> str:
+        import urllib3
+        from urllib3.exceptions import (
+            ConnectTimeoutError,
+            HTTPError,
+            LocationParseError,
+            MaxRetryError,
+            NewConnectionError,
+            ProtocolError,
+            ReadTimeoutError,
+            TimeoutError as U3Timeout,
+        )
+
+        cfg = self.config
+        deadline = time.monotonic() + (cfg.attempt_deadline or 4 * cfg.timeout)
+        try:
+            resp = self._pool.request(
+                "GET",
+                url,
+                preload_content=False,
+                timeout=self._timeout,
+                retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5, raise_on_status=False),
+            )
+        except MaxRetryError as exc:
+            inner = exc.reason
+            # NewConnectionError subclasses ConnectTimeoutError in urllib3: a refused connection is no timeout.
+            if isinstance(inner, (ConnectTimeoutError, ReadTimeoutError, U3Timeout)) and not isinstance(inner, NewConnectionError):
+                raise _Failed("timeout", f"{url}: {inner}", retry=True) from None
+            if "redirect" in str(exc).lower():
+                raise _Failed("connection-error", f"{url}: too many redirects") from None
+            raise _Failed("connection-error", f"{url}: {inner}", retry=True) from None
+        except NewConnectionError as exc:
+            raise _Failed("connection-error", f"{url}: {exc}", retry=True) from None
+        except (ConnectTimeoutError, ReadTimeoutError, U3Timeout) as exc:
+            raise _Failed("timeout", f"{url}: {exc}", retry=True) from None
+        except (LocationParseError, ValueError) as exc:
+            raise _Failed("invalid-url", f"{url}: {exc}") from None
+        except (ProtocolError, HTTPError, OSError) as exc:
+            raise _Failed("connection-error", f"{url}: {exc}", retry=True) from None
+        try:
+            return self._receive(url, resp, deadline)
+        except (ReadTimeoutError, U3Timeout) as exc:
+            raise _Failed("timeout", f"{url}: {exc}", retry=True) from None
+        except (ProtocolError, HTTPError) as exc:
+            raise _Failed("connection-error", f"{url}: {exc}", retry=True) from None
+        finally:
+            resp.release_conn()
+
+    def _receive(self, url: str, resp, deadline: float) -> str:
+        from urllib3.exceptions import ProtocolError
+
+        cfg = self.config
+        status = resp.status
+        if status >= 300:
+            resp.close()  # the error page is not wanted; its connection is not reused
+            retry_after = _retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
+            raise _Failed(f"http-{status}", f"{url}: HTTP {status} {resp.reason or ''}".rstrip(),
+                          retry=status in _RETRY_STATUS, retry_after=retry_after)
+        length = _content_length(resp.headers.get("Content-Length"))
+        if length is not None and length > cfg.max_bytes:
+            resp.close()
+            raise _Failed("too-large", f"{url}: Content-Length {length} is more than the limit of {cfg.max_bytes}")
+        ctype = (resp.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        generic = ctype in _GENERIC_TYPES
+        if not generic and not ctype.startswith("image/"):
+            resp.close()
+            raise _Failed("not-an-image", f"{url}: Content-Type {ctype!r} is not an image")
+        final = self.cache_path(url)
+        folder = os.path.dirname(final)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".part-", dir=folder)
+        except OSError as exc:
+            resp.close()
+            raise _Failed("cache-error", f"{url}: cannot write to the cache {folder}: {exc}") from None
+        received = 0
+        head = b""
+        ok = False
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while True:
+                    if time.monotonic() > deadline:
+                        raise _Failed("timeout", f"{url}: not complete within the attempt deadline", retry=True)
+                    try:
+                        chunk = resp.read1(1 << 16)
+                    except ProtocolError as exc:
+                        if length is not None and received < length:
+                            raise _Failed("truncated", f"{url}: {received} of {length} bytes ({exc})", retry=True) from None
+                        raise
+                    if not chunk:
+                        break
+                    received += len(chunk)
+                    if received > cfg.max_bytes:
+                        raise _Failed("too-large", f"{url}: more than the limit of {cfg.max_bytes} bytes")
+                    if generic and len(head) < 32:
+                        head += chunk[: 32 - len(head)]
+                        if len(head) >= 32 and not looks_like_image(head):
+                            raise _Failed("not-an-image", f"{url}: Content-Type {ctype or 'missing'} and not an image format")
+                    out.write(chunk)
+                if length is not None and received < length:
+                    raise _Failed("truncated", f"{url}: {received} of {length} bytes", retry=True)
+                if received == 0:
+                    raise _Failed("not-an-image", f"{url}: empty body")
+                if generic and len(head) < 32 and not looks_like_image(head):
+                    raise _Failed("not-an-image", f"{url}: Content-Type {ctype or 'missing'} and not an image format")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, final)
+            ok = True
+            return final
+        except OSError as exc:
+            raise _Failed("cache-error", f"{url}: cannot write to the cache: {exc}") from None
+        finally:
+            if not ok:
+                resp.close()
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+
+def _host_of(url: str) -> tuple[str, FetchError | None]:
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        port = parts.port
+    except ValueError as exc:
+        return "", FetchError("invalid-url", f"{url}: {exc}")
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        return "", FetchError("invalid-url", f"{url}: not an http(s) URL with a host")
+    return f"{host}:{port}" if port else host, None
+
+
+def _content_length(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        n = int(value.strip())
+    except ValueError:
+        return None
+    return n if n >= 0 else None
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
