@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile
 
 from indexer.errors import DecodeError
 
@@ -172,7 +172,9 @@ def _open(data: bytes) -> ImageFile.ImageFile:
     Image.open rejects anything over 2 x ``Image.MAX_IMAGE_PIXELS`` (179 MP by default) and warns
     over 89 MP, before we can apply our own ``max_pixels``; a 300 MP herbarium sheet would fail.
     This walks Pillow's plugin registry (``Image.ID``/``Image.OPEN``, the same tables
-    ``Image.register_open`` fills) exactly as Image.open does, and lets the caller check the size.
+    ``Image.register_open`` fills) as Image.open does, and lets the caller check the size. Unlike
+    Image.open it also moves on to the next plugin when one fails with OSError/ValueError, and
+    remembers the first plugin whose signature matched, to tell a damaged image from non-image bytes.
     """
     Image.init()  # registers every plugin once per process; cheap afterwards
     fp = io.BytesIO(data)
@@ -200,7 +202,8 @@ def _unidentified(data: bytes, claimed: str | None, error: BaseException | None)
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         sig = "WEBP"
     fmt = claimed or sig
-    if fmt is None:
+    if fmt is None or _is_text(data):
+        # Text that happens to start like a signature ("BM..." is BMP's) is still text.
         return DecodeError("not-an-image", f"not a known image format ({_describe_bytes(data)})")
     msg = f"{type(error).__name__}: {error}" if error is not None else "no decoder accepted it"
     if _looks_truncated(error):
@@ -223,6 +226,18 @@ def _describe_bytes(data: bytes) -> str:
         if exc.start < 4090:  # not just a multi-byte character cut at the window's end
             return f"binary data starting {data[:8].hex(' ')}"
     return "text"
+
+
+def _is_text(data: bytes) -> bool:
+    """Whether the first bytes are printable UTF-8 text (every binary image header has controls)."""
+    head = data[:1024]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a multi-byte character cut at the window's end
+            return False
+        text = head[: exc.start].decode("utf-8")
+    return all(ch.isprintable() or ch in "\t\r\n\f" for ch in text)
 
 
 def _looks_truncated(exc: BaseException | None) -> bool:

@@ -333,7 +333,9 @@ def _stat_problem(fs_path: str, shown: str, relpath: str, exc: OSError) -> FileP
         return FileProblem(shown, relpath, "symlink-loop", f"{shown}: too many levels of symbolic links")
     if code in (errno.ENOENT, errno.ENOTDIR):
         target = _readlink(fs_path)
-        return FileProblem(shown, relpath, "broken-symlink", f"{shown} is a symbolic link to {target}, which does not exist")
+        return FileProblem(
+            shown, relpath, "broken-symlink", f"{shown} is a symbolic link to {target}, which does not exist"
+        )
     if code in (errno.EACCES, errno.EPERM):
         return FileProblem(shown, relpath, "permission-denied", f"{shown}: permission denied")
     return FileProblem(shown, relpath, "io-error", f"cannot stat {shown}: {exc.strerror or exc}")

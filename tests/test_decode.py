@@ -152,8 +152,9 @@ def test_empty_file():
         b"\xef\xbb\xbf<html><body>Access denied</body></html>",
         b'{"error": "rate limited"}',
         bytes(range(256)) * 4,
+        b"BM-1042, Bombus terrestris, det. 1987\n",  # starts like a BMP signature
     ],
-    ids=["text", "html", "html-bom", "json", "binary"],
+    ids=["text", "html", "html-bom", "json", "binary", "text-like-bmp"],
 )
 def test_not_an_image(data, tmp_path):
     path = tmp_path / "specimen.jpg"  # what a museum export looks like: any bytes under an image name
@@ -577,7 +578,8 @@ def test_tiff_orientation_tag():
 
 def _exif_orientation_entry(type_: int, count: int, value: bytes) -> bytes:
     """A big-endian EXIF block with one Orientation entry of the given TIFF type and count."""
-    return b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x01\x01\x12" + struct.pack(">HI", type_, count) + value + b"\x00" * 4
+    header = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x01\x01\x12"  # one IFD entry: tag 0x0112
+    return header + struct.pack(">HI", type_, count) + value + b"\x00" * 4
 
 
 @pytest.mark.parametrize(

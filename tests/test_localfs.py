@@ -242,7 +242,8 @@ def test_self_referencing_file_symlink(tmp_path):
     (tmp_path / "loop.jpg").symlink_to("loop.jpg")
     (tmp_path / "ping.png").symlink_to("pong.png")
     (tmp_path / "pong.png").symlink_to("ping.png")
-    assert problems(walk(tmp_path)) == {"loop.jpg": "symlink-loop", "ping.png": "symlink-loop", "pong.png": "symlink-loop"}
+    loops = {"loop.jpg": "symlink-loop", "ping.png": "symlink-loop", "pong.png": "symlink-loop"}
+    assert problems(walk(tmp_path)) == loops
     assert fetch_reason(str(tmp_path / "loop.jpg")) == "symlink-loop"
 
 
@@ -320,7 +321,10 @@ def test_non_utf8_folder_name(tmp_path):
 
 @pytest.mark.parametrize(
     "name",
-    ["/data/photos/IMG_0001.JPG", "/d/Épervier d'Europe/ßø.png", "/d/100%.jpg", "/d/a%E9.jpg", "/d/%25%", "/d/日本.tif", ""],
+    [
+        "/data/photos/IMG_0001.JPG", "/d/Épervier d'Europe/ßø.png", "/d/100%.jpg", "/d/a%E9.jpg", "/d/%25%",
+        "/d/日本.tif", "",
+    ],
 )
 def test_ordinary_paths_are_unchanged(name):
     assert path_to_text(name) == name
