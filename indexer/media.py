@@ -1,0 +1,459 @@
+"""Safe access to a collection's images, and thumbnails made once and cached.
+
+Contracts:
+
+- An image is shown only from the collection's own sources. A hit's recorded ``location`` is
+  used, never a path from a user. A local location is served only when its real path (symlinks
+  and ``..`` resolved) lies under the real path of its source's root; anything else (a relative
+  path, ``..`` components, a symlink out of the root, a source without a known root) shows nothing.
+  ``tar://SHARD#MEMBER`` locations are checked on the shard's path; members are read by exact name.
+- Remote (``http(s)://``) images are read from the collection's download cache
+  (``COLLECTION/cache/media``) when they are there, else they are *shown by URL* (the browser
+  fetches them); the server never downloads on behalf of a page.
+- Thumbnails (and the larger detail images) are JPEG bytes made once per image and size, cached
+  under ``COLLECTION/cache/thumbs/`` with atomic writes. A process that may not write there (a
+  reader-only account, a read-only disk) keeps them in a bounded in-memory cache instead.
+- Thread-safe: one :class:`MediaLibrary` serves every session of the app.
+
+Source roots: a collection does not (yet) record the root folder of each source. The roots are
+taken, in this order, from a ``sources`` entry of the generation's ``stats`` (``{name: {"root":
+PATH}}`` or ``{name: PATH}``), from the source's name when it is an existing folder (a folder
+source is named after its folder), and otherwise from the longest folder that every local
+location of the source shares; a source whose locations share no folder but ``/`` gets no root,
+so its images are not shown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+__all__ = [
+    "THUMB_SIZE",
+    "DETAIL_SIZE",
+    "MediaRef",
+    "MediaLibrary",
+    "is_within",
+    "source_roots",
+]
+
+log = logging.getLogger(__name__)
+
+#: Longest side of a grid thumbnail and of the detail view's image, in pixels.
+THUMB_SIZE = 256
+DETAIL_SIZE = 1280
+
+#: Largest image file read to make a thumbnail (a bigger one is not shown, not read into memory).
+MAX_SOURCE_BYTES = 512 * 1024 * 1024
+
+_REMOTE = ("http://", "https://")
+_TAR = "tar://"
+_LOCK_STRIPES = 64
+
+
+@dataclass(frozen=True)
+class MediaRef:
+    """Where an image's bytes may be read: ``kind`` is ``file`` (``path``), ``tar`` (``path`` is the
+    shard, ``member`` the member name), ``cached`` (``path`` in the download cache, ``url`` the
+    original) or ``url`` (not available here: show it by ``url``)."""
+
+    kind: str
+    path: str | None = None
+    member: str | None = None
+    url: str | None = None
+
+
+def is_within(path: str, root: str) -> bool:
+    """True when the real path of ``path`` is ``root``'s real path or lies under it."""
+    try:
+        real = os.path.realpath(path)
+        base = os.path.realpath(root)
+    except (OSError, ValueError):
+        return False
+    if base == os.sep:
+        return False  # a root of "/" would allow everything: never accept it
+    try:
+        return os.path.commonpath([real, base]) == base
+    except ValueError:  # different drives, mixed absolute/relative
+        return False
+
+
+def _to_fs(text: str) -> str:
+    """A location's text form -> the ``str`` path that opens it (see indexer.localfs)."""
+    try:
+        from indexer.localfs import text_to_path
+    except ImportError:  # pragma: no cover - localfs is part of the package
+        return text
+    return text_to_path(text)
+
+
+def _clean_local(location: str) -> str | None:
+    """The filesystem path of a local location, or None when it must not be used at all."""
+    if not location or "\x00" in location:
+        return None
+    path = _to_fs(location)
+    if not os.path.isabs(path):
+        return None
+    parts = Path(path).parts
+    if ".." in parts:
+        return None
+    return path
+
+
+class MediaLibrary:
+    """Images and thumbnails of one collection, served only from its own sources."""
+
+    def __init__(
+        self,
+        collection_path: str | os.PathLike,
+        roots: Mapping[str, Sequence[str] | str],
+        *,
+        thumbs_dir: str | os.PathLike | None = None,
+        media_cache_dir: str | os.PathLike | None = None,
+        memory_cache_bytes: int = 64 * 1024 * 1024,
+        max_source_bytes: int = MAX_SOURCE_BYTES,
+    ):
+        self.collection_path = Path(collection_path)
+        self.roots: dict[str, tuple[str, ...]] = {
+            str(name): tuple(os.path.realpath(r) for r in ([v] if isinstance(v, str) else v) if r)
+            for name, v in roots.items()
+        }
+        self.thumbs_dir = Path(thumbs_dir) if thumbs_dir is not None else self.collection_path / "cache" / "thumbs"
+        self.media_cache_dir = (
+            Path(media_cache_dir) if media_cache_dir is not None else self.collection_path / "cache" / "media"
+        )
+        self.max_source_bytes = max_source_bytes
+        self._memory: OrderedDict[str, bytes] = OrderedDict()
+        self._memory_bytes = 0
+        self._memory_limit = memory_cache_bytes
+        self._memory_lock = threading.Lock()
+        self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._disk_writable: bool | None = None  # None: not tried yet
+        self._failed: OrderedDict[str, None] = OrderedDict()  # keys that could not be made
+        #: counters, for tests and the benchmark: thumbnails made, read from disk, from memory
+        self.made = 0
+        self.disk_hits = 0
+        self.memory_hits = 0
+
+    @classmethod
+    def for_engine(cls, engine, **kwargs) -> "MediaLibrary":
+        """The library of an open :class:`indexer.engine.SearchEngine`'s collection."""
+        return cls(engine.collection.path, source_roots(engine), **kwargs)
+
+    # -- where an image is ---------------------------------------------------------------
+
+    def resolve(self, hit: Any) -> MediaRef | None:
+        """Where the bytes of ``hit`` (a Hit, or anything with ``location`` and ``metadata``) may be
+        read, or None when they must not be (outside its source, unknown source, bad location)."""
+        location = _location(hit)
+        if not location:
+            return None
+        if location.startswith(_REMOTE):
+            cached = self._cached_download(location)
+            if cached is not None:
+                return MediaRef("cached", path=cached, url=location)
+            return MediaRef("url", url=location)
+        roots = self.roots.get(_source(hit) or "", ())
+        if location.startswith(_TAR):
+            shard, sep, member = location[len(_TAR):].partition("#")
+            path = _clean_local(shard)
+            if not sep or not member or path is None or member.startswith("/") or ".." in member.split("/"):
+                return None
+            if any(is_within(path, r) for r in roots):
+                return MediaRef("tar", path=os.path.realpath(path), member=member)
+            return None
+        path = _clean_local(location)
+        if path is None:
+            return None
+        if any(is_within(path, r) for r in roots):
+            return MediaRef("file", path=os.path.realpath(path))
+        return None
+
+    def link(self, hit: Any) -> str:
+        """The image's path or URL as the collection records it (for exports): the published
+        ``mediaURL`` when there is one, else the location."""
+        meta = getattr(hit, "metadata", None) or {}
+        return str(meta.get("mediaURL") or _location(hit) or "")
+
+    def read(self, hit: Any) -> bytes | None:
+        """The bytes of an image served from this machine, or None (not allowed, only remote,
+        unreadable, too large)."""
+        ref = self.resolve(hit)
+        if ref is None or ref.kind == "url":
+            return None
+        try:
+            if ref.kind == "tar":
+                return _read_tar_member(ref.path, ref.member, self.max_source_bytes)
+            root_check = self.roots.get(_source(hit) or "", ()) if ref.kind == "file" else (str(self.media_cache_dir),)
+            return _read_checked(ref.path, root_check, self.max_source_bytes)
+        except OSError as exc:
+            log.info("cannot read image %s: %s", _location(hit), exc)
+            return None
+
+    # -- thumbnails ----------------------------------------------------------------------
+
+    def thumbnail(self, hit: Any, size: int = THUMB_SIZE) -> bytes | str | None:
+        """A JPEG of at most ``size`` pixels on its longer side (bytes), the image's URL (str)
+        when it is remote and not downloaded, or None when it cannot be shown."""
+        ref = self.resolve(hit)
+        if ref is None:
+            return None
+        if ref.kind == "url":
+            return ref.url
+        key = self.thumb_key(hit, size)
+        data = self._cache_get(key)
+        if data is not None:
+            return data
+        with self._locks[int(key[:8], 16) % _LOCK_STRIPES]:
+            data = self._cache_get(key)  # made by another session while we waited
+            if data is not None:
+                return data
+            if key in self._failed:
+                return None
+            raw = self.read(hit)
+            data = _make_thumbnail(raw, size, name=_location(hit)) if raw is not None else None
+            if data is None:
+                self._remember_failure(key)
+                return None
+            self.made += 1
+            self._cache_put(key, data)
+            return data
+
+    def detail_image(self, hit: Any) -> bytes | str | None:
+        """The large image of the detail view (cached like a thumbnail)."""
+        return self.thumbnail(hit, DETAIL_SIZE)
+
+    def thumb_key(self, hit: Any, size: int) -> str:
+        """Cache key of an image's thumbnail: changes when the file (location, size, mtime,
+        content hash) changes."""
+        meta = getattr(hit, "metadata", None) or {}
+        ident = "\x00".join(
+            str(x) for x in (_location(hit), meta.get("size"), meta.get("mtime"), meta.get("sha256"), int(size))
+        )
+        return hashlib.sha256(ident.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def thumb_path(self, key: str) -> Path:
+        return self.thumbs_dir / key[:2] / f"{key}.jpg"
+
+    def _cache_get(self, key: str) -> bytes | None:
+        with self._memory_lock:
+            data = self._memory.get(key)
+            if data is not None:
+                self._memory.move_to_end(key)
+                self.memory_hits += 1
+                return data
+        try:
+            data = self.thumb_path(key).read_bytes()
+        except OSError:
+            return None
+        if data:
+            self.disk_hits += 1
+            return data
+        return None
+
+    def _cache_put(self, key: str, data: bytes) -> None:
+        if self._disk_writable is not False:
+            try:
+                _atomic_write(self.thumb_path(key), data)
+                self._disk_writable = True
+                return
+            except OSError as exc:
+                if self._disk_writable is None:
+                    log.warning(
+                        "cannot write thumbnails under %s (%s); keeping them in memory", self.thumbs_dir, exc
+                    )
+                self._disk_writable = False
+        with self._memory_lock:
+            if key in self._memory:
+                return
+            self._memory[key] = data
+            self._memory_bytes += len(data)
+            while self._memory_bytes > self._memory_limit and len(self._memory) > 1:
+                _, old = self._memory.popitem(last=False)
+                self._memory_bytes -= len(old)
+
+    def _remember_failure(self, key: str) -> None:
+        with self._memory_lock:
+            self._failed[key] = None
+            while len(self._failed) > 10_000:
+                self._failed.popitem(last=False)
+
+    # -- remote ---------------------------------------------------------------------------
+
+    def _cached_download(self, url: str) -> str | None:
+        """The downloaded copy of ``url`` in the collection's media cache, if there is one."""
+        base = self.media_cache_dir
+        if not base.is_dir():
+            return None
+        for candidate in _download_candidates(base, url):
+            if candidate and os.path.isfile(candidate) and is_within(candidate, str(base)):
+                return os.path.realpath(candidate)
+        return None
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _location(hit: Any) -> str | None:
+    loc = getattr(hit, "location", None)
+    if loc is None and isinstance(hit, Mapping):
+        loc = hit.get("location")
+    return str(loc) if loc else None
+
+
+def _source(hit: Any) -> str | None:
+    meta = getattr(hit, "metadata", None)
+    if meta is None and isinstance(hit, Mapping):
+        meta = hit
+    value = (meta or {}).get("source")
+    return str(value) if value is not None else None
+
+
+def _download_candidates(base: Path, url: str) -> Iterable[str]:
+    """Where the downloader (``indexer.fetch.Downloader.cache_path``) keeps ``url``: a file named
+    by the SHA-256 of the URL, in a folder named by its first two hex digits."""
+    digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+    yield str(base / digest[:2] / digest)
+
+
+def _read_checked(path: str, roots: Sequence[str], max_bytes: int) -> bytes | None:
+    """Read ``path`` (already resolved) without following a symlink swapped in after the check,
+    and check again, on the open file, that it is under one of ``roots``."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        import stat
+
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+            return None
+        proc = f"/proc/self/fd/{fd}"
+        if os.path.exists(proc):
+            real = os.readlink(proc)
+            if not any(is_within(real, r) for r in roots):
+                return None
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > max_bytes:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _read_tar_member(shard: str, member: str, max_bytes: int) -> bytes | None:
+    import tarfile
+
+    try:
+        with tarfile.open(shard, "r:*") as tar:
+            try:
+                info = tar.getmember(member)
+            except KeyError:
+                return None
+            if not info.isfile() or info.size > max_bytes:
+                return None
+            f = tar.extractfile(info)
+            return f.read() if f is not None else None
+    except (tarfile.TarError, EOFError):
+        return None
+
+
+def _make_thumbnail(data: bytes, size: int, *, name: str | None = None) -> bytes | None:
+    from PIL import Image
+
+    from indexer.decode import decode_image
+    from indexer.errors import DecodeError
+
+    try:
+        img = decode_image(data, min_size=(size, size), name=name).image
+    except DecodeError as exc:
+        log.info("no thumbnail for %s: %s", name, exc)
+        return None
+    img.thumbnail((size, size), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85, optimize=True)
+    return buf.getvalue()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# -- source roots --------------------------------------------------------------------------
+
+
+def source_roots(engine) -> dict[str, tuple[str, ...]]:
+    """The root folder(s) of each source of an engine's collection (see the module docstring)."""
+    from indexer.browse import engine_sql
+
+    recorded: dict[str, tuple[str, ...]] = {}
+    try:
+        stats = engine.collection.latest_generation().stats or {}
+    except Exception:  # noqa: BLE001 - a damaged generation file: fall back to what the rows say
+        stats = {}
+    for name, entry in (stats.get("sources") or {}).items():
+        root = entry.get("root") if isinstance(entry, Mapping) else entry
+        roots = [root] if isinstance(root, str) else list(root or [])
+        if roots:
+            recorded[str(name)] = tuple(roots)
+    rows = engine_sql(
+        engine,
+        "SELECT source, min(location), max(location) FROM images "
+        "WHERE location IS NOT NULL AND location NOT LIKE 'http://%' AND location NOT LIKE 'https://%' "
+        "GROUP BY source",
+    )
+    out: dict[str, tuple[str, ...]] = dict(recorded)
+    for source, lo, hi in rows:
+        if source is None or source in out:
+            continue
+        if os.path.isabs(source) and os.path.isdir(source):
+            out[source] = (source,)
+            continue
+        root = _shared_folder(lo, hi)
+        if root is None:
+            log.warning("the images of source %r share no folder; they will not be shown", source)
+            continue
+        out[source] = (root,)
+    return out
+
+
+def _shared_folder(lo: str | None, hi: str | None) -> str | None:
+    """The deepest folder containing both locations (the min and max of a sorted set contain
+    every location between them in their common prefix)."""
+    if not lo or not hi:
+        return None
+    paths = []
+    for loc in (lo, hi):
+        if loc.startswith(_TAR):
+            loc = loc[len(_TAR):].partition("#")[0]
+        p = _clean_local(loc)
+        if p is None:
+            return None
+        paths.append(p)
+    common = os.path.commonpath([os.path.dirname(paths[0]), os.path.dirname(paths[1])])
+    if common in ("", os.sep):
+        return None
+    return common
