@@ -384,8 +384,11 @@ class BrowseState:
         if detail is not None:
             state = replace(state, detail=detail)
         tab = last("tab")
-        if tab in TABS:
-            state = replace(state, tab=tab)
+        if tab:
+            if tab in TABS:
+                state = replace(state, tab=tab)
+            else:
+                notices.append(f"ignored tab={tab!r}: use one of {', '.join(TABS)}")
         coll = last("collection")
         if coll:
             state = replace(state, collection=coll)
@@ -977,17 +980,17 @@ def collection_overview(engine) -> dict[str, Any]:
 
 
 def _find_recall(index_info: Mapping[str, Any]) -> float | None:
-    """The measured recall in an index entry's info, whatever the ANN module calls it."""
-    for key in ("recall", "recall_at_10", "recall@10", "measured_recall"):
-        v = index_info.get(key)
-        if isinstance(v, (int, float)):
-            return float(v)
+    """The measured recall in an index entry's info, whatever the ANN module calls it (a key
+    with "recall" in its name that is not the target, at any depth)."""
+    nested = []
     for key, v in index_info.items():
-        if "recall" in str(key).lower() and "target" not in str(key).lower():
-            if isinstance(v, (int, float)):
-                return float(v)
-            if isinstance(v, Mapping):
-                nested = _find_recall(v)
-                if nested is not None:
-                    return nested
+        name = str(key).lower()
+        if "recall" in name and "target" not in name and isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        if isinstance(v, Mapping):
+            nested.append(v)
+    for v in nested:
+        found = _find_recall(v)
+        if found is not None:
+            return found
     return None

@@ -1,0 +1,442 @@
+"""indexer.browse: the app's decisions, tested without Streamlit."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import os
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from indexer import browse
+from indexer.browse import BrowseState, UploadError
+from indexer.engine import Hit
+from indexer.errors import QueryError
+from test_app_fixtures import build_app_collection, picture, picture_bytes
+
+
+@pytest.fixture(scope="module")
+def coll(tmp_path_factory, tiny_model_dir):
+    return build_app_collection(tmp_path_factory.mktemp("browse"), tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def engine(coll):
+    from indexer.engine import SearchEngine
+
+    return SearchEngine.open(coll.path, device="cpu")
+
+
+def by_catalog(engine, number: str) -> Hit:
+    (hit,) = [h for h in engine.get(range(engine.info()["images"])) if h.metadata["catalogNumber"] == number]
+    return hit
+
+
+# -- arguments ----------------------------------------------------------------------------
+
+
+def test_app_args_from_argv_and_environment():
+    assert browse.parse_app_args(["/a", "/b", "--device", "cuda"], {}) == browse.AppArgs(("/a", "/b"), "cuda")
+    assert browse.parse_app_args(["/a", "--device=mps"], {}).device == "mps"
+    assert browse.parse_app_args([], {}).collections == ()
+    env = {"BIOCLIP_SEARCH_COLLECTIONS": os.pathsep.join(["/x", "", "/y"]), "BIOCLIP_SEARCH_DEVICE": "cpu"}
+    # the environment wins over the arguments (a test runner's own arguments are no collections)
+    assert browse.parse_app_args(["tests/test_app.py", "-q"], env) == browse.AppArgs(("/x", "/y"), "cpu")
+    assert browse.parse_app_args(["/a"], {"BIOCLIP_SEARCH_COLLECTIONS": ""}).collections == ()
+
+
+def test_collection_labels_are_short_and_unique():
+    assert browse.collection_labels(["/d/birds.coll", "/e/fish.coll"]) == {"/d/birds.coll": "birds.coll", "/e/fish.coll": "fish.coll"}
+    labels = browse.collection_labels(["/d/x.coll", "/e/x.coll/"])
+    assert len(set(labels.values())) == 2
+
+
+def test_faiss_threads_are_capped():
+    import faiss
+
+    assert browse.configure_threads(1) == 1
+    assert faiss.omp_get_max_threads() == 1
+    assert browse.configure_threads() >= 1
+
+
+# -- state and URL ------------------------------------------------------------------------
+
+AWKWARD = [
+    'Côte d\'Ivoire & "Co" = #1 + 50% ?',
+    "a&b=c",
+    "  spaced  out ",
+    "日本語 / ελληνικά",
+    "comma, separated",
+    "plus+plus",
+    "percent %20 %%",
+]
+
+
+@pytest.mark.parametrize("text", AWKWARD)
+def test_url_round_trip_keeps_every_value(text):
+    state = BrowseState(q=text).with_values("country", [text, "Kenya"]).with_values("family", ["Corvidae"])
+    state = replace(state, year=(1900, 1950), coords=True, k=500, page=3, view="table", detail=7, collection="birds & fish")
+    back, notices = BrowseState.from_query_string(state.query_string())
+    assert notices == []
+    assert back == state
+    # the same through a mapping of lists, as st.query_params.get_all gives it
+    back2, _ = BrowseState.from_params(state.to_params())
+    assert back2 == state
+
+
+def test_url_parameters_are_one_per_filter():
+    state = BrowseState(q="corvus").with_values("country", ["Kenya", "Norway"]).with_values("license", ["CC0-1.0"])
+    state = replace(state, year=(None, 1950), coords=False)
+    assert state.to_params() == {
+        "q": ["corvus"],
+        "country": ["Kenya", "Norway"],
+        "license": ["CC0-1.0"],
+        "year": ["..1950"],
+        "has_coordinates": ["false"],
+    }
+    assert state.query_string() == "q=corvus&country=Kenya&country=Norway&license=CC0-1.0&year=..1950&has_coordinates=false"
+
+
+def test_more_like_this_and_uploads_in_the_url():
+    assert BrowseState().more_like(42).to_params() == {"like": ["42"]}
+    state, _ = BrowseState.from_query_string("like=42&q=ignored")
+    assert state.mode == "like" and state.like == 42
+    # an uploaded picture is never in the URL, its filters are
+    up = BrowseState(q="x").with_values("country", ["Kenya"]).with_upload()
+    assert up.to_params() == {"country": ["Kenya"]}
+
+
+def test_bad_url_values_are_dropped_with_a_notice():
+    state, notices = BrowseState.from_query_string("like=abc&year=soon&has_coordinates=maybe&k=-3&page=0&view=3d&q=ok&tab=nope&unknown=1")
+    assert state == BrowseState(q="ok")
+    assert len(notices) == 7
+    assert any("like" in n for n in notices) and any("year" in n for n in notices)
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [("1900..1950", (1900, 1950)), ("1950..1900", (1900, 1950)), ("1900..", (1900, None)), ("..1950", (None, 1950)), ("1931", (1931, 1931))],
+)
+def test_year_forms(raw, expected):
+    state, notices = BrowseState.from_params({"year": raw})
+    assert notices == [] and state.year == expected
+
+
+def test_a_filter_change_goes_back_to_page_one():
+    state = replace(BrowseState(), page=4)
+    assert state.with_values("country", ["Kenya"]).page == 1
+    assert state.with_values("country", []).values == ()
+
+
+def test_state_to_filter_selects_what_it_says(engine):
+    state = BrowseState().with_values("country", ["Kenya"]).with_values("family", ["Corvidae", "Canidae"])
+    state = replace(state, year=(1900, 2000), coords=True)
+    result = browse.run_search(engine, state)
+    assert result.hits
+    for h in result.hits:
+        m = h.metadata
+        assert m["country"] == "Kenya" and m["family"] in ("Corvidae", "Canidae")
+        assert 1900 <= m["year"] <= 2000 and m["decimalLatitude"] is not None
+    everything = engine.get(range(12))
+    expected = [h for h in everything if h.metadata["country"] == "Kenya" and h.metadata["family"] in ("Corvidae", "Canidae")
+                and 1900 <= h.metadata["year"] <= 2000 and h.metadata["decimalLatitude"] is not None]
+    assert sorted(h.id for h in result.hits) == sorted(h.id for h in expected)
+    assert result.candidates == len(expected)
+
+
+def test_species_filter_and_values_with_quotes(engine):
+    state = BrowseState().with_values("species", ["Rosa canina"])
+    hits = browse.run_search(engine, state).hits
+    assert len(hits) == 3 and {h.metadata["genus"] for h in hits} == {"Rosa"}
+    state = BrowseState().with_values("collectionCode", ['PLANTS & "SEEDS"'])
+    assert len(browse.run_search(engine, state).hits) == 3
+    state = BrowseState().with_values("country", ["Côte d'Ivoire"])
+    assert len(browse.run_search(engine, state).hits) == 4
+
+
+# -- searching ----------------------------------------------------------------------------
+
+
+def test_search_modes(engine, coll):
+    target = by_catalog(engine, "MUS-005")
+    vec = engine.embed_image(coll.image_path(5))
+    result = browse.run_search(engine, BrowseState().with_upload(), image_vector=vec, image_name="me.png")
+    assert result.hits[0].id == target.id
+    assert result.interpretation == "images similar to the uploaded picture me.png"
+
+    result = browse.run_search(engine, BrowseState().more_like(target.id))
+    assert target.id not in [h.id for h in result.hits]
+    assert str(target.id) in result.interpretation
+
+    result = browse.run_search(engine, BrowseState(q="Corvidae"))
+    assert result.interpretation.startswith("family Corvidae")
+
+    listing = browse.run_search(engine, BrowseState())
+    assert [h.id for h in listing.hits] == list(range(12)) and listing.candidates == 12
+
+    with pytest.raises(QueryError):
+        browse.run_search(engine, BrowseState().with_upload())
+    with pytest.raises(QueryError, match="no image with id"):
+        browse.run_search(engine, BrowseState().more_like(12345))
+
+
+def test_empty_results_say_why(engine):
+    state = BrowseState(q="Corvidae").with_values("country", ["Atlantis"])
+    result = browse.run_search(engine, state)
+    assert result.hits == [] and "no image matches the filters" in result.notices
+    listing = browse.run_search(engine, BrowseState().with_values("species", ["Nonexistus fictus"]))
+    assert listing.hits == [] and any("does not occur" in n for n in listing.notices)
+
+
+def test_suggestions_come_from_the_collection(engine):
+    names = [m.name for m in browse.suggest_taxa(engine, "co")]
+    assert "Corvidae" in names and "Corvus" in names and "Corvus corax" in names
+    assert browse.suggest_taxa(engine, "Corvidae") == []  # already a taxon
+    assert browse.suggest_taxa(engine, "") == []
+    (m,) = [m for m in browse.suggest_taxa(engine, "red") if m.rank == "species"]
+    assert browse.describe_taxon(m) == "Vulpes vulpes (red fox) · species · 3 images"
+
+
+# -- what results show ------------------------------------------------------------------
+
+
+def test_cards_facets_chart_and_map(engine):
+    hits = engine.get(range(12))
+    card = browse.card_fields(by_catalog(engine, "MUS-000"))
+    assert card["name"] == "Corvus corax" and card["rank"] == "species" and card["catalogNumber"] == "MUS-000"
+    assert card["institution"] == "NHM" and card["date"] == "1900-05-01"
+    assert browse.card_fields(hits[0], scored=False)["score"] is None
+
+    facets = browse.result_facets(hits)
+    assert facets["country"] == {"Kenya": 4, "Norway": 4, "Côte d'Ivoire": 4}
+    assert facets["family"] == {"Corvidae": 6, "Canidae": 3, "Rosaceae": 3}
+    assert facets["species"]["Pica pica"] == 3
+    assert sum(facets["license"].values()) == 12
+
+    assert browse.taxa_counts(hits, "family")[0] == ("Corvidae", 6)
+    assert browse.taxa_counts(hits, "kingdom") == [("Animalia", 9), ("Plantae", 3)]
+    points = browse.map_points(hits)
+    assert len(points) == 8 and all({"lat", "lon", "id", "name"} <= set(p) for p in points)
+    bad = Hit(1, 0.0, "/x", {"decimalLatitude": 95.0, "decimalLongitude": 10.0})
+    assert browse.map_points([bad]) == []
+    rows = browse.result_rows(hits[:2])
+    assert set(rows[0]) >= {"id", "score", "scientificName", "rank", "catalogNumber", "institutionCode", "date", "media"}
+
+
+def test_hit_rank_without_a_species():
+    hit = Hit(1, 0.0, "/x", {"family": "Corvidae", "genus": None})
+    assert browse.hit_rank(hit) == "family"
+    assert browse.hit_rank(Hit(1, 0.0, "/x", {"taxonRank": "Genus"})) == "genus"
+    assert browse.hit_rank(Hit(1, 0.0, "/x", {"scientificName": "Corvus corax Linnaeus, 1758"})) == "species"
+
+
+def test_detail_fields_and_source_link(engine):
+    hit = by_catalog(engine, "MUS-000")
+    fields = dict(browse.detail_fields(hit))
+    names = [k for k, _ in browse.detail_fields(hit)]
+    assert names[0] == "scientificName" and names.index("license") < names.index("location")
+    assert fields["rightsHolder"] == "Test Museum" and fields["notes"] == "note for image 0"
+    assert "meta_hash" not in fields and "extra" not in fields
+    assert browse.source_record_url(hit) == "https://example.org/record/0"
+    assert browse.source_record_url(by_catalog(engine, "MUS-002")) == "https://example.org/occurrence/2"
+    assert browse.source_record_url(by_catalog(engine, "MUS-001")) is None  # a urn is shown, not linked
+    assert browse.source_record_url(Hit(1, 0, "/x", {"references": "javascript:alert(1)"})) is None
+
+
+def test_other_images_of_the_same_specimen(engine):
+    first = by_catalog(engine, "MUS-000")
+    others = engine.records_of(first)
+    assert [h.metadata["catalogNumber"] for h in others] == ["MUS-004"]
+
+
+@pytest.mark.parametrize("n, page, expected", [(0, 1, (0, 0, 1, 1)), (50, 1, (0, 24, 1, 3)), (50, 3, (48, 50, 3, 3)), (50, 9, (48, 50, 3, 3)), (24, 0, (0, 24, 1, 1))])
+def test_page_bounds(n, page, expected):
+    assert browse.page_bounds(n, page) == expected
+
+
+# -- export -------------------------------------------------------------------------------
+
+
+def read_export(data: bytes):
+    text = data.decode("utf-8")
+    comments = [line[2:] for line in text.splitlines() if line.startswith("# ")]
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    return comments, list(csv.DictReader(io.StringIO(body)))
+
+
+def test_export_has_the_columns_and_the_query(engine):
+    state = BrowseState(q="Corvidae").with_values("country", ["Kenya", "Côte d'Ivoire"])
+    state = replace(state, year=(1900, None))
+    result = browse.run_search(engine, state)
+    data = browse.export_csv(result.hits, state, collection="/c/app.coll", interpretation=result.interpretation,
+                             now=dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc))
+    comments, rows = read_export(data)
+    assert comments[0] == "bioclip-search export"
+    assert "query: text: Corvidae" in comments
+    assert "filters: country: Kenya or Côte d'Ivoire; year: 1900–…" in comments
+    assert f"url: ?{state.query_string()}" in comments
+    assert "exported: 2024-01-02T03:04:05+00:00" in comments
+    assert list(rows[0]) == list(browse.EXPORT_COLUMNS)
+    assert [int(r["id"]) for r in rows] == [h.id for h in result.hits]
+    first = result.hits[0]
+    assert rows[0]["scientificName"] == first.scientific_name
+    assert rows[0]["catalogNumber"] == first.metadata["catalogNumber"]
+    assert rows[0]["media"] == first.location
+    assert float(rows[0]["score"]) == pytest.approx(first.score, abs=1e-6)
+    # reopening the URL gives the same state
+    reopened, _ = BrowseState.from_query_string(comments[[c.startswith("url: ") for c in comments].index(True)][6:])
+    assert reopened == state
+
+
+def test_export_neutralises_spreadsheet_formulas_and_keeps_awkward_text():
+    hits = [
+        Hit(1, 0.5, "/x/a.png", {"scientificName": "=HYPERLINK(\"http://evil\")", "catalogNumber": "-1.5", "occurrenceID": 'a,"b"\nc', "license": "@x"}),
+    ]
+    state = BrowseState(q='line\nbreak "quoted"')
+    comments, rows = read_export(browse.export_csv(hits, state))
+    assert 'query: text: line break "quoted"' in comments
+    assert rows[0]["scientificName"].startswith("'=")
+    assert rows[0]["catalogNumber"] == "-1.5"
+    assert rows[0]["occurrenceID"] == 'a,"b"\nc'
+    assert rows[0]["license"] == "'@x"
+
+
+def test_export_of_a_listing_has_no_scores(engine):
+    state = BrowseState().with_values("family", ["Canidae"])
+    result = browse.run_search(engine, state)
+    _, rows = read_export(browse.export_csv(result.hits, state))
+    assert len(rows) == 3 and {r["score"] for r in rows} == {""}
+
+
+# -- uploads ------------------------------------------------------------------------------
+
+
+def encoded(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    picture(1, (300, 240)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF", "WEBP"])
+def test_uploads_of_accepted_kinds(fmt):
+    data = encoded(fmt)
+    assert browse.read_upload("p.any", data) == data
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty"),
+        (b"hello, I am text pretending to be a picture", "not a picture"),
+        (b"%PDF-1.4\n...", "not a picture"),
+        (None, "is a GIF image"),
+        ("truncated", "cannot be read"),
+    ],
+)
+def test_bad_uploads_are_refused_with_a_message(data, message):
+    if data is None:
+        data = encoded("GIF")
+    elif data == "truncated":
+        data = encoded("PNG")[:200]
+    with pytest.raises(UploadError, match=message):
+        browse.read_upload("photo.jpg", data)
+
+
+def test_too_large_uploads_are_refused(monkeypatch):
+    data = encoded("PNG")
+    with pytest.raises(UploadError, match="up to"):
+        browse.read_upload("big.png", data, max_bytes=100)
+    monkeypatch.setattr(browse, "MAX_UPLOAD_BYTES", 100)
+    with pytest.raises(UploadError, match="big.png is 0.0 MB; pictures up to 0.0 MB"):
+        browse.read_upload("big.png", data)
+    assert issubclass(UploadError, QueryError)
+
+
+# -- sidebar options ------------------------------------------------------------------
+
+
+def test_facet_catalog(engine):
+    cat = browse.FacetCatalog(engine)
+    assert cat.options("country") == [("Côte d'Ivoire", 4), ("Kenya", 4), ("Norway", 4)]
+    assert cat.options("family")[0] == ("Corvidae", 6)
+    assert ("Corvus corax", 3) in cat.options("species")
+    assert cat.ranks() == list(browse.RANKS)
+    assert cat.year_range() == (1900, 2010)
+    assert cat.has_coordinates() == 8
+
+
+# -- most likely taxa ------------------------------------------------------------------
+
+
+def test_most_likely_taxa_at_a_rank_are_cached(engine, coll, monkeypatch):
+    from bioclip.zeroshot import ZeroShotClassifier
+
+    calls = []
+    original = ZeroShotClassifier._embed_labels
+    monkeypatch.setattr(ZeroShotClassifier, "_embed_labels", lambda self: calls.append(len(self.labels)) or original(self))
+    predictor = browse.TaxaPredictor(engine)
+    vec = engine.embed_image(coll.image_path(0))
+    species = predictor.predict(vec, "species", k=10)
+    assert [t.rank for t in species] == ["species"] * 4
+    assert {t.name for t in species} == {"Corvus corax", "Pica pica", "Vulpes vulpes", "Rosa canina"}
+    assert sum(t.score for t in species) == pytest.approx(1.0)
+    assert species == sorted(species, key=lambda t: -t.score)
+    families = predictor.predict(vec[0], "family", k=2)
+    assert len(families) == 2 and all(t.rank == "family" for t in families)
+    assert calls == [4, 3]
+    predictor.predict(vec, "species")
+    predictor.predict(vec, "family")
+    assert calls == [4, 3] and predictor.builds == 2  # label embeddings made once per rank
+    with pytest.raises(QueryError):
+        predictor.predict(vec, "subspecies")
+
+
+def test_most_likely_taxa_are_rebuilt_for_a_new_generation(tmp_path, tiny_model_dir):
+    from indexer.engine import SearchEngine
+    from indexer.pipeline import BuildOptions, build
+    from indexer.sources import FolderSource
+
+    c = build_app_collection(tmp_path, tiny_model_dir, n=4)
+    engine = SearchEngine.open(c.path, device="cpu", refresh_interval=None)
+    predictor = browse.TaxaPredictor(engine)
+    vec = engine.embed_image(c.image_path(0))
+    assert len(predictor.predict(vec, "species", k=10)) == 4
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(c.images / "other" / "new.png")
+    build(c.path, [FolderSource(c.images, labels=c.labels)], model_name=c.model_source, device="cpu",
+          options=BuildOptions(build_index=False, workers=0))
+    assert engine.refresh()
+    predictor.predict(vec, "species")
+    assert predictor.builds == 2
+
+
+# -- collection page -------------------------------------------------------------------
+
+
+def test_collection_overview(engine, coll):
+    o = browse.collection_overview(engine)
+    assert o["images"] == 12 and o["failures"] == 1
+    assert o["failures_by_reason"] == [("not-an-image", 1)]
+    assert o["model"] == coll.model_source and o["dimension"] == 64
+    assert [r[0] for r in o["ranks"]] == list(browse.RANKS)
+    assert dict((r, n) for r, n, _ in o["ranks"])["family"] == 12
+    assert o["sources"] == [(str(coll.images), 12)]
+    assert o["index"]
+    assert "revision" in o and "preprocess" in o
+
+
+def test_recall_is_found_whatever_it_is_called():
+    assert browse._find_recall({"recall": 0.97}) == 0.97
+    assert browse._find_recall({"tuning": {"recall_at_10": 0.91}, "recall_target": 0.95}) == 0.91
+    assert browse._find_recall({"nprobe": 8}) is None
+
+
+def test_image_upload_of_the_model_itself(engine, coll):
+    """An image searched by its own pixels comes back first (the property every app test uses)."""
+    for i in (0, 3, 7, 11):
+        hits = engine.search(image=picture_bytes(i), k=1).hits
+        assert hits[0].metadata["catalogNumber"] == f"MUS-{i:03d}"
+    assert np.isclose(engine.search(image=picture_bytes(2), k=1).hits[0].score, 1.0, atol=1e-3)
