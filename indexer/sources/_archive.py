@@ -17,6 +17,7 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 from indexer.errors import SourceError
@@ -105,6 +106,8 @@ class ArchiveFiles:
         self._zip: zipfile.ZipFile | None = None
         self._root: str | None = None  # folder the names are relative to (folder or unpacked tar)
         self._copies: dict[tuple[str, str], str] = {}
+        self._pending: dict[tuple[str, str], Future] = {}
+        self._pool: ThreadPoolExecutor | None = None
         if os.path.isdir(self.path):
             self.kind = "folder"
             self._root = self.path
@@ -219,6 +222,21 @@ class ArchiveFiles:
         except (OSError, RuntimeError, zipfile.BadZipFile) as exc:  # RuntimeError: encrypted zip member
             raise SourceError(f"{self.path}: cannot read {name} ({exc})", self.path) from exc
 
+    def prefetch(self, items: list[tuple[str, str]]) -> None:
+        """Start copying ``(name, encoding)`` members in the background, in order.
+
+        While DuckDB parses the core, the extensions are being inflated: on two cores that hides
+        most of the copying. :meth:`local_utf8` waits for (and re-raises the errors of) a prefetch.
+        """
+        todo = [(n, e) for n, e in items if (n, e) not in self._copies and not (self._root is not None and e == "utf-8")]
+        if not todo:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bioclip-dwca-copy")
+        for n, e in todo:
+            if (n, e) not in self._pending:
+                self._pending[(n, e)] = self._pool.submit(self._copy, n, e, len(self._pending))
+
     def local_utf8(self, name: str, encoding: str) -> str:
         """Path of ``name`` as a local UTF-8 file (the file itself when possible, else a temp copy)."""
         key = (name, encoding)
@@ -228,20 +246,27 @@ class ArchiveFiles:
             path = os.path.join(self._root, *name.split("/"))
             self._copies[key] = path
             return path
-        target = os.path.join(self._tmpdir("data"), f"{len(self._copies):04d}-{posixpath.basename(name)}")
+        pending = self._pending.pop(key, None)
+        path = pending.result() if pending is not None else self._copy(name, encoding, len(self._copies) + 1000)
+        self._copies[key] = path
+        return path
+
+    def _copy(self, name: str, encoding: str, n: int) -> str:
+        target = os.path.join(self._tmpdir("data"), f"{n:04d}-{posixpath.basename(name)}")
         try:
             with self._open(name) as src, open(target, "wb") as dst:
                 _transcode(src, dst, encoding)
         except UnicodeDecodeError as exc:
-            raise SourceError(
-                f"{self.path}: {name} is not valid {encoding} (byte {exc.start} of a chunk: {exc.reason})", self.path
-            ) from exc
+            raise SourceError(f"{self.path}: {name} is not valid {encoding} text ({exc.reason})", self.path) from exc
         except (OSError, zlib.error, zipfile.BadZipFile, EOFError) as exc:
             raise SourceError(f"{self.path}: cannot read {name} ({exc})", self.path) from exc
-        self._copies[key] = target
         return target
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._pending.clear()
         if self._zip is not None:
             self._zip.close()
             self._zip = None

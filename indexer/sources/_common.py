@@ -239,6 +239,9 @@ def rebatch(batches: Iterable[pa.RecordBatch], rows: int = BATCH_ROWS) -> Iterat
     for b in batches:
         if b.num_rows == 0:
             continue
+        if not pending and rows // 2 <= b.num_rows <= rows:
+            yield b  # already a fine size: no copy
+            continue
         pending.append(b)
         count += b.num_rows
         while count >= rows:

@@ -234,7 +234,11 @@ def _parse_file(el: ET.Element, where: str, *, is_core: bool) -> FileSpec:
 
 @dataclass
 class _Entity:
-    """One core/extension loaded into a DuckDB table: ``_row``, ``_id`` and one column per field."""
+    """One core/extension loaded into a DuckDB table: ``_id`` and one column per field.
+
+    Rows are numbered by DuckDB's ``rowid`` (insertion order, from 0): numbering them in the
+    query that loads them would cost a serial window over the whole file.
+    """
 
     spec: FileSpec
     table: str
@@ -282,6 +286,17 @@ def _first_records(path: str, delimiter: str, quote: str, limit: int = 50) -> li
     return [ln.split(delimiter) for ln in lines]
 
 
+_TRIMMED_NAMES = {
+    "associatedmedia", "accessuri", "identifier", "type", "format", "license", "rightsholder", "owner",
+    "webstatement", "usageterms", "rights", "occurrenceid",
+}
+
+
+def _wants_trim(f: Field) -> bool:
+    """Whether a field's values are trimmed: ids, media roles and the metadata columns."""
+    return canonical_column(f.term) is not None or f.name.lower() in _TRIMMED_NAMES
+
+
 class _Loader:
     """Loads the entities of one archive into one DuckDB connection, recording what it skipped."""
 
@@ -304,6 +319,17 @@ class _Loader:
                 f"{self.where}: meta.xml names the data file {location!r}, which is not in the archive", self.where
             )
         return found
+
+    def prefetch(self, specs: list[FileSpec]) -> None:
+        """Start copying the data files of ``specs`` out of the archive, in the order they are loaded."""
+        items = []
+        for spec in specs:
+            try:
+                encoding = normalise_encoding(spec.encoding, self.where)
+                items += [(self._member(loc), encoding) for loc in spec.locations]
+            except SourceError:
+                pass  # reported when that entity is loaded
+        self.files.prefetch(items)
 
     def load(self, spec: FileSpec, table: str) -> _Entity:
         encoding = normalise_encoding(spec.encoding, self.where)
@@ -346,11 +372,7 @@ class _Loader:
             )
         entity = _Entity(spec, table)
         params: dict[str, Any] = {}
-        selects = ["row_number() OVER () AS _row"]
-        if spec.id_index is not None:
-            selects.append(f"nullif(trim(c{spec.id_index}), '') AS _id")
-        else:
-            selects.append("CAST(NULL AS VARCHAR) AS _id")
+        selects = [f"nullif(trim(c{spec.id_index}), '') AS _id" if spec.id_index is not None else "CAST(NULL AS VARCHAR) AS _id"]
         seen_terms: set[str] = set()
         for k, f in enumerate(spec.fields):
             if f.term in seen_terms:
@@ -362,11 +384,13 @@ class _Loader:
                     continue
                 params[f"d{k}"] = f.default
                 expr = f"CAST($d{k} AS VARCHAR)"
-            elif f.default is not None:
-                params[f"d{k}"] = f.default
-                expr = f"coalesce(nullif(trim(c{f.index}), ''), CAST($d{k} AS VARCHAR))"
             else:
-                expr = f"nullif(trim(c{f.index}), '')"
+                # Trimming costs a third of the load: only for values we match, link or show as columns.
+                # (DuckDB already reads an empty field, quoted or not, as NULL.)
+                expr = f"nullif(trim(c{f.index}), '')" if _wants_trim(f) else f"c{f.index}"
+                if f.default is not None:
+                    params[f"d{k}"] = f.default
+                    expr = f"coalesce({expr}, CAST($d{k} AS VARCHAR))"
             selects.append(f"{expr} AS {col}")
             entity.columns.append((f, col))
         if not used:
@@ -652,11 +676,12 @@ class _Plan:
 
     def build(self) -> tuple[str, dict[str, Any]]:
         con, d = self.con, self.descriptor
+        self.loader.prefetch([d.core, *d.extensions])
         core = self.loader.load(d.core, "core")
         # Records without an id still count; give them one (it cannot be linked to, so no extension row matches it).
         occ_field = core.column("occurrenceID")
         fallback = f"nullif(trim({occ_field}), '')" if occ_field else "NULL"
-        con.execute(f"UPDATE core SET _id = coalesce({fallback}, 'row-' || _row) WHERE _id IS NULL")
+        con.execute(f"UPDATE core SET _id = coalesce({fallback}, 'row-' || (rowid + 1)) WHERE _id IS NULL")
         self.report["records"] = core.rows
         self.report["duplicate_core_ids"] = con.execute("SELECT count(*) - count(DISTINCT _id) FROM core").fetchall()[0][0]
         if self.report["duplicate_core_ids"]:
@@ -687,10 +712,14 @@ class _Plan:
                 others.append(ent)
 
         self._build_media(core, media, occ)
+        for ent in media:
+            con.execute(f"DROP TABLE {ent.table}")  # copied into `media`: free the memory for the join
         self.report["records_without_media"] = con.execute(
             "SELECT count(*) FROM core c WHERE NOT EXISTS (SELECT 1 FROM media m WHERE m._coreid = c._id)"
         ).fetchall()[0][0]
         aggs = self._build_aggregates(others)
+        for ent in others:
+            con.execute(f"DROP TABLE {ent.table}")
         return self._final_query(core, occ, aggs, core_is_record)
 
     # media -------------------------------------------------------------------------------------
@@ -704,12 +733,12 @@ class _Plan:
         if occ is not None:
             occ_id = occ.column("occurrenceID")
             con.execute(
-                "CREATE OR REPLACE TEMP TABLE occ_single AS SELECT _id AS _coreid, min(_row) AS _orow "
+                "CREATE OR REPLACE TEMP TABLE occ_single AS SELECT _id AS _coreid, min(rowid) AS _orow "
                 "FROM %s GROUP BY _id HAVING count(*) = 1" % occ.table
             )
             if occ_id:
                 con.execute(
-                    f"CREATE OR REPLACE TEMP TABLE occ_by_id AS SELECT _id AS _coreid, {occ_id} AS oid, min(_row) AS _orow "
+                    f"CREATE OR REPLACE TEMP TABLE occ_by_id AS SELECT _id AS _coreid, {occ_id} AS oid, min(rowid) AS _orow "
                     f"FROM {occ.table} WHERE {occ_id} IS NOT NULL GROUP BY ALL"
                 )
         for n, ent in enumerate(media):
@@ -745,14 +774,14 @@ class _Plan:
                     joins += f" LEFT JOIN occ_by_id b ON b._coreid = e._id AND b.oid = e.{roles['occurrenceID'][0]}"
                     orow = "coalesce(b._orow, s._orow)"
             con.execute(
-                f"INSERT INTO media SELECT e._id, {orow}, $src, e._row, {url}, "
+                f"INSERT INTO media SELECT e._id, {orow}, $src, e.rowid + 1, {url}, "
                 f"{_coalesce(roles['format'], 'e') or 'NULL'}, {_coalesce(roles['license'], 'e') or 'NULL'}, "
                 f"{_coalesce(roles['rightsHolder'], 'e') or 'NULL'}, {mx} "
-                f"FROM {ent.table} e{joins} WHERE ({where}) AND EXISTS (SELECT 1 FROM core c WHERE c._id = e._id)",
+                f"FROM {ent.table} e{joins} WHERE {where}",
                 params,
             )
         # associatedMedia: only for records with no media row in any extension.
-        for ent, alias_row in ((core, None), (occ, "_row")):
+        for ent, alias_row in ((core, None), (occ, "rowid")):
             if ent is None:
                 continue
             col = ent.column("associatedMedia")
@@ -826,7 +855,7 @@ class _Plan:
             add(occ, "o", first=True)
         if core_is_record:
             # In an Occurrence core the id is the occurrence's identifier (unless we made it up).
-            record_cols.setdefault("occurrenceID", []).append("CASE WHEN c._id <> 'row-' || c._row THEN c._id END")
+            record_cols.setdefault("occurrenceID", []).append("CASE WHEN c._id <> 'row-' || (c.rowid + 1) THEN c._id END")
 
         selects = [
             "CASE WHEN m.url IS NULL THEN $name || '#' || m._coreid || '#' || m._src || ':' || m._seq "
@@ -859,7 +888,7 @@ class _Plan:
         parts = ["'{}'", record_extra, "coalesce(m.mx, '{}')"]
         joins = ["JOIN core c ON c._id = m._coreid"]
         if occ is not None:
-            joins.append(f"LEFT JOIN {occ.table} o ON o._row = m._orow")
+            joins.append(f"LEFT JOIN {occ.table} o ON o.rowid = m._orow")
         for n, (table, key, _) in enumerate(aggs):
             params[f"g{n}"] = key
             joins.append(f"LEFT JOIN {table} ON {table}._coreid = m._coreid")
