@@ -614,7 +614,17 @@ def card_fields(hit, *, scored: bool = True) -> dict[str, Any]:
         "institution": hit.metadata.get("institutionCode"),
         "date": hit_date(hit),
         "score": float(hit.score) if scored else None,
+        "file": _file_name(hit.metadata.get("mediaURL") or hit.location),
     }
+
+
+def _file_name(location: str | None) -> str:
+    """The last part of a path, URL or tar member (what a card shows of where the image is)."""
+    if not location:
+        return ""
+    tail = location.split("#", 1)[1] if location.startswith("tar://") and "#" in location else location
+    tail = tail.split("?", 1)[0].rstrip("/")
+    return tail.rsplit("/", 1)[-1] or tail
 
 
 def result_facets(hits: Sequence, params: Iterable[str] | None = None) -> dict[str, Counter]:
@@ -971,6 +981,8 @@ def collection_overview(engine) -> dict[str, Any]:
         "updated": info.get("updated"),
         "index": info.get("index") or "none",
         "recall": recall,
+        "recall_target": index_info.get("recall_target") if isinstance(index_info.get("recall_target"), (int, float)) else None,
+        "index_params": ", ".join(f"{k} {v}" for k, v in (index_info.get("params") or {}).items()),
         "index_info": index_info,
         "failures_by_reason": sorted((info.get("failures_by_reason") or {}).items(), key=lambda kv: -kv[1]),
         "ranks": [(r, v.get("images", 0), v.get("taxa", 0)) for r, v in (info.get("ranks") or {}).items()],

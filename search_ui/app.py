@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import sys
+import threading
 from dataclasses import replace
 
 import streamlit as st
@@ -45,7 +46,19 @@ def open_engine(path: str, device: str):
     from indexer.engine import SearchEngine
 
     browse.configure_threads()
-    return SearchEngine.open(path, device=device)
+    engine = SearchEngine.open(path, device=device)
+    # Load the model now, in the background, so that the first text or photo query does not wait
+    # for it (the engine's own lock makes a query that comes first wait for this load, not repeat it).
+    threading.Thread(target=_preload_model, args=(engine,), name="bioclip-model-preload", daemon=True).start()
+    return engine
+
+
+def _preload_model(engine) -> None:
+    try:
+        engine.model
+        browse.configure_threads()  # torch is imported now: cap its threads too
+    except Exception as exc:  # reported to the user by the first query that needs the model
+        log.warning("cannot load the model of %s: %s", engine.collection.path, exc)
 
 
 @st.cache_resource(show_spinner=False)
@@ -424,7 +437,8 @@ def sidebar_filters(catalog, s: BrowseState, hits) -> None:
         seed("w_coords", next(k for k, v in _COORDS.items() if v == s.coords))
         st.radio("Coordinates", list(_COORDS), key="w_coords", on_change=on_coords)
         seed("w_k", s.k if s.k in browse.K_CHOICES else browse.DEFAULT_K)
-        st.selectbox("Results per search", browse.K_CHOICES, key="w_k", on_change=on_k)
+        st.select_slider("Results per search", browse.K_CHOICES, key="w_k", on_change=on_k,
+                         help="How many results the search returns; the facets, map, chart and export describe them.")
 
 
 def multi_filter(catalog, s: BrowseState, param: str, label: str, counts) -> None:
@@ -462,6 +476,8 @@ def active_filters(s: BrowseState) -> None:
 
 
 def pager(page: int, pages: int, start: int, end: int, total: int) -> None:
+    if pages <= 1:
+        return
     c1, c2, c3 = st.columns([1, 2, 1])
     c1.button("‹ Previous", key="page_prev", on_click=on_page, args=(page - 1,), disabled=page <= 1)
     c2.caption(f"Page {page} of {pages} · results {start + 1}–{end} of {total}")

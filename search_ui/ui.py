@@ -50,9 +50,10 @@ def card(hit, lib, *, scored: bool, key: str, on_like: Callable, on_detail: Call
             f"score {f['score']:.3f}" if f["score"] is not None else None,
         ]
         st.caption(" · ".join(md(b) for b in bits if b) or f"image {hit.id}")
-        c1, c2 = st.columns(2)
-        c1.button("Details", key=f"{key}_detail_{hit.id}", on_click=on_detail, args=(hit.id,), width="stretch")
-        c2.button("More like this", key=f"{key}_like_{hit.id}", on_click=on_like, args=(hit.id,), width="stretch")
+        st.caption(md(f["file"]), help=md(lib.link(hit)))
+        c1, c2 = st.columns([2, 3], gap="small")
+        c1.button("Details", key=f"{key}_detail_{hit.id}", on_click=on_detail, args=(hit.id,), type="tertiary")
+        c2.button("More like this", key=f"{key}_like_{hit.id}", on_click=on_like, args=(hit.id,), type="tertiary")
 
 
 def grid(hits: Sequence, lib, *, scored: bool, key: str, on_like: Callable, on_detail: Callable, columns: int = 4) -> None:
@@ -115,11 +116,13 @@ def collection_page(engine) -> None:
         }
     )
     st.markdown("**Index**")
-    recall = f"{o['recall']:.3f}" if o["recall"] is not None else "not measured (exact search)"
+    recall = f"{o['recall']:.3f}" if o["recall"] is not None else "not measured"
+    if o["recall"] is not None and o["recall_target"] is not None:
+        recall += f" (target {o['recall_target']:.2f})"
     st.table(
         {
-            "": ["type", "measured recall", "images not yet in the index (searched exactly)"],
-            "value": [str(o["index"]), recall, f"{o['unindexed']:,}"],
+            "": ["type", "measured recall", "search parameters", "images not yet in the index (searched exactly)"],
+            "value": [str(o["index"]), recall, o["index_params"] or "none", f"{o['unindexed']:,}"],
         }
     )
     left, right = st.columns(2)

@@ -337,7 +337,7 @@ def test_paging(app, monkeypatch):
     assert len(result_ids(at)) == 2 and at.query_params["page"] == "3"
     click(at, "page_prev")
     assert any("Page 2 of 3" in c for c in captions(at))
-    at.selectbox(key="w_k").set_value(50).run()
+    at.select_slider(key="w_k").set_value(50).run()
     ok(at)
     assert any("Page 1 of 3" in c for c in captions(at))
 

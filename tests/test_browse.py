@@ -208,7 +208,7 @@ def test_cards_facets_chart_and_map(engine):
     hits = engine.get(range(12))
     card = browse.card_fields(by_catalog(engine, "MUS-000"))
     assert card["name"] == "Corvus corax" and card["rank"] == "species" and card["catalogNumber"] == "MUS-000"
-    assert card["institution"] == "NHM" and card["date"] == "1900-05-01"
+    assert card["institution"] == "NHM" and card["date"] == "1900-05-01" and card["file"] == "img_00.png"
     assert browse.card_fields(hits[0], scored=False)["score"] is None
 
     facets = browse.result_facets(hits)
@@ -426,6 +426,8 @@ def test_collection_overview(engine, coll):
     assert o["sources"] == [(str(coll.images), 12)]
     assert o["index"]
     assert "revision" in o and "preprocess" in o
+    if o["index"] != "Flat (exact, no index file)":  # an ANN index was built: its recall is shown
+        assert o["recall"] is not None and o["recall_target"] == 0.95
 
 
 def test_recall_is_found_whatever_it_is_called():
