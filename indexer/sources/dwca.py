@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import logging
 import os
 import posixpath
@@ -41,7 +42,10 @@ from indexer.sources._common import (
     connect,
     duckdb_message,
     fill_locations,
+    json_members_sql,
     json_object_sql,
+    json_object_text_sql,
+    object_members_sql,
     path_to_text,
     rebatch,
 )
@@ -711,11 +715,10 @@ class _Plan:
             else:
                 others.append(ent)
 
-        self._build_media(core, media, occ)
-        for ent in media:
-            con.execute(f"DROP TABLE {ent.table}")  # copied into `media`: free the memory for the join
+        self.media_cte = self._media_cte(core, media, occ)
         self.report["records_without_media"] = con.execute(
-            "SELECT count(*) FROM core c WHERE NOT EXISTS (SELECT 1 FROM media m WHERE m._coreid = c._id)"
+            self.media_cte + "SELECT count(*) FROM core c WHERE NOT EXISTS (SELECT 1 FROM media m WHERE m._coreid = c._id)",
+            self._params_for(self.media_cte),
         ).fetchall()[0][0]
         aggs = self._build_aggregates(others)
         for ent in others:
@@ -724,26 +727,30 @@ class _Plan:
 
     # media -------------------------------------------------------------------------------------
 
-    def _build_media(self, core: _Entity, media: list[_Entity], occ: _Entity | None) -> None:
-        con = self.con
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE media (_coreid VARCHAR, _orow BIGINT, _src VARCHAR, _seq BIGINT, "
-            "url VARCHAR, mformat VARCHAR, mlicense VARCHAR, mrights VARCHAR, mx VARCHAR)"
-        )
+    def _media_cte(self, core: _Entity, media: list[_Entity], occ: _Entity | None) -> str:
+        """``WITH`` clauses defining ``media``: one row per media item of every media extension
+        (still images only) and, for records with none of those, per ``associatedMedia`` entry.
+
+        A CTE rather than a table: the queries that use it read only the columns they need, and
+        a million media rows are not copied. Its parameters are added to ``self.params``.
+        """
+        con, params = self.con, self.params
+        cols = "_coreid, _orow, _src, _seq, url, mformat, mlicense, mrights, mx"
         if occ is not None:
             occ_id = occ.column("occurrenceID")
             con.execute(
-                "CREATE OR REPLACE TEMP TABLE occ_single AS SELECT _id AS _coreid, min(rowid) AS _orow "
-                "FROM %s GROUP BY _id HAVING count(*) = 1" % occ.table
+                f"CREATE OR REPLACE TEMP TABLE occ_single AS SELECT _id AS _coreid, min(rowid) AS _orow "
+                f"FROM {occ.table} GROUP BY _id HAVING count(*) = 1"
             )
             if occ_id:
                 con.execute(
                     f"CREATE OR REPLACE TEMP TABLE occ_by_id AS SELECT _id AS _coreid, {occ_id} AS oid, min(rowid) AS _orow "
                     f"FROM {occ.table} WHERE {occ_id} IS NOT NULL GROUP BY ALL"
                 )
+        parts = []
         for n, ent in enumerate(media):
             roles = _media_role_columns(ent)
-            params: dict[str, Any] = {"src": ent.spec.label}
+            params[f"src{n}"] = ent.spec.label
             url = _coalesce(roles["url"], "e") or "CAST(NULL AS VARCHAR)"
             mtype = _coalesce(roles["type"], "e")
             mformat = _coalesce(roles["format"], "e")
@@ -756,48 +763,56 @@ class _Plan:
             if mformat:
                 fmts = ", ".join(f"'{f}'" for f in _IMAGE_FORMATS)  # constants of ours, not data
                 is_image.append(f"({mformat} IS NULL OR lower({mformat}) LIKE 'image/%' OR lower({mformat}) IN ({fmts}))")
-            used = {roles["url"][0]} if roles["url"] else set()
-            for role in ("format", "license", "rightsHolder", "occurrenceID"):
-                if roles[role]:
-                    used.add(roles[role][0])
+            where = " AND ".join(is_image)
+            self.report["non_image_media_rows"] += con.execute(
+                f"SELECT count(*) FROM {ent.table} e WHERE NOT ({where})"
+            ).fetchall()[0][0]
+            used = {roles[r][0] for r in ("url", "format", "license", "rightsHolder", "occurrenceID") if roles[r]}
             extras = _unique_keys([("media:" + f.name, f"e.{col}") for f, col in ent.columns if col not in used])
             mx = json_object_sql(extras, params, f"m{n}k")
-            where = " AND ".join(is_image)
-            non_images = con.execute(f"SELECT count(*) FROM {ent.table} e WHERE NOT ({where})").fetchall()[0][0]
-            self.report["non_image_media_rows"] += non_images
-            orow = "CAST(NULL AS BIGINT)"
-            joins = ""
+            orow, joins = "CAST(NULL AS BIGINT)", ""
             if occ is not None:
-                joins = " LEFT JOIN occ_single s ON s._coreid = e._id"
-                orow = "s._orow"
+                joins, orow = " LEFT JOIN occ_single s ON s._coreid = e._id", "s._orow"
                 if occ.column("occurrenceID") and roles["occurrenceID"]:
                     joins += f" LEFT JOIN occ_by_id b ON b._coreid = e._id AND b.oid = e.{roles['occurrenceID'][0]}"
                     orow = "coalesce(b._orow, s._orow)"
-            con.execute(
-                f"INSERT INTO media SELECT e._id, {orow}, $src, e.rowid + 1, {url}, "
-                f"{_coalesce(roles['format'], 'e') or 'NULL'}, {_coalesce(roles['license'], 'e') or 'NULL'}, "
-                f"{_coalesce(roles['rightsHolder'], 'e') or 'NULL'}, {mx} "
-                f"FROM {ent.table} e{joins} WHERE {where}",
-                params,
+            parts.append(
+                f"SELECT e._id AS _coreid, {orow} AS _orow, $src{n} AS _src, e.rowid + 1 AS _seq, {url} AS url, "
+                f"{mformat or 'CAST(NULL AS VARCHAR)'} AS mformat, "
+                f"{_coalesce(roles['license'], 'e') or 'CAST(NULL AS VARCHAR)'} AS mlicense, "
+                f"{_coalesce(roles['rightsHolder'], 'e') or 'CAST(NULL AS VARCHAR)'} AS mrights, {mx} AS mx "
+                f"FROM {ent.table} e{joins} WHERE {where}"
             )
+        if not parts:
+            parts.append(
+                "SELECT CAST(NULL AS VARCHAR) AS _coreid, CAST(NULL AS BIGINT) AS _orow, CAST(NULL AS VARCHAR) AS _src, "
+                "CAST(NULL AS BIGINT) AS _seq, CAST(NULL AS VARCHAR) AS url, CAST(NULL AS VARCHAR) AS mformat, "
+                "CAST(NULL AS VARCHAR) AS mlicense, CAST(NULL AS VARCHAR) AS mrights, CAST(NULL AS VARCHAR) AS mx WHERE FALSE"
+            )
+        ctes = [f"ext_media AS ({' UNION ALL '.join(parts)})"]
         # associatedMedia: only for records with no media row in any extension.
-        for ent, alias_row in ((core, None), (occ, "rowid")):
-            if ent is None:
+        assoc = []
+        for ent, orow in ((core, "CAST(NULL AS BIGINT)"), (occ, "t.rowid")):
+            col = ent.column("associatedMedia") if ent is not None else None
+            if ent is None or col is None:
                 continue
-            col = ent.column("associatedMedia")
-            if col is None:
-                continue
+            params.update(assoc_comma=_ASSOC_COMMA, assoc_space=_ASSOC_SPACE, assoc_src="associatedMedia")
             split = (
-                f"regexp_split_to_array(regexp_replace(regexp_replace({col}, $comma, '|\\1', 'g'), $space, '|\\1', 'g'), '[|;]')"
+                f"regexp_split_to_array(regexp_replace(regexp_replace(t.{col}, $assoc_comma, '|\\1', 'g'), "
+                "$assoc_space, '|\\1', 'g'), '[|;]')"
             )
-            orow = f"t.{alias_row}" if alias_row else "CAST(NULL AS BIGINT)"
-            con.execute(
-                "INSERT INTO media SELECT _id, _orow, $src, row_number() OVER (), nullif(trim(u), ''), NULL, NULL, NULL, NULL "
-                f"FROM (SELECT t._id, {orow} AS _orow, unnest({split}) AS u FROM {ent.table} t "
-                f"WHERE {col} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM media m WHERE m._coreid = t._id AND m._src <> $src)) "
-                "WHERE nullif(trim(u), '') IS NOT NULL",
-                {"comma": _ASSOC_COMMA, "space": _ASSOC_SPACE, "src": "associatedMedia"},
+            assoc.append(
+                f"SELECT _coreid, _orow, $assoc_src AS _src, _seq, nullif(trim(u), '') AS url, CAST(NULL AS VARCHAR) AS mformat, "
+                "CAST(NULL AS VARCHAR) AS mlicense, CAST(NULL AS VARCHAR) AS mrights, CAST(NULL AS VARCHAR) AS mx "
+                f"FROM (SELECT t._id AS _coreid, {orow} AS _orow, t.rowid + 1 AS _seq, unnest({split}) AS u FROM {ent.table} t "
+                f"WHERE t.{col} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ext_media x WHERE x._coreid = t._id)) "
+                "WHERE nullif(trim(u), '') IS NOT NULL"
             )
+        if assoc:
+            ctes.append(f"media AS (SELECT {cols} FROM ext_media UNION ALL {' UNION ALL '.join(assoc)})")
+        else:
+            ctes.append(f"media AS (SELECT {cols} FROM ext_media)")
+        return "WITH " + ", ".join(ctes) + " "
 
     # one-to-many extensions ------------------------------------------------------------------
 
@@ -817,7 +832,7 @@ class _Plan:
             vern_sql = f", string_agg(DISTINCT {vern}, '; ') AS vn" if vern else ""
             self.con.execute(
                 f"CREATE OR REPLACE TEMP TABLE agg{n} AS SELECT _id AS _coreid, "
-                f"CAST(json_group_array(CAST(coalesce({obj}, '{{}}') AS JSON)) AS VARCHAR) AS j{vern_sql} "
+                f"'[' || string_agg(coalesce({obj}, '{{}}'), ',') || ']' AS j{vern_sql} "
                 f"FROM {ent.table} WHERE _id IS NOT NULL GROUP BY _id",
                 params,
             )
@@ -827,7 +842,8 @@ class _Plan:
     # the output ----------------------------------------------------------------------------------
 
     def _final_query(self, core: _Entity, occ: _Entity | None, aggs, core_is_record: bool) -> tuple[str, dict[str, Any]]:
-        params: dict[str, Any] = {"name": self.name}
+        params = self.params
+        params["name"] = self.name
         record_cols: dict[str, list[str]] = {}  # canonical column -> expressions in precedence order
         extra_pairs: list[tuple[str, str]] = []
         extra_index: dict[str, int] = {}
@@ -884,28 +900,43 @@ class _Plan:
             selects.append(f"{value} AS {quote_ident(canon)}")
         selects += ["m.url AS mediaURL", "m.mformat AS mediaFormat"]
 
-        record_extra = json_object_sql(_unique_keys(extra_pairs), params, "x", text=False)
-        parts = ["'{}'", record_extra, "coalesce(m.mx, '{}')"]
+        # Members of the record's terms, then the media row's ("media:" keys) and one list per other
+        # extension: keys cannot clash, so the object is assembled as text (see json_object_text_sql).
+        members = json_members_sql(_unique_keys(extra_pairs), params, "x")
+        members.append(object_members_sql("m.mx"))
         joins = ["JOIN core c ON c._id = m._coreid"]
         if occ is not None:
             joins.append(f"LEFT JOIN {occ.table} o ON o.rowid = m._orow")
         for n, (table, key, _) in enumerate(aggs):
-            params[f"g{n}"] = key
+            params[f"g{n}"] = json.dumps(key, ensure_ascii=False) + ":"
             joins.append(f"LEFT JOIN {table} ON {table}._coreid = m._coreid")
-            parts.append(f"json_object($g{n}, CAST({table}.j AS JSON))")
-        # json_merge_patch drops the members whose value is null, so absent terms cost nothing.
-        extra = f"nullif(CAST(json_merge_patch({', '.join(parts)}) AS VARCHAR), '{{}}')"
+            members.append(f"($g{n} || {table}.j)")
+        extra = json_object_text_sql(members)
         selects.append(f"{extra} AS extra")
 
-        body = f"SELECT {', '.join(selects)} FROM media m {' '.join(joins)}"
-        dup = self.con.execute(
-            "SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM media m JOIN core c ON c._id = m._coreid "
-            "GROUP BY m._coreid, coalesce(m.url, m._src || ':' || m._seq) HAVING count(*) > 1)"
+        body = f"{self.media_cte}SELECT {', '.join(selects)} FROM media m {' '.join(joins)}"
+        # A cheap screen first (distinct 64-bit hashes of the media rows' keys; a collision only
+        # costs the exact count below), then the exact count through the join when it may matter.
+        cte, cte_params = self.media_cte, self._params_for(self.media_cte)
+        maybe = self.report["duplicate_core_ids"] > 0 or self.con.execute(
+            cte + "SELECT count(*) > count(DISTINCT hash(_coreid, coalesce(url, _src || ':' || _seq))) FROM media",
+            cte_params,
         ).fetchall()[0][0]
+        dup = 0
+        if maybe:
+            dup = self.con.execute(
+                cte + "SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM media m JOIN core c ON c._id = m._coreid "
+                "GROUP BY m._coreid, coalesce(m.url, m._src || ':' || m._seq) HAVING count(*) > 1)",
+                cte_params,
+            ).fetchall()[0][0]
         self.report["duplicate_media_rows"] = int(dup)
         if dup:
             body += " QUALIFY row_number() OVER (PARTITION BY key ORDER BY m._src, m._seq) = 1"
-        return body, params
+        return body, self._params_for(body)
+
+    def _params_for(self, sql: str) -> dict[str, Any]:
+        """The parameters ``sql`` uses (DuckDB refuses unused ones)."""
+        return {k: v for k, v in self.params.items() if re.search(rf"\${re.escape(k)}\b", sql)}
 
 
 def _unique_keys(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
