@@ -80,6 +80,9 @@ MODES = ("text", "like", "image")
 
 #: Upload limit (bytes) and the image kinds accepted, by what the bytes are, not by the name.
 MAX_UPLOAD_BYTES = int(float(os.environ.get("BIOCLIP_SEARCH_MAX_UPLOAD_MB", "20")) * 1024 * 1024)
+#: Largest upload in pixels (width x height, from the header): a small file must not decode into
+#: gigabytes (60 MP is about 180 MB of RGB while it is read).
+MAX_UPLOAD_PIXELS = 60_000_000
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "tif", "tiff", "webp")
 _UPLOAD_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "TIFF": "TIFF", "WEBP": "WebP"}
 
@@ -450,15 +453,20 @@ def read_upload(name: str | None, data: bytes, max_bytes: int | None = None) -> 
     try:
         with Image.open(io.BytesIO(data)) as im:
             kind = im.format
+            width, height = im.size
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError):
         raise UploadError(f"{label} is not a picture: upload a JPEG, PNG, TIFF or WebP image") from None
     if kind not in _UPLOAD_FORMATS:
         raise UploadError(f"{label} is a {kind} image; upload a JPEG, PNG, TIFF or WebP image")
+    if width * height > MAX_UPLOAD_PIXELS:
+        raise UploadError(
+            f"{label} has {width} x {height} pixels; pictures up to {MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels can be searched"
+        )
     from indexer.decode import decode_image
     from indexer.errors import DecodeError
 
     try:
-        decode_image(data, min_size=(224, 224), name=label)
+        decode_image(data, min_size=(224, 224), name=label, max_pixels=MAX_UPLOAD_PIXELS)
     except DecodeError as exc:
         reason = {"truncated": "it is cut short", "too-many-pixels": "it has too many pixels"}.get(exc.reason, exc.reason)
         raise UploadError(f"{label} cannot be read as a picture ({reason})") from None

@@ -119,12 +119,15 @@ class MediaLibrary:
         media_cache_dir: str | os.PathLike | None = None,
         memory_cache_bytes: int = 64 * 1024 * 1024,
         max_source_bytes: int = MAX_SOURCE_BYTES,
+        engine: Any = None,
     ):
         self.collection_path = Path(collection_path)
-        self.roots: dict[str, tuple[str, ...]] = {
-            str(name): tuple(os.path.realpath(r) for r in ([v] if isinstance(v, str) else v) if r)
-            for name, v in roots.items()
-        }
+        self._set_roots(roots)
+        # With an engine, the roots are found again when it serves a new generation (a build may
+        # have added a source).
+        self._engine = engine
+        self._roots_generation = engine.generation if engine is not None else None
+        self._roots_lock = threading.Lock()
         self.thumbs_dir = Path(thumbs_dir) if thumbs_dir is not None else self.collection_path / "cache" / "thumbs"
         self.media_cache_dir = (
             Path(media_cache_dir) if media_cache_dir is not None else self.collection_path / "cache" / "media"
@@ -144,8 +147,25 @@ class MediaLibrary:
 
     @classmethod
     def for_engine(cls, engine, **kwargs) -> "MediaLibrary":
-        """The library of an open :class:`indexer.engine.SearchEngine`'s collection."""
-        return cls(engine.collection.path, source_roots(engine), **kwargs)
+        """The library of an open :class:`indexer.engine.SearchEngine`'s collection (its source
+        roots follow the engine's generations)."""
+        return cls(engine.collection.path, source_roots(engine), engine=engine, **kwargs)
+
+    def _set_roots(self, roots: Mapping[str, Sequence[str] | str]) -> None:
+        self.roots = {
+            str(name): tuple(os.path.realpath(r) for r in ([v] if isinstance(v, str) else v) if r)
+            for name, v in roots.items()
+        }
+
+    def _current_roots(self, source: str | None) -> tuple[str, ...]:
+        engine = self._engine
+        if engine is not None and engine.generation != self._roots_generation:
+            with self._roots_lock:
+                gen = engine.generation
+                if gen != self._roots_generation:
+                    self._set_roots(source_roots(engine))
+                    self._roots_generation = gen
+        return self.roots.get(source or "", ())
 
     # -- where an image is ---------------------------------------------------------------
 
@@ -160,7 +180,7 @@ class MediaLibrary:
             if cached is not None:
                 return MediaRef("cached", path=cached, url=location)
             return MediaRef("url", url=location)
-        roots = self.roots.get(_source(hit) or "", ())
+        roots = self._current_roots(_source(hit))
         if location.startswith(_TAR):
             shard, sep, member = location[len(_TAR):].partition("#")
             path = _clean_local(shard)
@@ -191,7 +211,7 @@ class MediaLibrary:
         try:
             if ref.kind == "tar":
                 return _read_tar_member(ref.path, ref.member, self.max_source_bytes)
-            root_check = self.roots.get(_source(hit) or "", ()) if ref.kind == "file" else (str(self.media_cache_dir),)
+            root_check = self._current_roots(_source(hit)) if ref.kind == "file" else (str(self.media_cache_dir),)
             return _read_checked(ref.path, root_check, self.max_source_bytes)
         except OSError as exc:
             log.info("cannot read image %s: %s", _location(hit), exc)

@@ -22,7 +22,7 @@ import streamlit as st
 
 from bioclip.errors import BioclipError
 from indexer import browse
-from indexer.browse import BrowseState, UploadError
+from indexer.browse import BrowseState
 from indexer.errors import IndexerError
 from indexer.media import MediaLibrary
 from search_ui import ui
@@ -270,7 +270,7 @@ def search_page(engine, lib, catalog, predictor, device: str) -> None:
         else:
             try:
                 image_vec, image_name, data = upload_vector(engine, upload)
-            except UploadError as exc:
+            except (IndexerError, BioclipError) as exc:  # UploadError, or the model cannot read it
                 st.error(str(exc))
                 sidebar_filters(catalog, s, [])
                 write_url(s)

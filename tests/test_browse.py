@@ -356,6 +356,12 @@ def test_too_large_uploads_are_refused(monkeypatch):
     assert issubclass(UploadError, QueryError)
 
 
+def test_uploads_with_too_many_pixels_are_refused_before_decoding(monkeypatch):
+    monkeypatch.setattr(browse, "MAX_UPLOAD_PIXELS", 10_000)
+    with pytest.raises(UploadError, match="300 x 240 pixels"):
+        browse.read_upload("wide.png", encoded("PNG"))
+
+
 # -- sidebar options ------------------------------------------------------------------
 
 

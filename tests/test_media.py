@@ -247,3 +247,26 @@ def test_a_source_named_otherwise_gets_the_folder_its_images_share(tmp_path, tin
     # a row of that source pointing elsewhere still shows nothing
     assert lib.thumbnail(hit_for(str(tmp_path / "c" / "collection.json"), "sample")) is None
     assert os.path.isdir(tmp_path / "c" / "cache" / "thumbs")
+
+
+def test_a_source_added_later_is_served_after_the_engine_moves_on(tmp_path, tiny_model_dir):
+    from indexer.engine import SearchEngine
+    from indexer.pipeline import BuildOptions, build
+    from indexer.sources import FolderSource
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    (first / "1.png").write_bytes(picture_bytes(1))
+    (second / "2.png").write_bytes(picture_bytes(2))
+    opts = BuildOptions(build_index=False, workers=0)
+    build(tmp_path / "c", [FolderSource(first)], model_name=f"local-dir:{tiny_model_dir}", device="cpu", options=opts)
+    engine = SearchEngine.open(tmp_path / "c", device="cpu", refresh_interval=None)
+    lib = MediaLibrary.for_engine(engine)
+    assert set(lib.roots) == {str(first)}
+    build(tmp_path / "c", [FolderSource(first), FolderSource(second)], model_name=f"local-dir:{tiny_model_dir}",
+          device="cpu", options=opts)
+    assert engine.refresh()
+    (new,) = [h for h in engine.get(range(5)) if h.location.endswith("2.png")]
+    assert isinstance(lib.thumbnail(new), bytes)
+    assert set(lib.roots) == {str(first), str(second)}
