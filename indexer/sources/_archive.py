@@ -99,7 +99,7 @@ class ArchiveFiles:
     unreadable or unsafe archives. Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, only: str | None = None):
         self.path = os.path.abspath(path)
         self.label = os.path.basename(self.path.rstrip(os.sep)) or self.path
         self._tmp: tempfile.TemporaryDirectory | None = None
@@ -108,7 +108,11 @@ class ArchiveFiles:
         self._copies: dict[tuple[str, str], str] = {}
         self._pending: dict[tuple[str, str], Future] = {}
         self._pool: ThreadPoolExecutor | None = None
-        if os.path.isdir(self.path):
+        if only is not None:
+            self.kind = "folder"
+            self._root = self.path
+            self.names = [only]
+        elif os.path.isdir(self.path):
             self.kind = "folder"
             self._root = self.path
             self.names = self._list_folder(self.path)
@@ -135,27 +139,37 @@ class ArchiveFiles:
                 f"{self.path}: not a Darwin Core Archive (expected a folder, a .zip or a .tar/.tgz)", self.path
             )
 
+    @classmethod
+    def single_file(cls, path: str) -> "ArchiveFiles":
+        """One CSV/TSV file as an archive of one member (its folder is not listed)."""
+        path = os.path.abspath(path)
+        return cls(os.path.dirname(path), only=os.path.basename(path))
+
     # -- listing ---------------------------------------------------------------------------------
 
     @staticmethod
     def _list_folder(root: str) -> list[str]:
-        # Only two levels: a folder archive may sit next to a large image tree, and meta.xml is
-        # either at the top or in a single sub-folder.
-        names: list[str] = []
+        # The top level, and one level down only when meta.xml is not at the top: a folder archive
+        # may sit next to a large image tree, and meta.xml is at the top or in a single sub-folder.
+        def files_in(folder: str, prefix: str) -> tuple[list[str], list[os.DirEntry]]:
+            found, dirs = [], []
+            for e in os.scandir(folder):
+                if is_junk(e.name):
+                    continue
+                if e.is_file():
+                    found.append(prefix + e.name)
+                elif e.is_dir():
+                    dirs.append(e)
+            return found, dirs
+
         try:
-            entries = list(os.scandir(root))
+            names, dirs = files_in(root, "")
         except OSError as exc:
             raise SourceError(f"{root}: cannot list folder ({exc.strerror or exc})", root) from exc
-        for e in entries:
-            if is_junk(e.name):
-                continue
-            if e.is_file():
-                names.append(e.name)
-            elif e.is_dir():
+        if not any(n.lower() == "meta.xml" for n in names):
+            for d in dirs:
                 try:
-                    for sub in os.scandir(e.path):
-                        if sub.is_file() and not is_junk(sub.name):
-                            names.append(f"{e.name}/{sub.name}")
+                    names += files_in(d.path, d.name + "/")[0]
                 except OSError:
                     continue
         return sorted(names)

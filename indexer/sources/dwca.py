@@ -38,7 +38,6 @@ from indexer.schema import DWC_COLUMNS, canonical_column, quote_ident
 from indexer.sources._archive import ArchiveFiles, normalise_encoding
 from indexer.sources._common import (
     BATCH_ROWS,
-    HTTP_URL_RE,
     connect,
     duckdb_message,
     fill_locations,
@@ -63,7 +62,8 @@ _MEDIA_ROW_TYPES = {
     "http://eol.org/schema/media/document": "eol",
 }
 _OCCURRENCE = "occurrence"
-_RECORD_CORES = {"occurrence", "darwincore", "simpledarwinrecord", "materialsample"}
+#: Cores whose records are not occurrences: an Occurrence extension then supplies those.
+_NON_RECORD_CORES = {"taxon", "event"}
 
 #: Terms never mapped onto a record column: they are ours, or only meaningful on a media row.
 _NOT_RECORD_COLUMNS = {"mediaURL", "mediaFormat", "recordID"}
@@ -472,12 +472,11 @@ class DwcaSource:
     def _open(self):
         return _Opened(self)
 
-    def _media_base_dir(self, files: ArchiveFiles, base: str) -> str:
-        if os.path.isfile(self.path) or files.kind != "folder":
-            return os.path.dirname(self.path)
-        if files.kind == "folder":
+    def _media_base_dir(self, base: str) -> str:
+        """Where relative media paths start: the folder meta.xml is in, or the one holding the file."""
+        if os.path.isdir(self.path):
             return os.path.join(self.path, *base.split("/")) if base else self.path
-        return os.path.dirname(self.path)  # pragma: no cover
+        return os.path.dirname(self.path)
 
     # -- scanning --------------------------------------------------------------------------------
 
@@ -502,7 +501,7 @@ class DwcaSource:
             con = connect()
             try:
                 query, params = _Plan(con, files, base, descriptor, report, self.name).build()
-                media_base = self._media_base_dir(files, base)
+                media_base = self._media_base_dir(base)
                 reader = con.sql(query, params=params).to_arrow_reader(BATCH_ROWS)
                 for batch in rebatch(reader):
                     batch = fill_locations(batch, media_base)
@@ -542,10 +541,9 @@ class _Opened:
     def __enter__(self) -> tuple[ArchiveFiles, Descriptor, str]:
         src = self.source
         if os.path.isfile(src.path) and _looks_like_text_table(src.path):
-            files = ArchiveFiles(os.path.dirname(src.path))
+            files = ArchiveFiles.single_file(src.path)
             self.files = files
-            member = os.path.basename(src.path)
-            return files, _simple_descriptor(files, member, src.path), ""
+            return files, _simple_descriptor(files, files.names[0], src.path), ""
         files = ArchiveFiles(src.path)
         self.files = files
         try:
@@ -691,7 +689,7 @@ class _Plan:
         if self.report["duplicate_core_ids"]:
             log.warning("%s: %d core rows repeat an id already used", self.loader.where, self.report["duplicate_core_ids"])
 
-        core_is_record = d.core.kind in _RECORD_CORES or d.core.kind not in ("taxon", "event")
+        core_is_record = d.core.kind not in _NON_RECORD_CORES
         media: list[_Entity] = []
         occ: _Entity | None = None
         others: list[_Entity] = []
@@ -946,5 +944,3 @@ def _unique_keys(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
         merged.setdefault(key, []).append(expr)
     return [(k, v[0] if len(v) == 1 else f"coalesce({', '.join(v)})") for k, v in merged.items()]
 
-
-_ = HTTP_URL_RE  # re-exported for callers that classify locations the same way
