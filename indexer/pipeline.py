@@ -356,6 +356,7 @@ def build(
                 memory_budget=options.memory_budget,
                 recall_target=options.recall_target,
             )
+        report.seconds = time.monotonic() - started
         writer.commit(stats={"last_build": _summary_stats(report)})
         report.generation = writer.generation.number
         report.images = writer.generation.images

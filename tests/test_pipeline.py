@@ -1,0 +1,183 @@
+"""The build pipeline end to end on generated folders with the tiny model."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagegen import make_folder, picture
+from indexer.collection import Collection
+from indexer.engine import SearchEngine
+from indexer.errors import ModelMismatchError
+from indexer.pipeline import BuildOptions, build
+from indexer.sources import FolderSource
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from bioclip.testing import write_random_model
+
+    return write_random_model(tmp_path_factory.mktemp("m") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def model(tiny):
+    from bioclip import load_model
+
+    return load_model(f"local-dir:{tiny}", device="cpu")
+
+
+def _build(col, folder, model, **opts):
+    src = FolderSource(folder, labels=folder / "labels.csv" if (folder / "labels.csv").exists() else None)
+    return build(col, [src], model=model, options=BuildOptions(**{"workers": 0, **opts}))
+
+
+def _stored(col_path):
+    snap = Collection.open(col_path).snapshot()
+    ids, vecs = snap.load_vectors()
+    con = snap.connect()
+    loc = dict(con.execute("SELECT id, location FROM images").fetchall())
+    return {loc[i]: v for i, v in zip(ids.tolist(), vecs)}
+
+
+def test_stored_vectors_equal_a_plain_open_clip_encode(tmp_path, tiny, model):
+    import open_clip
+    import torch
+    from torchvision import transforms as T
+
+    folder = make_folder(tmp_path / "imgs", 12)
+    # Different sizes and modes than the generator's default, to exercise the preprocessing.
+    picture(100, (640, 300)).save(folder / "a" / "wide.jpg", quality=95)
+    picture(101, (50, 400)).convert("RGBA").save(folder / "b" / "tall.png")
+    report = _build(tmp_path / "col", folder, model, workers=1)
+    assert report.encoded == 14 and report.failed == 0
+
+    ref, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tiny}")
+    ref.eval()
+    cfg = model.preprocess_config
+    pre = T.Compose([T.ToTensor(), T.Resize((224, 224), antialias=True), T.Normalize(cfg.mean, cfg.std)])
+    stored = _stored(tmp_path / "col")
+    for path in sorted(folder.rglob("*")):
+        if path.suffix not in (".png", ".jpg"):
+            continue
+        img = Image.open(path)
+        if img.mode == "RGBA":  # alpha composited on white, as the decoder does
+            bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(bg, img)
+        with torch.no_grad():
+            v = ref.encode_image(pre(img.convert("RGB")).unsqueeze(0))[0].numpy()
+        v /= np.linalg.norm(v)
+        cos = float(v @ stored[str(path)] / np.linalg.norm(stored[str(path)]))
+        assert cos >= 0.9999, (path.name, cos)
+
+
+def test_every_image_finds_itself_first_and_ann_equals_brute_force(tmp_path, model):
+    folder = make_folder(tmp_path / "imgs", 30)
+    _build(tmp_path / "col", folder, model)
+    engine = SearchEngine.open(tmp_path / "col", model=model)
+    assert engine.info()["index"] is not None
+    snap = Collection.open(tmp_path / "col").snapshot()
+    ids, vecs = snap.load_vectors()
+    con = snap.connect()
+    loc = dict(con.execute("SELECT location, id FROM images").fetchall())
+    for path, id_ in loc.items():
+        res = engine.search(image=path, k=5)
+        assert res.hits[0].id == id_
+        assert res.hits[0].score == pytest.approx(1.0, abs=2e-3)
+    # The engine's k-NN (ANN index + delta) equals brute force over the stored vectors.
+    queries = vecs[:7] + 0.05 * np.random.default_rng(0).normal(size=vecs[:7].shape).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    scores, found = engine.knn(queries, 10)
+    sims = queries @ vecs.T
+    order = np.argsort(-sims, axis=1)[:, :10]
+    np.testing.assert_array_equal(found, ids[order])
+    np.testing.assert_allclose(scores, np.take_along_axis(sims, order, axis=1), atol=1e-5)
+
+
+def test_rebuild_encodes_nothing_and_new_images_only(tmp_path, model):
+    folder = make_folder(tmp_path / "imgs", 10)
+    first = _build(tmp_path / "col", folder, model)
+    assert first.encoded == 10
+    again = _build(tmp_path / "col", folder, model)
+    assert (again.encoded, again.reused, again.unchanged) == (0, 0, 10)
+    make_folder(folder, 3, start=10)
+    more = _build(tmp_path / "col", folder, model)
+    assert more.encoded == 3 and more.unchanged == 10
+    assert Collection.open(tmp_path / "col").latest_generation().images == 13
+
+
+def test_changed_renamed_and_pruned_files(tmp_path, model):
+    folder = make_folder(tmp_path / "imgs", 6, labels=False)
+    _build(tmp_path / "col", folder, model)
+    before = _stored(tmp_path / "col")
+    # changed content: re-encoded, old vector retired
+    picture(999).save(folder / "a" / "img_0000.png")
+    # renamed: reused by content hash, not encoded
+    os.rename(folder / "b" / "img_0001.png", folder / "b" / "renamed.png")
+    r = _build(tmp_path / "col", folder, model)
+    assert r.encoded == 1 and r.reused == 1 and r.replaced == 1
+    after = _stored(tmp_path / "col")
+    np.testing.assert_allclose(after[str(folder / "b" / "renamed.png")], before[str(folder / "b" / "img_0001.png")])
+    assert str(folder / "b" / "img_0001.png") in after  # not pruned without --prune
+    r = _build(tmp_path / "col", folder, model, prune=True)
+    assert r.pruned == 1 and r.encoded == 0
+    after = _stored(tmp_path / "col")
+    assert str(folder / "b" / "img_0001.png") not in after and len(after) == 6
+
+
+def test_edited_labels_update_metadata_without_encoding(tmp_path, model):
+    folder = make_folder(tmp_path / "imgs", 5)
+    _build(tmp_path / "col", folder, model)
+    text = (folder / "labels.csv").read_text().replace("CAT-3,", "CAT-3-FIXED,")
+    (folder / "labels.csv").write_text(text)
+    r = _build(tmp_path / "col", folder, model)
+    assert r.metadata_updated == 1 and r.encoded == 0
+    con = Collection.open(tmp_path / "col").snapshot().connect()
+    assert con.execute('SELECT count(*) FROM images WHERE "catalogNumber" = \'CAT-3-FIXED\'').fetchall()[0][0] == 1
+    assert con.execute("SELECT count(*) FROM images").fetchall()[0][0] == 5
+
+
+def test_bad_files_are_recorded_and_everything_else_indexed(tmp_path, model):
+    folder = make_folder(tmp_path / "imgs", 5, labels=False)
+    good = folder / "a" / "img_0000.png"
+    data = (folder / "a" / "img_0002.png").read_bytes()
+    (folder / "truncated.jpg").write_bytes(_jpeg_bytes()[:600])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("field notes, not a picture\n")
+    assert good.exists() and data
+    r = _build(tmp_path / "col", folder, model, workers=1)
+    assert r.encoded == 5
+    assert r.failed_by_reason == {"truncated": 1, "empty-file": 1, "not-an-image": 1}
+    engine = SearchEngine.open(tmp_path / "col", model=model)
+    failures = {os.path.basename(f["location"]): f["reason"] for f in engine.failures()}
+    assert failures == {"truncated.jpg": "truncated", "empty.jpg": "empty-file", "notes.jpg": "not-an-image"}
+    # Known failures are not retried on the next run; the collection keeps listing them.
+    r2 = _build(tmp_path / "col", folder, model)
+    assert r2.encoded == 0 and r2.skipped_failed == 3
+    assert len(SearchEngine.open(tmp_path / "col", model=model).failures()) == 3
+
+
+def _jpeg_bytes() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    picture(7, (400, 300)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_another_model_is_refused_before_loading(tmp_path, model, tiny):
+    from bioclip.testing import write_random_model
+
+    folder = make_folder(tmp_path / "imgs", 2)
+    _build(tmp_path / "col", folder, model)
+    other = write_random_model(tmp_path / "other", seed=1)
+    with pytest.raises(ModelMismatchError, match="cannot be mixed"):
+        build(tmp_path / "col", [FolderSource(folder)], model_name=f"local-dir:{other}")
+    with pytest.raises(ModelMismatchError):
+        build(tmp_path / "col", [FolderSource(folder)], model_name="bioclip-2")
+    # Without --model, the collection's own model is loaded (same source) and nothing is encoded.
+    r = build(tmp_path / "col", [FolderSource(folder, labels=folder / "labels.csv")], options=BuildOptions(workers=0))
+    assert r.encoded == 0 and r.unchanged == 2
