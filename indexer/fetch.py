@@ -5,9 +5,9 @@
 with bounded concurrency (overall and per host), timeouts, retries with backoff that honour
 ``Retry-After``, a size limit and a check that the body is an image. Every failure is a
 :class:`~indexer.errors.FetchError` whose ``reason`` is one of ``http-<status>``, ``timeout``,
-``too-large``, ``not-an-image``, ``truncated``, ``connection-error``, ``invalid-url`` (and, for
-local reads, ``not-found``, ``permission-denied``, ``not-a-file``, ``read-error``, ``cache-error``)
-and whose ``detail`` names the URL or path.
+``too-large``, ``not-an-image``, ``truncated``, ``connection-error``, ``invalid-url``, ``cache-error``
+(and, for local files, those of :func:`indexer.localfs.read_file`: ``not-found``,
+``permission-denied``, ``io-error``, ...) and whose ``detail`` names the URL or path.
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ import zlib
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 from urllib.parse import unquote, urlsplit
 
 from indexer import __version__
 from indexer.errors import FetchError
+from indexer.localfs import read_file, text_to_path
 
 __all__ = ["read_location", "DownloadConfig", "Downloader", "looks_like_image", "DEFAULT_MAX_BYTES"]
 
@@ -40,38 +41,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 64 << 20
 
 # -- local files and tar members ---------------------------------------------------------------
-
-
-def _read_plain_file(path: str) -> bytes:
-    """Read a local file, with failures as FetchError (used until ``indexer.localfs`` exists)."""
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        raise FetchError("not-found", f"no such file: {path}") from None
-    except PermissionError:
-        raise FetchError("permission-denied", f"permission denied: {path}") from None
-    except IsADirectoryError:
-        raise FetchError("not-a-file", f"a folder, not a file: {path}") from None
-    except OSError as exc:
-        raise FetchError("read-error", f"cannot read {path}: {exc.strerror or exc}") from None
-
-
-def _local_reader() -> Callable[[str], bytes]:
-    """``indexer.localfs.read_file`` (non-UTF-8 names, one place for local I/O) when present."""
-    try:
-        from indexer.localfs import read_file
-    except ImportError:
-        return _read_plain_file
-    return read_file
-
-
-def _to_os_path(text: str):
-    try:
-        from indexer.localfs import text_to_path
-    except ImportError:
-        return text
-    return text_to_path(text)
 
 
 def read_location(location: str, *, max_bytes: int | None = None, downloader: "Downloader | None" = None) -> bytes:
@@ -97,14 +66,7 @@ def read_location(location: str, *, max_bytes: int | None = None, downloader: "D
         path = unquote(parts.path)
     elif scheme is not None:
         raise FetchError("invalid-url", f"unsupported location: {location}")
-    if max_bytes is not None:
-        try:
-            size = os.stat(_to_os_path(path)).st_size
-        except OSError:
-            size = None  # the reader reports why
-        if size is not None and size > max_bytes:
-            raise FetchError("too-large", f"{path}: {size} bytes, more than the limit of {max_bytes}")
-    return _local_reader()(path)
+    return read_file(path, max_bytes=max_bytes)
 
 
 def _read_tar_member(location: str, max_bytes: int | None) -> bytes:
@@ -118,13 +80,13 @@ def _read_tar_member(location: str, max_bytes: int | None) -> bytes:
         if max_bytes is not None and loc.size > max_bytes:
             raise FetchError("too-large", f"{location}: {loc.size} bytes, more than the limit of {max_bytes}")
         try:
-            with open(_to_os_path(loc.shard), "rb") as fh:
+            with open(text_to_path(loc.shard), "rb") as fh:
                 fh.seek(loc.offset)
                 data = fh.read(loc.size)
         except FileNotFoundError:
             raise FetchError("not-found", f"no such tar shard: {loc.shard}") from None
         except OSError as exc:
-            raise FetchError("read-error", f"cannot read {loc.shard}: {exc.strerror or exc}") from None
+            raise FetchError("io-error", f"cannot read {loc.shard}: {exc.strerror or exc}") from None
         if len(data) < loc.size:
             raise FetchError("truncated", f"{location}: the shard ends after {len(data)} of {loc.size} bytes")
         return data
@@ -154,20 +116,20 @@ class _TarStreams:
     def read(self, shard: str, member: str, max_bytes: int | None, location: str) -> bytes:
         with self._lock:
             try:
-                st = os.stat(_to_os_path(shard))
+                st = os.stat(text_to_path(shard))
             except FileNotFoundError:
                 raise FetchError("not-found", f"no such tar shard: {shard}") from None
             except OSError as exc:
-                raise FetchError("read-error", f"cannot read {shard}: {exc.strerror or exc}") from None
+                raise FetchError("io-error", f"cannot read {shard}: {exc.strerror or exc}") from None
             stamp = (st.st_mtime_ns, st.st_size)
             if self._shard != shard or self._stamp != stamp or member in self._seen:
                 self._close()
             for attempt in range(2):
                 if self._tar is None:
                     try:
-                        self._tar = tarfile.open(_to_os_path(shard), mode="r|*")
+                        self._tar = tarfile.open(text_to_path(shard), mode="r|*")
                     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-                        raise FetchError("read-error", f"cannot open tar shard {shard}: {exc}") from None
+                        raise FetchError("io-error", f"cannot open tar shard {shard}: {exc}") from None
                     self._shard, self._stamp = shard, stamp
                 try:
                     for info in self._tar:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import json
 import tarfile
 
@@ -138,3 +139,15 @@ def test_expand_braces():
 def test_missing_shard(tmp_path):
     with pytest.raises(SourceError, match="not found"):
         TarShardSource(tmp_path / "nope.tar")
+
+
+def test_shard_with_an_undecodable_file_name(tmp_path):
+    raw = os.path.join(os.fsencode(tmp_path), b"caf\xe9-000.tar")
+    write_shard(os.fsdecode(raw), {"a.jpg": b"latin"})
+    src = TarShardSource(os.fsdecode(raw))
+    (row,) = rows_of(src)
+    from indexer.localfs import path_to_text
+
+    row["location"].encode("utf-8")  # valid UTF-8 text, storable in Parquet/DuckDB
+    assert parse_tar_location(row["location"]).shard == path_to_text(raw)
+    assert read_location(row["location"]) == b"latin"

@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from indexer.localfs import path_to_text, text_to_path
 from indexer.schema import DWC_COLUMNS, quote_ident
 
 __all__ = [
@@ -55,24 +56,6 @@ ITEM_SCHEMA_FIELDS = {
     "error_reason": pa.string(),
     "error_detail": pa.string(),
 }
-
-
-def path_to_text(path: str | bytes) -> str:
-    """Lossless text form of a local path (``indexer.localfs`` when present, else ``os.fsdecode``)."""
-    try:
-        from indexer.localfs import path_to_text as _to_text
-    except ImportError:  # localfs is written concurrently; os.fsdecode is its lossless fallback
-        return os.fsdecode(path)
-    return _to_text(path)
-
-
-def text_to_path(text: str) -> str | bytes:
-    """Inverse of :func:`path_to_text`."""
-    try:
-        from indexer.localfs import text_to_path as _to_path
-    except ImportError:
-        return text
-    return _to_path(text)
 
 
 def connect():
@@ -164,9 +147,11 @@ def stat_local(path: str) -> LocalPath:
     except PermissionError:
         return LocalPath(path, None, None, "permission-denied", f"permission denied: {path}")
     except OSError as exc:
-        return LocalPath(path, None, None, "not-found", f"cannot stat {path}: {exc.strerror or exc}")
+        return LocalPath(path, None, None, "io-error", f"cannot stat {path}: {exc.strerror or exc}")
+    if stat_mod.S_ISDIR(st.st_mode):
+        return LocalPath(path, None, None, "is-a-directory", f"a directory, not a file: {path}")
     if not stat_mod.S_ISREG(st.st_mode):
-        return LocalPath(path, None, None, "not-a-file", f"not a regular file: {path}")
+        return LocalPath(path, None, None, "not-a-regular-file", f"not a regular file: {path}")
     return LocalPath(path, st.st_size, st.st_mtime)
 
 
