@@ -163,3 +163,13 @@ def test_media_root_on_a_manifest(tmp_path):
 def test_media_root_must_be_a_folder(tmp_path):
     with pytest.raises(SourceError, match="not a folder"):
         open_source(str(_dwca_folder(tmp_path)), media_roots={"https://m.org/": str(tmp_path / "nope")})
+
+
+def test_folder_source_still_works(tmp_path):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(b"\xff\xd8\xff")
+    src = open_source(str(images), name="field")
+    assert isinstance(src, FolderSource) and src.name == "field"
+    (row,) = [r for b in src.scan() for r in b.to_pylist()]
+    assert row["location"] == str(images / "a.jpg")

@@ -233,7 +233,8 @@ class ArchiveFiles:
             return open(os.path.join(self._root, *name.split("/")), "rb")
         except KeyError:
             raise SourceError(f"{self.path}: no file {name} in the archive", self.path) from None
-        except (OSError, RuntimeError, zipfile.BadZipFile) as exc:  # RuntimeError: encrypted zip member
+        except (OSError, RuntimeError, NotImplementedError, zipfile.BadZipFile) as exc:
+            # RuntimeError: an encrypted member; NotImplementedError: a compression zipfile lacks (Deflate64)
             raise SourceError(f"{self.path}: cannot read {name} ({exc})", self.path) from exc
 
     def prefetch(self, items: list[tuple[str, str]]) -> None:
@@ -272,7 +273,7 @@ class ArchiveFiles:
                 _transcode(src, dst, encoding)
         except UnicodeDecodeError as exc:
             raise SourceError(f"{self.path}: {name} is not valid {encoding} text ({exc.reason})", self.path) from exc
-        except (OSError, zlib.error, zipfile.BadZipFile, EOFError) as exc:
+        except (OSError, zlib.error, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError) as exc:
             raise SourceError(f"{self.path}: cannot read {name} ({exc})", self.path) from exc
         return target
 

@@ -17,22 +17,24 @@ from urllib.parse import unquote, urlsplit
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from indexer.errors import SourceError
 from indexer.localfs import path_to_text, text_to_path
-from indexer.schema import DWC_COLUMNS, quote_ident
 
 __all__ = [
     "BATCH_ROWS",
     "HTTP_URL_RE",
-    "ITEM_SCHEMA_FIELDS",
     "LocalPath",
     "connect",
     "duckdb_message",
+    "fill_locations",
+    "guard_reader",
     "json_members_sql",
     "json_object_sql",
     "json_object_text_sql",
     "object_members_sql",
     "path_to_text",
     "rebatch",
+    "replace_columns",
     "resolve_local",
     "stat_local",
     "text_to_path",
@@ -46,17 +48,6 @@ BATCH_ROWS = 50_000
 HTTP_URL_RE = r"^[hH][tT][tT][pP][sS]?://[^/?#\s]+"
 _HTTP = re.compile(HTTP_URL_RE)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
-
-#: Types of the columns every source batch has (see indexer.sources.base.ITEM_COLUMNS).
-ITEM_SCHEMA_FIELDS = {
-    "key": pa.string(),
-    "location": pa.string(),
-    "size": pa.int64(),
-    "mtime": pa.float64(),
-    "error_reason": pa.string(),
-    "error_detail": pa.string(),
-}
-
 
 def connect():
     """A fresh in-memory DuckDB connection for one source scan."""
@@ -155,10 +146,6 @@ def stat_local(path: str) -> LocalPath:
     return LocalPath(path, st.st_size, st.st_mtime)
 
 
-def is_http_url(value: str) -> bool:
-    return bool(_HTTP.match(value))
-
-
 def fill_locations(
     batch: pa.RecordBatch,
     base_dir: str,
@@ -232,6 +219,22 @@ def replace_columns(batch: pa.RecordBatch, **columns: pa.Array) -> pa.RecordBatc
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
+def guard_reader(reader: Iterable[pa.RecordBatch], what: str, path: str | None) -> Iterator[pa.RecordBatch]:
+    """The batches of a DuckDB result reader, with errors raised while reading turned into
+    SourceError(``what: <DuckDB's message>``) (a malformed line found late in a big file)."""
+    import duckdb
+
+    it = iter(reader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except (duckdb.Error, pa.ArrowException) as exc:
+            raise SourceError(f"{what}: {duckdb_message(exc)}", path) from exc
+        yield batch
+
+
 def rebatch(batches: Iterable[pa.RecordBatch], rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
     """Re-cut a stream of batches into batches of about ``rows`` rows (empty ones dropped)."""
     pending: list[pa.RecordBatch] = []
@@ -253,13 +256,3 @@ def rebatch(batches: Iterable[pa.RecordBatch], rows: int = BATCH_ROWS) -> Iterat
     if count:
         table = pa.Table.from_batches(pending).combine_chunks()
         yield table.to_batches()[0]
-
-
-def canonical_select(columns: Iterable[str]) -> list[str]:
-    """Canonical metadata column names in schema order, for a stable output column order."""
-    wanted = set(columns)
-    return [c for c in DWC_COLUMNS if c in wanted]
-
-
-def ident(name: str) -> str:
-    return quote_ident(name)

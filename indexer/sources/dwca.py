@@ -41,6 +41,7 @@ from indexer.sources._common import (
     connect,
     duckdb_message,
     fill_locations,
+    guard_reader,
     json_members_sql,
     json_object_sql,
     json_object_text_sql,
@@ -461,16 +462,24 @@ class DwcaSource:
             raise SourceError(f"Darwin Core Archive not found: {self.path}", self.path)
         self.name = name or path_to_text(self.path)
         self.report: dict[str, Any] = {}
-        with self._open() as (_, descriptor, _base):
-            self.descriptor = descriptor
+        self._unpacked: ArchiveFiles | None = None
+        opened = self._open()
+        files, self.descriptor, _ = opened.__enter__()
+        if files.kind == "tar":
+            # A compressed tar cannot be read at random: keep it unpacked for the first scan (its
+            # temporary folder goes when that scan ends, or with this object).
+            self._unpacked = files
+        else:
+            opened.__exit__(None, None, None)
 
     def __repr__(self) -> str:
         return f"DwcaSource({self.path!r})"
 
     # -- opening ---------------------------------------------------------------------------------
 
-    def _open(self):
-        return _Opened(self)
+    def _open(self) -> "_Opened":
+        files, self._unpacked = getattr(self, "_unpacked", None), None
+        return _Opened(self, files)
 
     def _media_base_dir(self, base: str) -> str:
         """Where relative media paths start: the folder meta.xml is in, or the one holding the file."""
@@ -503,7 +512,7 @@ class DwcaSource:
                 query, params = _Plan(con, files, base, descriptor, report, self.name).build()
                 media_base = self._media_base_dir(base)
                 reader = con.sql(query, params=params).to_arrow_reader(BATCH_ROWS)
-                for batch in rebatch(reader):
+                for batch in rebatch(guard_reader(reader, f"{self.path}: cannot read the archive's rows", self.path)):
                     batch = fill_locations(batch, media_base)
                     errors = batch.num_rows - batch.column("error_reason").null_count
                     report["error_rows"] += errors
@@ -534,12 +543,20 @@ class DwcaSource:
 class _Opened:
     """Context manager: the archive's files, its descriptor and the folder meta.xml is in."""
 
-    def __init__(self, source: DwcaSource):
+    def __init__(self, source: DwcaSource, files: ArchiveFiles | None = None):
         self.source = source
-        self.files: ArchiveFiles | None = None
+        self.files: ArchiveFiles | None = files
 
     def __enter__(self) -> tuple[ArchiveFiles, Descriptor, str]:
         src = self.source
+        if self.files is not None:
+            files = self.files
+            try:
+                descriptor, base = _find_descriptor(files, src.path)
+            except BaseException:
+                files.close()
+                raise
+            return files, descriptor, base
         if os.path.isfile(src.path) and _looks_like_text_table(src.path):
             files = ArchiveFiles.single_file(src.path)
             self.files = files

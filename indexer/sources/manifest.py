@@ -18,6 +18,7 @@ from indexer.sources._common import (
     connect,
     duckdb_message,
     fill_locations,
+    guard_reader,
     json_object_sql,
     path_to_text,
     rebatch,
@@ -214,7 +215,7 @@ class ManifestSource:
                 reader = con.sql(query, params=params).to_arrow_reader(BATCH_ROWS)
             except duckdb.Error as exc:
                 raise SourceError(f"cannot read manifest {self.path}: {duckdb_message(exc)}", self.path) from exc
-            for batch in rebatch(_guard(reader, self.path)):
+            for batch in rebatch(guard_reader(reader, f"cannot read manifest {self.path}", self.path)):
                 yield self._finish(batch, base, report)
         finally:
             con.close()
@@ -256,18 +257,3 @@ class ManifestSource:
         report["error_rows"] += errors
         report["image_rows"] += n - errors
         return batch
-
-
-def _guard(reader: pa.RecordBatchReader, path: str) -> Iterator[pa.RecordBatch]:
-    """Batches of ``reader``, with DuckDB's errors while reading turned into SourceError."""
-    import duckdb
-
-    it = iter(reader)
-    while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        except (duckdb.Error, pa.ArrowException) as exc:
-            raise SourceError(f"cannot read manifest {path}: {duckdb_message(exc)}", path) from exc
-        yield batch
