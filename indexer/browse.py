@@ -52,6 +52,7 @@ __all__ = [
     "hit_date",
     "card_fields",
     "result_facets",
+    "facet_counts",
     "taxa_counts",
     "map_points",
     "result_rows",
@@ -648,6 +649,21 @@ def result_facets(hits: Sequence, params: Iterable[str] | None = None) -> dict[s
             if v is not None and str(v) != "":
                 out[p][str(v)] += 1
     return out
+
+
+def facet_counts(engine, state: BrowseState, hits: Sequence, *, image_vector=None) -> dict[str, Counter]:
+    """The counts beside the sidebar's values. For a filter with nothing selected: how many of
+    the current results have each value. For a filter in use: how many of the results the same
+    search gives without that filter (so each other value says what selecting it too would
+    add, as on collection portals). Costs one more search per filter in use."""
+    counts = result_facets(hits)
+    for param, _ in state.values:
+        try:
+            other = run_search(engine, state.with_values(param, []), image_vector=image_vector)
+        except QueryError:
+            continue
+        counts[param] = result_facets(other.hits, [param])[param]
+    return counts
 
 
 def taxa_counts(hits: Sequence, rank: str) -> list[tuple[str, int]]:

@@ -272,18 +272,18 @@ def search_page(engine, lib, catalog, predictor, device: str) -> None:
                 image_vec, image_name, data = upload_vector(engine, upload)
             except (IndexerError, BioclipError) as exc:  # UploadError, or the model cannot read it
                 st.error(str(exc))
-                sidebar_filters(catalog, s, [])
+                sidebar_filters(catalog, s, {})
                 write_url(s)
                 return
             likely_taxa(predictor, catalog, image_vec, data)
 
-    result = None
+    result, counts = None, {}
     try:
-        result = cached_search(engine, s, image_vec, image_name)
+        result, counts = cached_search(engine, s, image_vec, image_name)
     except (IndexerError, BioclipError) as exc:
         st.error(str(exc))
     hits = result.hits if result is not None else []
-    sidebar_filters(catalog, s, hits)
+    sidebar_filters(catalog, s, counts)
     if result is None:
         write_url(s)
         return
@@ -305,7 +305,7 @@ def search_page(engine, lib, catalog, predictor, device: str) -> None:
         return
 
     summary = f"**{len(hits):,}** result{'s' if len(hits) != 1 else ''}"
-    if result.candidates is not None:
+    if result.candidates is not None and s.has_filters():
         summary += f" · {result.candidates:,} images pass the filters"
     if scored:
         summary += f" · {result.elapsed_ms:.0f} ms"
@@ -400,6 +400,7 @@ def likely_taxa(predictor, catalog, vector, data: bytes) -> None:
 
 
 def cached_search(engine, s: BrowseState, image_vec, image_name):
+    """(result, sidebar counts) for the state, recomputed only when the search changes."""
     upload = ss.get("_upload", {}).get("digest") if s.mode == "image" else None
     key = (engine.collection.path, engine.generation, s.mode, s.q, s.like, s.values, s.year, s.coords, s.k, upload)
     cached = ss.get("_result")
@@ -407,15 +408,15 @@ def cached_search(engine, s: BrowseState, image_vec, image_name):
         return cached[1]
     with st.spinner("Searching…"):
         result = browse.run_search(engine, s, image_vector=image_vec, image_name=image_name)
-    ss["_result"] = (key, result)
-    return result
+        counts = browse.facet_counts(engine, s, result.hits, image_vector=image_vec)
+    ss["_result"] = (key, (result, counts))
+    return result, counts
 
 
-def sidebar_filters(catalog, s: BrowseState, hits) -> None:
-    counts = browse.result_facets(hits)
+def sidebar_filters(catalog, s: BrowseState, counts) -> None:
     with st.sidebar:
         st.header("Filters")
-        st.caption("Numbers: images among the current results.")
+        st.caption("Numbers: results with each value; for a filter in use, the results without it.")
         ranks = catalog.ranks()
         if ranks:
             active = [r for r in ranks if s.selected(r)]

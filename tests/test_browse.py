@@ -227,6 +227,15 @@ def test_cards_facets_chart_and_map(engine):
     assert set(rows[0]) >= {"id", "score", "scientificName", "rank", "catalogNumber", "institutionCode", "date", "media"}
 
 
+def test_facet_counts_of_a_filter_in_use_ignore_that_filter(engine):
+    state = BrowseState().with_values("country", ["Kenya"])
+    result = browse.run_search(engine, state)
+    counts = browse.facet_counts(engine, state, result.hits)
+    assert counts["country"] == {"Kenya": 4, "Norway": 4, "Côte d'Ivoire": 4}
+    assert counts["license"] == {"CC0-1.0": 4}  # among the Kenya results
+    assert browse.facet_counts(engine, BrowseState(), result.hits)["country"] == {"Kenya": 4}
+
+
 def test_hit_rank_without_a_species():
     hit = Hit(1, 0.0, "/x", {"family": "Corvidae", "genus": None})
     assert browse.hit_rank(hit) == "family"

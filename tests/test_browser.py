@@ -163,6 +163,7 @@ def test_search_upload_filter_and_more_like_this_in_chromium(server, driver, art
     try:
         drv.get(url)
         wait_for_text(drv, "Searching for: all images")
+        wait_idle(drv)
         shot(drv, artifacts, "01-start")
 
         # a text query
