@@ -23,6 +23,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import urllib.request
 import zlib
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -262,7 +263,7 @@ class Downloader:
         self.cache_dir = os.path.abspath(os.fspath(config.cache_dir))
         os.makedirs(self.cache_dir, exist_ok=True)
         self._timeout = urllib3.Timeout(connect=config.timeout, read=config.timeout)
-        self._pool = urllib3.PoolManager(
+        pool_kw = dict(
             num_pools=max(64, 4 * config.concurrency),
             maxsize=config.per_host,
             block=False,
@@ -273,6 +274,14 @@ class Downloader:
                 "Accept-Encoding": "identity",
             },
         )
+        self._pool = urllib3.PoolManager(**pool_kw)
+        # Machines on a museum network often reach the web through a proxy named in the usual
+        # environment variables (http_proxy, https_proxy, no_proxy), as curl and requests honour.
+        self._proxies = {
+            scheme: urllib3.ProxyManager(url, **pool_kw)
+            for scheme, url in urllib.request.getproxies().items()
+            if scheme in ("http", "https") and url
+        }
         self._executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="bioclip-fetch")
         self._closed = False
 
@@ -288,6 +297,8 @@ class Downloader:
             self._closed = True
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._pool.clear()
+            for proxy in self._proxies.values():
+                proxy.clear()
 
     # -- cache ------------------------------------------------------------------------------------
 
@@ -400,6 +411,13 @@ class Downloader:
 
     # -- one attempt (in a worker thread) ---------------------------------------------------------
 
+    def _pool_for(self, url: str):
+        parts = urlsplit(url)
+        proxy = self._proxies.get(parts.scheme.lower())
+        if proxy is not None and not urllib.request.proxy_bypass(parts.hostname or ""):
+            return proxy
+        return self._pool
+
     def _attempt(self, url: str) -> _Outcome:
         try:
             return _Outcome(path=self._download(url))
@@ -425,7 +443,7 @@ class Downloader:
         cfg = self.config
         deadline = time.monotonic() + (cfg.attempt_deadline or 4 * cfg.timeout)
         try:
-            resp = self._pool.request(
+            resp = self._pool_for(url).request(
                 "GET",
                 url,
                 preload_content=False,

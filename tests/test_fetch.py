@@ -86,7 +86,9 @@ class _Server:
         h.wfile.write(body)
 
     def respond(self, h, path: str, n: int) -> None:
-        if path.startswith("/img/") or path.startswith("/count/"):
+        if path.startswith("http://museum.invalid/"):  # asked as a proxy
+            self.send(h, 200, JPEG)
+        elif path.startswith("/img/") or path.startswith("/count/"):
             self.send(h, 200, JPEG)
         elif path == "/404":
             self.send(h, 404, b"nope", "text/plain")
@@ -142,6 +144,16 @@ class _Server:
             self.send(h, 200, JPEG)
         else:
             self.send(h, 404, b"", "text/plain")
+
+
+_PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    """The local test server is reached directly, whatever proxy the developer's shell names."""
+    for var in _PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture
@@ -412,3 +424,10 @@ def test_downloader_fetches_nothing_after_close(tmp_path):
     with pytest.raises(RuntimeError):
         next(dl.fetch_many(["http://127.0.0.1:9/a.jpg"]))
     assert os.path.isdir(tmp_path / "cache")
+
+
+def test_proxy_from_the_environment(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("http_proxy", server.url(""))
+    url = "http://museum.invalid/asset/1.jpg"
+    assert isinstance(_fetch(tmp_path, [url])[url], str)
+    assert server.hits[url], "the request went through the proxy"

@@ -50,7 +50,8 @@ def test_csv_with_relative_paths_urls_and_metadata(tmp_path):
     assert c["location"] == c["key"] == c["mediaURL"] == "https://cdn.example.org/c.jpg" and c["size"] is None
     assert by_name["Sus scrofa"]["error_reason"] == "not-found"
     empty = by_name["Nothing"]
-    assert empty["error_reason"] == "no-media-url" and "line 6" in empty["error_detail"]
+    assert empty["error_reason"] == "no-media-url" and "data row 5" in empty["error_detail"]
+    assert empty["key"] == f"{src.name}#row5"
     assert src.report == {"rows": 5, "image_rows": 3, "error_rows": 2}
 
 
@@ -98,6 +99,8 @@ def test_windows_1252_manifest(tmp_path):
     (tmp_path / "m.csv").write_bytes("file,recordedBy\na.jpg,Döring “M.”\n".encode("cp1252"))
     (row,) = rows_of(ManifestSource(tmp_path / "m.csv"))
     assert row["recordedBy"] == "Döring “M.”"
+    src = ManifestSource(tmp_path / "m.csv")
+    assert len(rows_of(src)) == len(rows_of(src)) == 1, "a second scan reads the transcoded copy again"
 
 
 def test_batches_are_bounded(tmp_path):

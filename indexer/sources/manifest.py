@@ -174,10 +174,7 @@ class ManifestSource:
 
     def _query(self) -> tuple[str, dict[str, Any]]:
         params: dict[str, Any] = {"file": self._read_path}
-        selects = [
-            "row_number() OVER () AS _line",
-            f"nullif(trim(CAST({quote_ident(self.path_column)} AS VARCHAR)), '') AS location",
-        ]
+        selects = [f"nullif(trim(CAST({quote_ident(self.path_column)} AS VARCHAR)), '') AS location"]
         taken: set[str] = set()
         extras: list[tuple[str, str]] = []
         for col in self.columns:
@@ -215,25 +212,26 @@ class ManifestSource:
                 reader = con.sql(query, params=params).to_arrow_reader(BATCH_ROWS)
             except duckdb.Error as exc:
                 raise SourceError(f"cannot read manifest {self.path}: {duckdb_message(exc)}", self.path) from exc
+            first_row = 1
             for batch in rebatch(guard_reader(reader, f"cannot read manifest {self.path}", self.path)):
-                yield self._finish(batch, base, report)
+                # DuckDB keeps the file's order, so data rows are numbered here instead of by a
+                # (serial) window in the query.
+                yield self._finish(batch, first_row, base, report)
+                first_row += batch.num_rows
         finally:
             con.close()
-            if self._tmp is not None:
-                self._tmp.cleanup()
-                self._tmp = None
         log.info("%s: %d rows, %d images, %d unusable", self.name, report["rows"], report["image_rows"], report["error_rows"])
 
-    def _finish(self, batch: pa.RecordBatch, base: str, report: dict[str, int]) -> pa.RecordBatch:
+    def _finish(self, batch: pa.RecordBatch, first_row: int, base: str, report: dict[str, int]) -> pa.RecordBatch:
         n = batch.num_rows
         loc = batch.column("location")
         empty = pc.is_null(loc)
-        lines = pc.add(batch.column("_line"), 1)  # the header is line 1
+        rows = pc.cast(pa.array(range(first_row, first_row + n), pa.int64()), pa.string())
         reason = pc.if_else(empty, pa.scalar("no-media-url"), pa.scalar(None, pa.string()))
         detail = pc.if_else(
             empty,
             pc.binary_join_element_wise(
-                pa.scalar(f"{self.name}, line "), pc.cast(lines, pa.string()), pa.scalar(f": empty {self.path_column!r}"), ""
+                pa.scalar(f"{self.name}, data row "), rows, pa.scalar(f": empty {self.path_column!r}"), ""
             ),
             pa.scalar(None, pa.string()),
         )
@@ -246,9 +244,9 @@ class ManifestSource:
         )
         batch = fill_locations(batch, base, bare_missing_reason="not-found")
         loc = batch.column("location")
-        fallback_key = pc.binary_join_element_wise(pa.scalar(f"{self.name}#line"), pc.cast(lines, pa.string()), "")
+        fallback_key = pc.binary_join_element_wise(pa.scalar(f"{self.name}#row"), rows, "")
         key = pc.if_else(pc.is_null(loc), fallback_key, loc)
-        batch = replace_columns(batch, key=key).drop_columns(["_line"])
+        batch = replace_columns(batch, key=key)
         # key first, as in every other source
         order = ["key", "location", "size", "mtime", "error_reason", "error_detail"]
         batch = batch.select(order + [c for c in batch.schema.names if c not in order])
