@@ -628,3 +628,22 @@ def test_real_archive_with_macosx_junk(shared_data):
     src = DwcaSource(shared_data / "dwca-gbif-dwca-io" / "archive-occ.zip")
     assert rows_of(src) == []
     assert src.report["records"] == 1534 and src.report["records_without_media"] == 1534
+
+
+def test_utf8_bom_wins_over_a_latin1_declaration_and_utf16_is_read(tmp_path):
+    fields = [(1, DWC + "recordedBy", None), (2, DWC + "associatedMedia", None)]
+    text = tsv([["id", "by", "media"], ["1", "Döring", "https://e.org/1.jpg"]])
+    for declared, data in (("ISO-8859-1", b"\xef\xbb\xbf" + text.encode("utf-8")), ("UTF-16", text.encode("utf-16"))):
+        files = {"meta.xml": meta(entity("core", OCC, ["o.txt"], fields, encoding=declared)), "o.txt": data}
+        (row,) = rows_of(DwcaSource(write_archive(tmp_path, files, "zip", name=declared)))
+        assert (row["recordID"], row["recordedBy"]) == ("1", "Döring"), declared
+
+
+def test_crlf_line_ends(tmp_path):
+    fields = [(1, DWC + "scientificName", None), (2, DWC + "associatedMedia", None)]
+    files = {
+        "meta.xml": meta(entity("core", OCC, ["o.csv"], fields, sep=",", quote='"')).replace('linesTerminatedBy="\\n"', 'linesTerminatedBy="\\r\\n"'),
+        "o.csv": 'id,name,media\r\n1,"Bufo, bufo",https://c.org/1.jpg\r\n2,Rana,https://c.org/2.jpg\r\n',
+    }
+    rows = {r["recordID"]: r for r in rows_of(DwcaSource(write_archive(tmp_path, files)))}
+    assert rows["1"]["scientificName"] == "Bufo, bufo" and rows["2"]["location"] == "https://c.org/2.jpg"
