@@ -511,6 +511,9 @@ class DwcaSource:
             try:
                 query, params = _Plan(con, files, base, descriptor, report, self.name).build()
                 media_base = self._media_base_dir(base)
+                # Row order within the output does not matter (keys do): let DuckDB stream the join
+                # without keeping order, which it does with less memory.
+                con.execute("SET preserve_insertion_order = false")
                 reader = con.sql(query, params=params).to_arrow_reader(BATCH_ROWS)
                 for batch in rebatch(guard_reader(reader, f"{self.path}: cannot read the archive's rows", self.path)):
                     batch = fill_locations(batch, media_base)
