@@ -537,6 +537,8 @@ class DwcaSource:
                 self.name, r["orphan_extension_rows"],
                 ", ".join(f"{k}: {v}" for k, v in r["orphans_by_file"].items()),
             )
+        if not r["image_rows"] and not r["error_rows"]:
+            log.warning("%s: no image in this archive (%d records, none with a still image)", self.name, r["records"])
         if r["duplicate_media_rows"]:
             log.warning("%s: %d media rows repeat an image of the same record; kept once", self.name, r["duplicate_media_rows"])
         if r["non_image_media_rows"]:
@@ -707,7 +709,7 @@ class _Plan:
         self.report["records"] = core.rows
         self.report["duplicate_core_ids"] = con.execute("SELECT count(*) - count(DISTINCT _id) FROM core").fetchall()[0][0]
         if self.report["duplicate_core_ids"]:
-            log.warning("%s: %d core rows repeat an id already used", self.loader.where, self.report["duplicate_core_ids"])
+            log.warning("%s: core rows repeating an id already used: %d", self.loader.where, self.report["duplicate_core_ids"])
 
         core_is_record = d.core.kind not in _NON_RECORD_CORES
         media: list[_Entity] = []
