@@ -98,7 +98,7 @@ def index_main() -> None:
 @click.option("--source-type", default=None, help="folder, dwca, manifest, tar, ... (default: detected).")
 @click.option("--path-column", default=None, help="Manifest column with the image path or URL (default: detected).")
 @click.option("--media-root", "media_roots", multiple=True, metavar="PREFIX=DIR", help="Read URLs starting with PREFIX from DIR instead (repeatable).")
-@click.option("--batch-size", type=click.IntRange(1, 65536), default=None, help="Images per forward pass (default 32 on CPU, 256 on GPU).")
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=None, help="Images per forward pass (default 8 on CPU, 256 on GPU).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--preprocess", type=click.Choice(["squash", "crop"]), default=None, help="Image preprocessing for a new collection (default squash).")

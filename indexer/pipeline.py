@@ -52,7 +52,7 @@ _CHUNK_ROWS = 20_000
 class BuildOptions:
     """How a build runs. Defaults suit a laptop; the CLI exposes each one."""
 
-    batch_size: int | None = None  # None: 32 on CPU, 256 on GPU
+    batch_size: int | None = None  # None: 8 on CPU (fastest per image: activations stay in cache), 256 on GPU
     workers: int | None = None  # decode worker processes; None: sized from the cores
     commit_every: int = 2048  # images per commit unit
     commit_seconds: float = 60.0  # or this many seconds, whichever comes first
@@ -538,7 +538,7 @@ def _process_fetch(
     total = con.execute("SELECT count(*) FROM work WHERE action IN ('new', 'changed')").fetchall()[0][0]
     if total == 0:
         return
-    batch_size = options.batch_size or (256 if str(model.device).startswith("cuda") else 32)
+    batch_size = options.batch_size or (256 if str(model.device).startswith("cuda") else 8)
     workers, threads = _plan_threads(str(model.device), options.workers)
     import torch
 
