@@ -232,10 +232,14 @@ def _id_array(ids: Any, what: str) -> np.ndarray:
 
 
 def _id_set(ids: np.ndarray | None, what: str) -> np.ndarray | None:
-    """Sorted unique int64 ids, or None."""
+    """Sorted unique int64 ids, or None. Input that is already sorted and unique (as a metadata query
+    usually returns it) is checked in O(n) and used as is, instead of sorted again."""
     if ids is None:
         return None
-    return np.unique(_id_array(ids, what))
+    arr = _id_array(ids, what)
+    if arr.size < 2 or bool((arr[1:] > arr[:-1]).all()):
+        return arr
+    return np.unique(arr)
 
 
 class _TopK:
@@ -556,7 +560,7 @@ class _Selector:
 # --------------------------------------------------------------------------------------------------
 # AnnIndex
 
-_PARAM_NAMES = ("nprobe", "efSearch", "k_factor", "rerank")
+_PARAM_NAMES = ("nprobe", "efSearch", "k_factor", "rerank", "filter_budget")
 
 
 class AnnIndex:
@@ -688,19 +692,24 @@ class AnnIndex:
                 exact = self._exact_subset(q, k, allowed, vector_lookup)
                 if exact is not None:
                     return exact
-            if self._layout.kind == "ivf" and self._layout.idmap is None and not self._layout.wrappers:
-                counts = np.bincount(where, minlength=self._layout.leaf.nlist)
-                return self._ivf_filtered_search(q, k, p, _Selector(allowed, None), counts, vector_lookup)
-            selectivity = allowed.size / max(1, self.ntotal)
-            available = allowed.size
-        else:
-            if self.ntotal == 0:
-                return _empty(q.shape[0], k)
-            n_excl = 0 if excluded is None else excluded.size
-            selectivity = max(1.0 / max(1, self.ntotal), 1.0 - n_excl / max(1, self.ntotal))
-            available = max(0, self.ntotal - n_excl)
-        selector = _Selector(allowed, excluded)
-        return self._ann_search(q, k, p, selector, selectivity, min(k, available), allowed, vector_lookup)
+            return self._filtered_ann(q, k, p, allowed, where, vector_lookup)
+        if self.ntotal == 0:
+            return _empty(q.shape[0], k)
+        n_excl = 0 if excluded is None else excluded.size
+        selectivity = max(1.0 / self.ntotal, 1.0 - n_excl / self.ntotal)
+        want = min(k, max(0, self.ntotal - n_excl))
+        return self._ann_search(q, k, p, _Selector(None, excluded), selectivity, want, None, vector_lookup)
+
+    def _filtered_ann(
+        self, q: np.ndarray, k: int, p: dict[str, int], allowed: np.ndarray, where: np.ndarray, lookup: VectorLookup | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The selector path for ``allowed`` (sorted, all in the index; ``where`` their lists)."""
+        selector = _Selector(allowed, None)
+        if self._layout.kind == "ivf" and self._layout.idmap is None and not self._layout.wrappers:
+            counts = np.bincount(where, minlength=self._layout.leaf.nlist)
+            return self._ivf_filtered_search(q, k, p, selector, counts, lookup)
+        selectivity = allowed.size / max(1, self.ntotal) / p.get("filter_budget", 1)
+        return self._ann_search(q, k, p, selector, selectivity, min(k, allowed.size), allowed, lookup)
 
     def _params(self, override: dict[str, int] | None) -> dict[str, int]:
         p = dict(self.info.params)
@@ -725,6 +734,8 @@ class AnnIndex:
         fetch = lookup or (self._reconstruct if self._layout.can_reconstruct else None)
         if fetch is None:
             return None
+        import faiss
+
         top = _TopK(q.shape[0], k)
         step = _rows_per_chunk(self.dimension, q.shape[0], 16 * MiB)
         try:
@@ -733,7 +744,10 @@ class AnnIndex:
                 vecs = _f32(fetch(chunk))
                 if vecs.shape != (chunk.size, self.dimension):
                     raise AnnError(f"vector_lookup returned shape {vecs.shape} for {chunk.size} ids")
-                top.push(q @ vecs.T, chunk)
+                # FAISS's kernel, not numpy's: it runs on the caller's OpenMP thread budget, whereas
+                # numpy's threaded BLAS costs ~8 ms per call on a busy 2-core machine
+                scores, rows = faiss.knn(q, vecs, min(k, chunk.size), metric=faiss.METRIC_INNER_PRODUCT)
+                top.push(np.where(rows >= 0, scores, -np.inf).astype(np.float32), np.where(rows >= 0, chunk[rows], -1))
         except (RuntimeError, KeyError, IndexError) as exc:
             if lookup is not None:
                 raise AnnError(f"vector_lookup failed: {exc}") from exc
@@ -793,14 +807,13 @@ class AnnIndex:
             return _empty(m, k)
         rerank = p.get("rerank", 1) if (lookup is not None and self._layout.lossy) else 1
         kk = k * rerank
-        budget = max(kk, math.ceil(p["nprobe"] * self.ntotal / ivf.nlist))
-        coarse = _centroids(ivf)[lists] @ q.T  # (L, m) inner products with the lists' centroids
-        order = np.argsort(-coarse, axis=0, kind="stable")
-        covered = np.cumsum(counts[lists][order], axis=0)
-        width = np.minimum((covered < budget).sum(axis=0) + 1, lists.size)
+        budget = max(kk, math.ceil(p.get("filter_budget", 1) * p["nprobe"] * self.ntotal / ivf.nlist))
+        coarse, ranked = _rank_lists(ivf, q, lists)  # (m, L) each, nearest list first
+        covered = np.cumsum(counts[ranked], axis=1)
+        width = np.minimum((covered < budget).sum(axis=1) + 1, lists.size)
         w = int(width.max())
-        assign = np.ascontiguousarray(lists[order[:w]].T, dtype=np.int64)
-        dis = np.ascontiguousarray(np.take_along_axis(coarse, order[:w], axis=0).T, dtype=np.float32)
+        assign = np.ascontiguousarray(ranked[:, :w], dtype=np.int64)
+        dis = np.ascontiguousarray(coarse[:, :w], dtype=np.float32)
         assign[np.arange(w)[None, :] >= width[:, None]] = -1  # FAISS skips list -1
         params = faiss.SearchParametersIVF(nprobe=w)
         params.sel = selector.sel
@@ -988,16 +1001,35 @@ class _IdLists:
         return np.where(self.ids[pos] == wanted, self.lists[pos], -1)
 
 
-def _centroids(ivf: Any) -> np.ndarray:
-    """The IVF centroids as an (nlist, d) float32 view of the coarse quantizer's storage (no copy)."""
+def _rank_lists(ivf: Any, q: np.ndarray, lists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inner products of each query with the centroids of ``lists`` and those lists, best first:
+    (scores (m, L), lists (m, L)). Few lists: their centroids are copied and scored; many: the
+    coarse quantizer's flat storage is searched in full and the other lists dropped."""
     import faiss
 
     quantizer = faiss.downcast_index(ivf.quantizer)
-    if isinstance(quantizer, faiss.IndexHNSW):
-        quantizer = faiss.downcast_index(quantizer.storage)
-    if isinstance(quantizer, faiss.IndexFlat):
-        return faiss.rev_swig_ptr(quantizer.get_xb(), ivf.nlist * ivf.d).reshape(ivf.nlist, ivf.d)
-    return quantizer.reconstruct_n(0, ivf.nlist)
+    flat = faiss.downcast_index(quantizer.storage) if isinstance(quantizer, faiss.IndexHNSW) else quantizer
+    metric = faiss.METRIC_INNER_PRODUCT
+    if not isinstance(flat, faiss.IndexFlat) or lists.size * 8 < ivf.nlist:
+        sub = _f32(_centroids(ivf, flat)[lists])
+        scores, pos = faiss.knn(q, sub, lists.size, metric=metric)
+        return scores, lists[pos]
+    scores, ranked = flat.search(q, ivf.nlist)
+    if lists.size == ivf.nlist:
+        return scores, ranked
+    keep = np.zeros(ivf.nlist, dtype=bool)
+    keep[lists] = True
+    mask = keep[ranked]  # every row holds each list once, so each row keeps exactly L entries
+    return scores[mask].reshape(q.shape[0], lists.size), ranked[mask].reshape(q.shape[0], lists.size)
+
+
+def _centroids(ivf: Any, flat: Any) -> np.ndarray:
+    """The IVF centroids, (nlist, d) float32: a view of a flat quantizer's storage, else reconstructed."""
+    import faiss
+
+    if isinstance(flat, faiss.IndexFlat):
+        return faiss.rev_swig_ptr(flat.get_xb(), ivf.nlist * ivf.d).reshape(ivf.nlist, ivf.d)
+    return flat.reconstruct_n(0, ivf.nlist)
 
 
 def _empty(m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1131,7 +1163,7 @@ def build_index(
         _check_normalised(_train_sample(vectors, min(n, 1000), rng))
 
     # tuning queries and their exact ground truth, accumulated while adding (one pass over the data)
-    tq = _TuningSet.make(vectors, ids, rng, tuning_queries)
+    tq = _TuningSet.make(vectors, ids, rng, tuning_queries, with_filters=layout.kind == "ivf")
     log.info("adding %d vectors to %s", n, factory)
     for done, total in _add_chunks(index, vectors, ids, on_chunk=tq.push):
         if progress:
@@ -1141,9 +1173,11 @@ def build_index(
     info.bytes_per_vector, info.memory_bytes = _estimate_safe(factory, n, d, index)
     ann = AnnIndex(index, info)
     lookup = _row_lookup(vectors, ids) if layout.lossy and layout.refine is None and layout.kind == "ivf" else None
-    params, recall = _tune(ann, tq, recall_target, lookup)
+    params, recall, filtered = _tune(ann, tq, recall_target, lookup)
     info.params, info.measured_recall = params, recall
     info.tuning = {"queries": tq.size, "k": TUNE_K, "seed": seed, "method": tq.method}
+    if filtered:
+        info.tuning["filtered_recall"] = filtered
     info.build_seconds = round(time.perf_counter() - t0, 3)
     if recall < recall_target:
         log.warning("%s reaches recall@%d %.3f < target %.3f at the largest parameters tried", factory, TUNE_K, recall, recall_target)
@@ -1187,51 +1221,99 @@ def _row_lookup(vectors: np.ndarray, ids: np.ndarray) -> VectorLookup:
 
 
 @dataclass
+class _TuningFilter:
+    """A synthetic filter for tuning filtered search: membership test, allowed ids, exact top-k."""
+
+    name: str
+    member: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (block vectors, block ids) -> mask
+    top: _TopK
+    parts: list[np.ndarray] = field(default_factory=list)
+
+    def allowed(self) -> np.ndarray:
+        return np.sort(np.concatenate(self.parts)) if self.parts else np.zeros(0, dtype=np.int64)
+
+
+def _uniform_member(per_mille: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """Ids whose multiplicative hash falls in the first ``per_mille`` of 1000 buckets."""
+
+    def member(block: np.ndarray, block_ids: np.ndarray) -> np.ndarray:
+        hashed = (block_ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
+        return hashed % np.uint64(1000) < np.uint64(per_mille)
+
+    return member
+
+
+@dataclass
 class _TuningSet:
-    """Tuning queries and their exact top-k, built while the vectors stream past."""
+    """Tuning queries and their exact top-k, unfiltered and under synthetic filters, built while
+    the vectors stream past (one pass over the data)."""
 
     queries: np.ndarray
     query_ids: np.ndarray | None  # own ids to exclude (None for external queries)
     top: _TopK
     method: str
+    filters: list[_TuningFilter] = field(default_factory=list)
 
     @property
     def size(self) -> int:
         return self.queries.shape[0]
 
     @classmethod
-    def make(cls, vectors: np.ndarray, ids: np.ndarray, rng: np.random.Generator, external: np.ndarray | None) -> _TuningSet:
+    def make(
+        cls, vectors: np.ndarray, ids: np.ndarray, rng: np.random.Generator, external: np.ndarray | None, with_filters: bool
+    ) -> _TuningSet:
         n, d = vectors.shape
         if external is not None:
             q = _f32(_as_matrix(external, d, "tuning_queries"))
-            return cls(q, None, _TopK(q.shape[0], TUNE_K), "external queries")
-        m = min(TUNE_QUERIES, n)
-        rows = np.sort(rng.choice(n, size=m, replace=False))
-        return cls(_f32(vectors[rows]), ids[rows], _TopK(m, TUNE_K), "sampled vectors, own id excluded")
+            tq = cls(q, None, _TopK(q.shape[0], TUNE_K), "external queries")
+        else:
+            m = min(TUNE_QUERIES, n)
+            rows = np.sort(rng.choice(n, size=m, replace=False))
+            tq = cls(_f32(vectors[rows]), ids[rows], _TopK(m, TUNE_K), "sampled vectors, own id excluded")
+        if with_filters:
+            tq.filters = [
+                _TuningFilter("uniform 1%", _uniform_member(10), _TopK(tq.size, TUNE_K)),
+                _TuningFilter("uniform 10%", _uniform_member(100), _TopK(tq.size, TUNE_K)),
+                _TuningFilter("region 10%", tq._region_member(rng, 0.1), _TopK(tq.size, TUNE_K)),
+            ]
+        return tq
+
+    def _region_member(self, rng: np.random.Generator, fraction: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """The ~``fraction`` of vectors most similar to one anchor vector: a filter concentrated in one
+        region of the space (as a taxon or one institution's holdings are), which most tuning queries
+        lie far from. The threshold is the (1 - fraction) quantile of the queries' own similarities."""
+        anchor = self.queries[int(rng.integers(self.size))].copy()
+        threshold = float(np.quantile(self.queries @ anchor, 1.0 - fraction))
+        return lambda block, block_ids: block @ anchor >= threshold
 
     def push(self, block: np.ndarray, block_ids: np.ndarray) -> None:
         scores = self.queries @ block.T
         if self.query_ids is not None:
             scores[self.query_ids[:, None] == block_ids[None, :]] = -np.inf
         self.top.push(scores, block_ids)
+        for flt in self.filters:
+            keep = flt.member(block, block_ids)
+            if keep.any():
+                flt.top.push(scores[:, keep], block_ids[keep])
+                flt.parts.append(block_ids[keep])
 
     def truth(self) -> np.ndarray:
         return self.top.result()[1]
 
 
-def _tune(ann: AnnIndex, tq: _TuningSet, target: float, lookup: VectorLookup | None) -> tuple[dict[str, int], float]:
+def _tune(ann: AnnIndex, tq: _TuningSet, target: float, lookup: VectorLookup | None) -> tuple[dict[str, int], float, dict[str, float]]:
     """Smallest parameters reaching ``target`` recall@TUNE_K; the best found when none does.
 
     "Reaching" means the mean recall minus one standard error of that mean is >= target, so that
     recall on unseen queries is at least the target with ~84% rather than ~50% confidence (500
-    queries: one standard error is ~0.005). Returns (params, mean recall at those params).
+    queries: one standard error is ~0.005). For IVF, ``filter_budget`` is then tuned so that the
+    selector path (forced, whatever the set size) reaches the target under every synthetic filter.
+    Returns (params, mean recall at those params, filtered recall per synthetic filter).
     """
-    truth = tq.truth()
     lay = ann._layout
     extra = 0 if tq.query_ids is None else 1
 
-    def recall(p: dict[str, int]) -> tuple[float, float]:
-        _, found = ann.search(tq.queries, TUNE_K + extra, params=p, vector_lookup=lookup)
+    def score(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
         if extra:
             found = _drop_own(found, tq.query_ids, TUNE_K)
         per_query = _recall_per_query(found, truth, TUNE_K)
@@ -1240,24 +1322,41 @@ def _tune(ann: AnnIndex, tq: _TuningSet, target: float, lookup: VectorLookup | N
         se = per_query.std() / math.sqrt(per_query.size)
         return float(per_query.mean()), float(per_query.mean() - se)
 
+    truth = tq.truth()
+
+    def recall(p: dict[str, int]) -> tuple[float, float]:
+        return score(ann.search(tq.queries, TUNE_K + extra, params=p, vector_lookup=lookup)[1], truth)
+
     if lay.kind == "flat":
-        return {}, recall({})[0]
+        return {}, recall({})[0], {}
     if lay.kind == "hnsw":
         ef, r = _smallest(lambda v: recall({"efSearch": v}), 16, EF_SEARCH_MAX, target)
-        return {"efSearch": ef}, r
+        return {"efSearch": ef}, r, {}
     nlist = lay.leaf.nlist
-    fixed: dict[str, int] = {}
-    knob = None
-    if lay.refine is not None:
-        knob = "k_factor"
-    elif lookup is not None:
-        knob = "rerank"
+    params: dict[str, int] = {}
+    knob = "k_factor" if lay.refine is not None else ("rerank" if lookup is not None else None)
     if knob is not None:
         # first the candidate depth at a generous nprobe, then the smallest nprobe at that depth
         wide = min(nlist, 256)
-        fixed[knob], _ = _smallest(lambda v: recall({"nprobe": wide, knob: v}), 1, RERANK_MAX, target)
-    nprobe, r = _smallest(lambda v: recall({"nprobe": v, **fixed}), 1, nlist, target)
-    return {"nprobe": nprobe, **fixed}, r
+        params[knob], _ = _smallest(lambda v: recall({"nprobe": wide, knob: v}), 1, RERANK_MAX, target)
+    params["nprobe"], r = _smallest(lambda v: recall({**params, "nprobe": v}), 1, nlist, target)
+    if not tq.filters:
+        return params, r, {}
+    lists = ann._lists_for()
+    cases = [(flt.name, flt.allowed(), flt.top.result()[1]) for flt in tq.filters]
+    cases = [(name, allowed, true) for name, allowed, true in cases if allowed.size >= TUNE_K]
+    seen: dict[int, dict[str, tuple[float, float]]] = {}
+
+    def worst(budget: int) -> tuple[float, float]:
+        p = {**params, "filter_budget": budget}
+        seen[budget] = {
+            name: score(ann._filtered_ann(tq.queries, TUNE_K + extra, p, allowed, lists.lists_of(allowed), lookup)[1], true)
+            for name, allowed, true in cases
+        }
+        return min(seen[budget].values(), key=lambda v: v[1], default=(1.0, 1.0))
+
+    params["filter_budget"], _ = _smallest(worst, 1, 64, target)
+    return params, r, {name: round(v[0], 4) for name, v in seen.get(params["filter_budget"], {}).items()}
 
 
 def _drop_own(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
