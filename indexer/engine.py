@@ -78,6 +78,7 @@ class SearchResult:
     elapsed_ms: float = 0.0
     prompt: str | None = None  # the text sent to the model, when there was text
     taxon: TaxonMatch | None = None
+    query_vector: np.ndarray | None = None  # (1, d) float32, to reuse (facets, paging) without re-encoding
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -394,9 +395,11 @@ class SearchEngine:
         offset: int = 0,
         filters: Filter | None = None,
         min_score: float | None = None,
+        label: str | None = None,
     ) -> SearchResult:
         """Answer one query. Exactly one of ``text``, ``image``, ``image_id``, ``vector``.
 
+        ``label`` words the interpretation of a vector query (e.g. "images like the uploaded photo").
         Raises QueryError (or FilterError) with a message for the user on a bad query.
         """
         t0 = time.perf_counter()
@@ -435,7 +438,7 @@ class SearchEngine:
             if not np.isfinite(norm) or norm == 0:
                 raise QueryError("the query vector is zero or not finite")
             qvec = qvec / norm
-            interpretation = "a vector query"
+            interpretation = label or "a vector query"
 
         allowed = None
         candidates = None
@@ -458,6 +461,27 @@ class SearchEngine:
             elapsed_ms=(time.perf_counter() - t0) * 1000,
             prompt=prompt,
             taxon=taxon,
+            query_vector=np.asarray(qvec, dtype=np.float32).reshape(1, -1),
+        )
+
+    def browse(self, filters: Filter | None = None, *, k: int = 50, offset: int = 0) -> SearchResult:
+        """The images passing ``filters`` (all, without), in id order, with score 0: listing, not ranking."""
+        t0 = time.perf_counter()
+        state = self._current()
+        where, params, notices = "TRUE", [], []
+        if filters:
+            where, params, notices = filters.to_sql(state.generation.extra_keys, state.taxonomy())
+        cur = state.cursor()
+        total = int(cur.execute(f"SELECT count(*) FROM images WHERE {where}", params).fetchall()[0][0])
+        ids = [r[0] for r in cur.execute(
+            f"SELECT id FROM images WHERE {where} ORDER BY id LIMIT {int(k)} OFFSET {int(offset)}", params
+        ).fetchall()]
+        meta = self._fetch_metadata(state, ids)
+        hits = [Hit(i, 0.0, meta[i]["location"], meta[i]) for i in ids if i in meta]
+        what = "all images" + (f" where {filters.describe()}" if filters else "")
+        return SearchResult(
+            hits=hits, interpretation=what, notices=list(notices), candidates=total,
+            generation=state.generation.number, elapsed_ms=(time.perf_counter() - t0) * 1000,
         )
 
     def similar(self, image_id: int, **kwargs) -> SearchResult:

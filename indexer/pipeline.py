@@ -357,7 +357,9 @@ def build(
                 recall_target=options.recall_target,
             )
         report.seconds = time.monotonic() - started
-        writer.commit(stats={"last_build": _summary_stats(report)})
+        known = dict(writer.generation.stats.get("sources") or {})
+        known.update(_source_roots(con, sources))
+        writer.commit(stats={"last_build": _summary_stats(report), "sources": known})
         report.generation = writer.generation.number
         report.images = writer.generation.images
     report.seconds = time.monotonic() - started
@@ -377,6 +379,49 @@ def _summary_stats(report: BuildReport) -> dict:
         "failed": report.failed,
         "seconds": round(report.seconds, 3),
     }
+
+
+def _source_roots(con, sources: Sequence[Source]) -> dict[str, dict]:
+    """Where each source's local files live: the folders the app may serve images from.
+
+    A folder source's root; a ``--media-root`` directory; otherwise the fewest folders that hold
+    every local file the source lists (never wider than needed: the app shows nothing outside).
+    """
+    out: dict[str, dict] = {}
+    for src in sources:
+        roots: list[str] = []
+        for attr in ("root",):
+            value = getattr(src, attr, None)
+            if isinstance(value, (str, os.PathLike)):
+                roots.append(os.path.abspath(os.fspath(value)))
+        media = getattr(src, "roots", None)
+        if isinstance(media, dict):
+            roots += [os.path.abspath(os.fspath(d)) for d in media.values()]
+        dirs = [
+            d for (d,) in con.execute(
+                "SELECT DISTINCT regexp_replace(location, '/[^/]*$', '') FROM scan "
+                "WHERE source = ? AND starts_with(location, '/')",
+                [src.name],
+            ).fetchall()
+        ]
+        dirs = [d for d in dirs if d and not any(_within(d, r) for r in roots)]
+        extra = _minimal_ancestors(dirs)
+        if len(extra) > 256:
+            extra = [os.path.commonpath(extra)]
+        out[src.name] = {"type": type(src).__name__, "root": sorted(set(roots + extra))}
+    return out
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _minimal_ancestors(dirs: list[str]) -> list[str]:
+    out: list[str] = []
+    for d in sorted(set(dirs)):
+        if not out or not _within(d, out[-1]):
+            out.append(d)
+    return out
 
 
 # -- 1. scan ------------------------------------------------------------------------------------
