@@ -118,3 +118,37 @@ def machine() -> str:
 
 def file_mib(path: Path) -> float:
     return path.stat().st_size / 2**20
+
+
+_LOAD_PROBE = """
+import json, sys
+import numpy as np
+from indexer.ann import AnnIndex
+def anon():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+base = anon()
+index = AnnIndex.load(sys.argv[1], mmap=sys.argv[2] == "1")
+loaded = anon()
+q = np.random.default_rng(0).standard_normal((50, index.dimension)).astype(np.float32)
+q /= np.linalg.norm(q, axis=1, keepdims=True)
+for row in q:
+    index.search(row[None], 10)
+print(json.dumps({"load_mib": loaded - base, "after_search_mib": anon() - base}))
+"""
+
+
+def index_ram_mib(path: Path, *, mmap: bool = False) -> dict[str, float]:
+    """Anonymous resident memory an index takes in a fresh process: after loading, and after 50
+    queries (without vector_lookup). File-backed pages of a memory-mapped index are not counted."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", _LOAD_PROBE, str(path), "1" if mmap else "0"],
+        cwd=root, capture_output=True, text=True, check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -205,16 +205,32 @@ def test_explicit_params_override_tuned_ones(data, truth):
 # ------------------------------------------------------------------------------------------ filters
 
 
-@pytest.mark.parametrize("factory", ["HNSW32", "IVF128,Flat", "IVF128,SQ8"])
-@pytest.mark.parametrize("path", ["exact-subset", "selector"])
+PATHS = {
+    # name: (FILTER_EXACT_MAX_FLOATS and HNSW_FILTER_EXACT_MAX_FLOATS, POSTFILTER_MIN_SELECTIVITY)
+    "policy": (None, None),
+    "exact-subset": (float("inf"), 2.0),
+    "selector": (0, 2.0),
+    "postfilter": (0, 0.0),
+}
+
+
+@pytest.mark.parametrize("factory", ["HNSW32", "IVF128,Flat", "IVF128,SQ8", "IVF128,PQ32x4fs"])
+@pytest.mark.parametrize("path", list(PATHS))
 def test_filtered_search_recall_and_only_allowed_ids(data, factory, path, monkeypatch):
     xb, ids, xq = data
     index = built(data, factory)
     lookup = lookup_for(xb, ids)
-    if path == "selector":
-        monkeypatch.setattr(ann, "FILTER_EXACT_MAX_FLOATS", 0)
+    exact_cap, postfilter = PATHS[path]
+    postfilter_from = ann.POSTFILTER_MIN_SELECTIVITY
+    if exact_cap is not None:
+        monkeypatch.setattr(ann, "FILTER_EXACT_MAX_FLOATS", exact_cap)
+        monkeypatch.setattr(ann, "HNSW_FILTER_EXACT_MAX_FLOATS", exact_cap)
+    if postfilter is not None:
+        monkeypatch.setattr(ann, "POSTFILTER_MIN_SELECTIVITY", postfilter)
     rng = np.random.default_rng(7)
     for selectivity in SELECTIVITIES:
+        if path == "postfilter" and selectivity < postfilter_from:
+            continue  # the policy post-filters large sets only; small ones would need huge fetches
         allowed = rng.choice(ids, size=int(N * selectivity), replace=False)
         _, true = ann.exact_search(xb, ids, xq, K, allowed_ids=allowed)
         _, found = index.search(xq, K, allowed_ids=allowed, vector_lookup=lookup)
