@@ -203,8 +203,11 @@ class IndexInfo:
     file_bytes: int | None = None
     format_version: int = FORMAT_VERSION
 
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> IndexInfo:
@@ -694,11 +697,14 @@ class AnnIndex:
         """Top-k by inner product: (scores (m, k) float32, ids (m, k) int64), padded with (-inf, -1).
 
         ``queries`` (m, d) float32 (a single (d,) vector is accepted). ``allowed_ids``: only these ids
-        may be returned; ``excluded_ids``: these never are. ``params`` overrides tuned parameters
-        (``nprobe``, ``efSearch``, ``k_factor``, ``rerank``). ``vector_lookup(ids) -> float32 (len, d)``
-        gives stored vectors by id: it enables the exact path for small allowed sets and the exact
-        re-ranking of compressed indexes (without it they return the codes' approximate order).
-        Memory: O(m k) plus, on the exact path, one chunk of allowed vectors at a time.
+        may be returned (any order; sorted unique input skips a sort); ``excluded_ids``: these never
+        are. Results only ever hold ids that are in the index. ``params`` overrides tuned parameters
+        (``nprobe``, ``efSearch``, ``k_factor``, ``rerank``, ``filter_budget``). ``vector_lookup(ids) ->
+        float32 (len(ids), d)`` gives stored vectors by id: it enables the exact path for small allowed
+        sets and the exact re-ranking of compressed indexes (without it they return the codes'
+        approximate order; see ``needs_vector_lookup``). See the module docstring for the filter policy.
+        Memory: O(m k), plus O(len(allowed_ids)) for a filter (a bitmap over the ids, their lists),
+        plus one ~16 MiB chunk of allowed vectors at a time on the exact path.
         """
         q = _f32(_as_matrix(queries, self.dimension, "queries"))
         if k < 1:
@@ -771,8 +777,12 @@ class AnnIndex:
         """The selector path for ``allowed`` (sorted, all in the index; ``where`` their lists)."""
         selector = _Selector(allowed, None)
         if self._layout.kind == "ivf" and self._layout.idmap is None and not self._layout.wrappers:
-            counts = np.bincount(where, minlength=self._layout.leaf.nlist)
-            return self._ivf_filtered_search(q, k, p, selector, counts, lookup)
+            nlist = self._layout.leaf.nlist
+            counts = np.bincount(where, minlength=nlist)
+            # queries in blocks: the per-query list ranking is (queries x nlist)
+            block = max(1, (1 << 22) // nlist)
+            parts = [self._ivf_filtered_search(q[i : i + block], k, p, selector, counts, lookup) for i in range(0, q.shape[0], block)]
+            return np.concatenate([s for s, _ in parts]), np.concatenate([i for _, i in parts])
         selectivity = allowed.size / max(1, self.ntotal) / p.get("filter_budget", 1)
         return self._ann_search(q, k, p, selector, selectivity, min(k, allowed.size), allowed, lookup)
 
@@ -984,8 +994,9 @@ class AnnIndex:
 
         ``mmap=True`` maps the file instead of reading it (IVF lists with ``IO_FLAG_MMAP``, flat and
         HNSW storage with ``IO_FLAG_MMAP_IFC``, both read-only): the OS pages data in as searches touch
-        it, so an index larger than RAM can be searched (only the coarse centroids, ids and graph
-        metadata are resident). A mapped index is read-only: ``add`` and ``remove`` raise.
+        it, so an index larger than RAM can be searched (resident: the coarse centroids and, for HNSW,
+        graph metadata; after the first filtered search also the id -> list map, 4-12 bytes per
+        vector). A mapped index is read-only: ``add`` and ``remove`` raise.
         """
         import faiss
 
@@ -1010,7 +1021,6 @@ class AnnIndex:
         if index.d != info.dimension:
             raise AnnError(f"index {path} has dimension {index.d}, its sidecar says {info.dimension}")
         return cls(index, info, read_only=mmap, source=path.resolve() if mmap else None)
-
 
 
 class _IdLists:
