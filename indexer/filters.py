@@ -203,7 +203,10 @@ class Filter:
             return parse_where([value])
         if isinstance(value, Condition):
             return cls((value,))
-        items = list(value)
+        try:
+            items = list(value)
+        except TypeError:
+            raise FilterError(f"filters must be a Filter, a mapping or FIELD=VALUE strings, not {type(value).__name__}") from None
         if all(isinstance(v, Condition) for v in items):
             return cls(tuple(items))
         if all(isinstance(v, str) for v in items):
