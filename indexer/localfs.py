@@ -38,8 +38,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: File name extensions a folder source indexes (compared case-insensitively).
+#: The formats a folder source picks up (any case). ``.mpo`` is the stereo/multi-picture JPEG some
+#: cameras write (its first frame is indexed); ``.jpe``/``.jfif`` are older JPEG spellings.
 IMAGE_EXTENSIONS: Final[frozenset[str]] = frozenset(
-    {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".mpo"}
 )
 
 #: Directory names skipped besides hidden ones: macOS resource-fork folders in zip exports.
