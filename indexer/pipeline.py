@@ -291,6 +291,7 @@ class _Committer:
         self.seconds = seconds
         self.last = time.monotonic()
         self.pending_sha: dict[str, np.ndarray] = {}
+        self.hashes: _HashIndex | None = None
 
     def maybe_commit(self) -> None:
         if self.writer.pending >= self.every or (
@@ -590,22 +591,61 @@ def _process_fetch(
     torch.set_num_threads(threads)
     progress = _progress(total, options.progress)
     downloader = None
+    # Remote items are downloaded one piece ahead, in a background thread, while the previous
+    # piece is decoded and encoded: the network and the encoder work at the same time.
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download")
+    pending = None
     try:
         for chunk in _row_tables(con, "action IN ('new', 'changed')"):
-            locations = chunk.column("location").to_pylist()
-            local_paths: dict[int, str] = {}
-            remote = [i for i, loc in enumerate(locations) if loc.startswith(("http://", "https://"))]
-            if remote:
-                if downloader is None:
-                    downloader = _make_downloader(options, collection)
-                local_paths = _download(downloader, chunk, remote, writer, report, progress)
-            todo = [i for i in range(chunk.num_rows) if i not in remote or i in local_paths]
-            _encode_chunk(chunk, todo, local_paths, model, writer, options, report, committer, batch_size, workers, progress)
+            for piece in _pieces(chunk):
+                locations = piece.column("location").to_pylist()
+                remote = sorted(i for i, loc in enumerate(locations) if loc.startswith(("http://", "https://")))
+                future = None
+                if remote:
+                    if downloader is None:
+                        downloader = _make_downloader(options, collection)
+                    future = pool.submit(_download, downloader, piece, remote)
+                if pending is not None:
+                    _finish_piece(*pending, model, writer, options, report, committer, batch_size, workers, progress)
+                pending = (piece, remote, future)
+        if pending is not None:
+            _finish_piece(*pending, model, writer, options, report, committer, batch_size, workers, progress)
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         if downloader is not None:
             downloader.close()
         if progress is not None:
             progress.close()
+
+
+_REMOTE_PIECE = 1024
+
+
+def _pieces(chunk: pa.Table) -> Iterable[pa.Table]:
+    """A chunk as it is, or in pieces of ``_REMOTE_PIECE`` rows when it holds URLs to download."""
+    import pyarrow.compute as pc
+
+    has_remote = pc.any(pc.starts_with(chunk.column("location"), "http")).as_py() if chunk.num_rows else False
+    if not has_remote:
+        yield chunk
+        return
+    for start in range(0, chunk.num_rows, _REMOTE_PIECE):
+        yield chunk.slice(start, _REMOTE_PIECE)
+
+
+def _finish_piece(piece, remote, future, model, writer, options, report, committer, batch_size, workers, progress) -> None:
+    local_paths: dict[int, str] = {}
+    if future is not None:
+        local_paths, failures = future.result()
+        if failures:
+            _record_item_failures(piece, failures, writer, report)
+            if progress is not None:
+                progress.update(len(failures))
+    remote_set = set(remote)
+    todo = [i for i in range(piece.num_rows) if i not in remote_set or i in local_paths]
+    _encode_chunk(piece, todo, local_paths, model, writer, options, report, committer, batch_size, workers, progress)
 
 
 def _make_downloader(options: BuildOptions, collection):
@@ -616,8 +656,12 @@ def _make_downloader(options: BuildOptions, collection):
     return Downloader(DownloadConfig(cache_dir=cache))
 
 
-def _download(downloader, chunk: pa.Table, remote: list[int], writer: Writer, report: BuildReport, progress) -> dict[int, str]:
-    """Download the chunk's remote items (bounded concurrency); record failures; return index -> file."""
+def _download(downloader, chunk: pa.Table, remote: list[int]) -> tuple[dict[int, str], list[tuple[int, str, str, str]]]:
+    """Download the remote items of ``chunk`` (bounded concurrency, cached).
+
+    Runs in the download thread: touches neither the writer nor the report. Returns
+    (row index -> downloaded file, failures as (row index, stage, reason, detail)).
+    """
     from indexer.errors import FetchError
 
     locations = chunk.column("location").to_pylist()
@@ -625,18 +669,14 @@ def _download(downloader, chunk: pa.Table, remote: list[int], writer: Writer, re
     for i in remote:
         by_url[locations[i]].append(i)
     out: dict[int, str] = {}
-    failures = []
+    failures: list[tuple[int, str, str, str]] = []
     for url, result in downloader.fetch_many(list(by_url)):
         for i in by_url[url]:
             if isinstance(result, FetchError):
-                failures.append((i, result))
+                failures.append((i, result.stage, result.reason, result.detail))
             else:
                 out[i] = result
-    if failures:
-        _record_item_failures(chunk, [(i, e.stage, e.reason, e.detail) for i, e in failures], writer, report)
-        if progress is not None:
-            progress.update(len(failures))
-    return out
+    return out, failures
 
 
 def _record_item_failures(chunk: pa.Table, failures: list[tuple[int, str, str, str]], writer: Writer, report: BuildReport) -> None:
@@ -778,22 +818,62 @@ def _handle_batch(chunk, positions, batch, ok, failed, model, writer, report, co
         report.replaced += len(old)
     for j, s in enumerate(shas):
         committer.pending_sha.setdefault(s, vectors[j])
+    if committer.hashes is not None:
+        committer.hashes.add(shas)
     committer.maybe_commit()
 
 
+def _prefix(sha: str) -> int:
+    return int(sha[:15], 16)
+
+
+class _HashIndex:
+    """Which content hashes the collection already holds, answered without scanning it per batch.
+
+    A sorted array of 60-bit hash prefixes (8 bytes per image, built once per run from the writer's
+    ``live`` table) plus the prefixes added during this run. A prefix hit (rare: a renamed or
+    copied file) is confirmed against the full hash in DuckDB; stale prefixes of retired rows only
+    cause a confirmation that finds nothing.
+    """
+
+    def __init__(self, con):
+        got = con.execute(
+            "SELECT ('0x' || substr(sha256, 1, 15))::UBIGINT AS p FROM live WHERE sha256 IS NOT NULL"
+        ).fetchnumpy()["p"]
+        self._sorted = np.sort(np.asarray(got, dtype=np.uint64))
+        self._added: set[int] = set()
+
+    def maybe_known(self, shas: list[str]) -> list[str]:
+        if not shas:
+            return []
+        prefixes = np.array([_prefix(s) for s in shas], dtype=np.uint64)
+        hit = np.zeros(len(shas), dtype=bool)
+        if len(self._sorted):
+            pos = np.minimum(np.searchsorted(self._sorted, prefixes), len(self._sorted) - 1)
+            hit = self._sorted[pos] == prefixes
+        return [s for s, h, p in zip(shas, hit, prefixes) if h or int(p) in self._added]
+
+    def add(self, shas: list[str]) -> None:
+        self._added.update(_prefix(s) for s in shas)
+
+
 def _lookup_hashes(writer: Writer, committer: _Committer, shas: list[str]) -> dict[str, np.ndarray]:
+    """Stored vectors for the hashes that are already indexed (committed or pending in this run)."""
     found: dict[str, np.ndarray] = {s: committer.pending_sha[s] for s in shas if s in committer.pending_sha}
-    rest = [s for s in set(shas) if s not in found]
-    if not rest:
-        return found
-    con = writer.con
-    con.register("_sha", pa.table({"sha256": rest}))
-    rows = con.execute("SELECT sha256, min(id) FROM live WHERE sha256 IN (SELECT sha256 FROM _sha) GROUP BY 1").fetchall()
-    con.unregister("_sha")
-    if rows:
-        vecs = writer.snapshot().get_vectors([i for _, i in rows])
-        for (s, _), v in zip(rows, vecs):
-            found[s] = v
+    if committer.hashes is None:
+        committer.hashes = _HashIndex(writer.con)
+    rest = committer.hashes.maybe_known([s for s in set(shas) if s not in found])
+    if rest:
+        con = writer.con
+        con.register("_sha", pa.table({"sha256": rest}))
+        rows = con.execute(
+            "SELECT sha256, min(id) FROM live WHERE sha256 IN (SELECT sha256 FROM _sha) GROUP BY 1"
+        ).fetchall()
+        con.unregister("_sha")
+        if rows:
+            vecs = writer.snapshot().get_vectors([i for _, i in rows])
+            for (s, _), v in zip(rows, vecs):
+                found[s] = v
     return found
 
 
