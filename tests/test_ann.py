@@ -413,6 +413,8 @@ def test_bad_inputs_raise_named_errors(data):
         ann.build_index(xb[:100], ids[:100], factory="Nonsense42")
     with pytest.raises(AnnError, match="entries"):
         ann.build_index(xb[:100], ids[:99])
+    with pytest.raises(AnnError, match="cannot train"):
+        ann.build_index(xb[:50], ids[:50], factory="IVF128,Flat")
     index = built(data, "Flat")
     with pytest.raises(AnnError, match="shape"):
         index.search(xq[:, :10], K)
