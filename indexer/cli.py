@@ -98,6 +98,7 @@ def index_main() -> None:
 @click.option("--source-type", default=None, help="folder, dwca, manifest, tar, ... (default: detected).")
 @click.option("--path-column", default=None, help="Manifest column with the image path or URL (default: detected).")
 @click.option("--media-root", "media_roots", multiple=True, metavar="PREFIX=DIR", help="Read URLs starting with PREFIX from DIR instead (repeatable).")
+@click.option("--name", "source_name", default=None, help="A stable name for the source (default: its path); keys of a re-downloaded archive then stay the same.")
 @click.option("--batch-size", type=click.IntRange(1, 65536), default=None, help="Images per forward pass (default 8 on CPU, 256 on GPU).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
@@ -117,7 +118,7 @@ def index_main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 @_verbosity
 @_friendly
-def build_cmd(sources, out, model, revision, labels, source_type, path_column, media_roots, batch_size, device, precision,
+def build_cmd(sources, out, model, revision, labels, source_type, path_column, media_roots, source_name, batch_size, device, precision,
               preprocess, workers, commit_every, commit_seconds, max_pixels, prune, retry_failed, no_index, index_type,
               memory_budget, recall_target, cache_dir, progress, as_json, verbose, quiet):
     """Index images from SOURCES (folders, manifests, Darwin Core Archives, tar shards) into a collection."""
@@ -128,7 +129,13 @@ def build_cmd(sources, out, model, revision, labels, source_type, path_column, m
     roots = _parse_media_roots(media_roots)
     if labels and len(sources) > 1:
         raise click.UsageError("--labels applies to one folder; give one SOURCE with it")
-    srcs = [_open(open_source, s, source_type=source_type, labels=labels, path_column=path_column, media_roots=roots) for s in sources]
+    if source_name and len(sources) > 1:
+        raise click.UsageError("--name applies to one SOURCE")
+    srcs = [
+        open_source(s, source_type=source_type, labels=labels, path_column=path_column, media_roots=roots or None,
+                    name=source_name)
+        for s in sources
+    ]
     options = BuildOptions(
         batch_size=batch_size,
         workers=workers,
@@ -150,13 +157,6 @@ def build_cmd(sources, out, model, revision, labels, source_type, path_column, m
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
         return
     click.echo(_format_report(report))
-
-
-def _open(open_source, spec, **kwargs):
-    import inspect
-
-    params = inspect.signature(open_source).parameters
-    return open_source(spec, **{k: v for k, v in kwargs.items() if k in params and (v is not None or k == "source_type")})
 
 
 def _parse_media_roots(items) -> dict[str, str]:
@@ -184,9 +184,11 @@ def _format_report(r) -> str:
         lines.append(f"skipped     {r.skipped_failed} known failures (use --retry-failed to try them again)")
     lines.append(f"failed      {r.failed}" + ("" if not r.failed else "  (" + ", ".join(f"{k}: {v}" for k, v in sorted(r.failed_by_reason.items())) + ")"))
     for name, rep in r.source_reports.items():
-        extra = {k: v for k, v in rep.items() if k != "rows" and v}
-        if extra:
-            lines.append(f"source      {name}: " + ", ".join(f"{k} {v}" for k, v in extra.items()))
+        counts = {k: v for k, v in rep.items() if isinstance(v, int) and not isinstance(v, bool) and v and k != "rows"}
+        if counts:
+            lines.append(f"source      {name}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
+        for warning in rep.get("warnings") or []:
+            lines.append(f"warning     {warning}")
     lines.append(f"time        {r.seconds:.1f}s, {r.images_per_second:.2f} images/s")
     lines.append(f"total       {r.images} images in the collection (generation {r.generation})")
     if r.index:
