@@ -104,6 +104,9 @@ def index_main() -> None:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--preprocess", type=click.Choice(["squash", "crop"]), default=None, help="Image preprocessing for a new collection (default squash).")
 @click.option("--workers", type=click.IntRange(0, 256), default=None, help="Decode worker processes (default: from the cores).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: decode tasks and GPU encoder actors on Ray Data (pip install 'bioclip-search[ray]').")
+@click.option("--ray-address", default=None, help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local one.")
 @click.option("--commit-every", type=click.IntRange(1), default=2048, show_default=True, help="Commit after this many images...")
 @click.option("--commit-seconds", type=float, default=60.0, show_default=True, help="...or this many seconds.")
 @click.option("--max-pixels", type=click.IntRange(1), default=None, help="Larger images are recorded as failures (default 400 MP).")
@@ -119,7 +122,7 @@ def index_main() -> None:
 @_verbosity
 @_friendly
 def build_cmd(sources, out, model, revision, labels, source_type, path_column, media_roots, source_name, batch_size, device, precision,
-              preprocess, workers, commit_every, commit_seconds, max_pixels, prune, retry_failed, no_index, index_type,
+              preprocess, workers, executor, ray_address, commit_every, commit_seconds, max_pixels, prune, retry_failed, no_index, index_type,
               memory_budget, recall_target, cache_dir, progress, as_json, verbose, quiet):
     """Index images from SOURCES (folders, manifests, Darwin Core Archives, tar shards) into a collection."""
     _setup_logging(verbose, quiet)
@@ -150,6 +153,8 @@ def build_cmd(sources, out, model, revision, labels, source_type, path_column, m
         recall_target=recall_target,
         cache_dir=cache_dir,
         progress=sys.stderr.isatty() if progress is None else progress,
+        executor=executor,
+        ray_address=ray_address,
     )
     report = build(out, srcs, model_name=model, revision=revision, device=device, precision=precision,
                    preprocess=preprocess, options=options)

@@ -66,6 +66,8 @@ class BuildOptions:
     recall_target: float = 0.95
     cache_dir: str | None = None  # downloaded media; default COLLECTION/cache/media
     progress: bool = False
+    executor: str = "local"  # "local" (decode workers + this process's model) or "ray" (Ray Data)
+    ray_address: str | None = None  # an existing Ray cluster ("auto", "ray://host:10001"); None: start one
 
 
 @dataclass
@@ -221,34 +223,46 @@ class _ItemDataset:
         return len(self.locations)
 
     def __getitem__(self, i: int) -> dict:
-        from indexer.decode import decode_image
+        return process_item(
+            i, self.local_paths.get(i, self.locations[i]), self.locations[i],
+            self.transform, self.min_size, self.max_pixels, self.max_bytes,
+        )
 
-        rec: dict[str, Any] = {"i": i, "tensor": None}
-        try:
-            loc = self.local_paths.get(i, self.locations[i])
-            if loc.startswith("tar://"):
-                from indexer.fetch import read_location
 
-                data = read_location(loc, max_bytes=self.max_bytes)
-            else:
-                from indexer.localfs import read_file
+def process_item(i: int, read_from: str, location: str, transform, min_size, max_pixels, max_bytes) -> dict:
+    """Read, hash, decode and preprocess one image; never raises.
 
-                data = read_file(loc, max_bytes=self.max_bytes)
-            rec["sha256"] = hashlib.sha256(data).hexdigest()
-            kwargs = {"min_size": self.min_size}
-            if self.max_pixels is not None:
-                kwargs["max_pixels"] = self.max_pixels
-            decoded = decode_image(data, name=self.locations[i], **kwargs)
-            del data
-            rec["width"], rec["height"] = decoded.width, decoded.height
-            rec["tensor"] = self.transform(decoded.image)
-        except ItemError as exc:
-            rec.update(stage=exc.stage, reason=exc.reason, detail=exc.detail)
-        except MemoryError:
-            rec.update(stage="decode", reason="out-of-memory", detail="not enough memory to decode")
-        except Exception as exc:  # a bug or an exotic failure: record it, never kill the run
-            rec.update(stage="preprocess", reason="error", detail=f"{type(exc).__name__}: {exc}")
-        return rec
+    Returns ``{"i", "tensor", "sha256", "width", "height"}`` or, for a failure,
+    ``{"i", "tensor": None, "stage", "reason", "detail"}``. ``read_from`` is a local path or tar
+    member (a downloaded file for remote items); ``location`` is what failures and logs name.
+    """
+    from indexer.decode import decode_image
+
+    rec: dict[str, Any] = {"i": i, "tensor": None}
+    try:
+        if read_from.startswith("tar://"):
+            from indexer.fetch import read_location
+
+            data = read_location(read_from, max_bytes=max_bytes)
+        else:
+            from indexer.localfs import read_file
+
+            data = read_file(read_from, max_bytes=max_bytes)
+        rec["sha256"] = hashlib.sha256(data).hexdigest()
+        kwargs = {"min_size": min_size}
+        if max_pixels is not None:
+            kwargs["max_pixels"] = max_pixels
+        decoded = decode_image(data, name=location, **kwargs)
+        del data
+        rec["width"], rec["height"] = decoded.width, decoded.height
+        rec["tensor"] = transform(decoded.image)
+    except ItemError as exc:
+        rec.update(stage=exc.stage, reason=exc.reason, detail=exc.detail)
+    except MemoryError:
+        rec.update(stage="decode", reason="out-of-memory", detail="not enough memory to decode")
+    except Exception as exc:  # a bug or an exotic failure: record it, never kill the run
+        rec.update(stage="preprocess", reason="error", detail=f"{type(exc).__name__}: {exc}")
+    return rec
 
 
 def _collate(records: list[dict]):
@@ -595,6 +609,8 @@ def _process_fetch(
     # piece is decoded and encoded: the network and the encoder work at the same time.
     from concurrent.futures import ThreadPoolExecutor
 
+    if options.executor == "ray":
+        return _process_fetch_ray(con, writer, model, options, report, committer, collection, batch_size, progress)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download")
     pending = None
     try:
@@ -614,6 +630,49 @@ def _process_fetch(
             _finish_piece(*pending, model, writer, options, report, committer, batch_size, workers, progress)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if downloader is not None:
+            downloader.close()
+        if progress is not None:
+            progress.close()
+
+
+def _process_fetch_ray(con, writer, model, options, report, committer, collection, batch_size, progress) -> None:
+    """The same work on Ray Data: decode tasks and encoder actors, possibly on many machines.
+
+    Remote media are downloaded here first (the download cache is this machine's); everything
+    decoded and encoded comes back to this process, the collection's single writer, which commits
+    it exactly as the local executor does.
+    """
+    from indexer.ray_executor import encode_with_ray
+
+    downloader = None
+
+    def work():
+        nonlocal downloader
+        for chunk in _row_tables(con, "action IN ('new', 'changed')"):
+            for piece in _pieces(chunk):
+                locations = piece.column("location").to_pylist()
+                remote = sorted(i for i, loc in enumerate(locations) if loc.startswith(("http://", "https://")))
+                local_paths: dict[int, str] = {}
+                if remote:
+                    if downloader is None:
+                        downloader = _make_downloader(options, collection)
+                    local_paths, failures = _download(downloader, piece, remote)
+                    if failures:
+                        _record_item_failures(piece, failures, writer, report)
+                remote_set = set(remote)
+                todo = [i for i in range(piece.num_rows) if i not in remote_set or i in local_paths]
+                yield piece, todo, local_paths
+
+    try:
+        for piece, ok, failed, vectors in encode_with_ray(
+            work(), model_info=collection.model, options=options, batch_size=batch_size, model=model
+        ):
+            positions = list(range(piece.num_rows))
+            _handle_batch(piece, positions, None, ok, failed, model, writer, report, committer, encoded=vectors)
+            if progress is not None:
+                progress.update(len(ok) + len(failed))
+    finally:
         if downloader is not None:
             downloader.close()
         if progress is not None:
@@ -781,7 +840,9 @@ def _mp_context():
     return mp.get_context("fork" if "fork" in methods else "spawn")
 
 
-def _handle_batch(chunk, positions, batch, ok, failed, model, writer, report, committer) -> None:
+def _handle_batch(chunk, positions, batch, ok, failed, model, writer, report, committer, encoded=None) -> None:
+    """Commit one batch: failures recorded, vectors reused by content hash or encoded (``batch``, a
+    tensor of the ``ok`` items) or given (``encoded``, vectors computed elsewhere, e.g. by Ray)."""
     if failed:
         _record_item_failures(
             chunk, [(positions[r["i"]], r["stage"], r["reason"], r.get("detail", "")) for r in failed], writer, report
@@ -793,9 +854,11 @@ def _handle_batch(chunk, positions, batch, ok, failed, model, writer, report, co
     shas = [r["sha256"] for r in ok]
     # A file whose bytes are already indexed (renamed or copied) reuses the stored vector.
     reuse = _lookup_hashes(writer, committer, shas)
-    vectors = np.empty((len(ok), model.dimension), dtype=np.float32)
+    vectors = np.empty((len(ok), writer.collection.dimension), dtype=np.float32)
     need = [j for j, s in enumerate(shas) if s not in reuse]
-    if need:
+    if need and encoded is not None:
+        vectors[need] = np.asarray(encoded, dtype=np.float32)[need]
+    elif need:
         t0 = time.monotonic()
         sel = batch if len(need) == len(ok) else batch[need]
         vectors[need] = model.encode_image_tensors(sel)
