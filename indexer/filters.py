@@ -484,7 +484,10 @@ def _as_bool(v: Any) -> bool:
 def _taxon_sql(op: str, conds: Sequence[Condition], taxonomy: "Taxonomy | None") -> tuple[str, list, list[str]]:
     if op not in ("=", "!="):
         raise FilterError("taxon takes = (or a set of names) and !=; use a rank column (genus~corv) for text matching")
+    from indexer.taxonomy import taxa_filter_sql
+
     ors, params, notices = [], [], []
+    found = []
     for name in _values(conds):
         if not isinstance(name, str) or not name.strip():
             raise FilterError(f"taxon needs a name, got {name!r}")
@@ -504,10 +507,11 @@ def _taxon_sql(op: str, conds: Sequence[Condition], taxonomy: "Taxonomy | None")
             continue
         if len(matches) > 1:
             notices.append(f"taxon {name!r} is ambiguous; using all of: " + ", ".join(m.describe() for m in matches[:8]))
-        for m in matches:
-            sql, p = m.filter_sql()
-            ors.append(sql)
-            params += p
+        found += matches
+    if found:
+        sql, p = taxa_filter_sql(found)
+        ors.append(sql)
+        params += p
     inner = " OR ".join(f"({c})" for c in ors) or "FALSE"
     if op == "!=":
         return f"NOT ({inner})", params, notices
