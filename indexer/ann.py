@@ -26,7 +26,8 @@ Index choice (:func:`choose_index`), measured on 2 cores with clustered 512-d ve
   but never chosen.
 * ``IVF{nlist},SQ8`` (d + 8 bytes per vector, 4x smaller) when float32 does not fit: at 1M x 512,
   recall@10 0.958 at nprobe 44 without any re-ranking, 509 MiB resident.
-* ``IVF{nlist},PQ{m}`` (m + 8 bytes per vector) when even SQ8 does not fit: the largest m that fits.
+* ``IVF{nlist},PQ{m}`` (m + 8 bytes per vector) when even SQ8 does not fit: the largest m that fits,
+  keeping sub-vectors of at least 8 dimensions (m <= 64 at 512-d, 96 at 768-d) to bound training time.
   PQ alone ranks poorly at 512-d (recall@10 0.37-0.46 for PQ64), so the refine step is an exact re-rank
   of ``rerank`` x k candidates against the collection's stored vectors (``vector_lookup``), which costs
   no index RAM. In-index refines (``,RFlat``, ``,Refine(SQ8)``) are accepted when forced but never
@@ -165,6 +166,7 @@ TUNE_QUERIES = 500
 EF_SEARCH_MAX = 4096
 RERANK_MAX = 64
 PQ_MAX_M = 128
+PQ_MIN_SUBDIM = 8
 _IDMAP2_BYTES = 8 + 40  # id_map entry + unordered_map reverse entry (approximate)
 _IVF_ID_BYTES = 8
 
@@ -391,8 +393,12 @@ def ivf_nlist(n: int) -> int:
 
 
 def _pq_choices(d: int) -> list[int]:
-    """PQ sub-quantizer counts m (bytes per code) usable at dimension d, largest first."""
-    return [m for m in (128, 96, 64, 48, 32, 24, 16, 8, 4) if m <= PQ_MAX_M and m <= d and d % m == 0]
+    """PQ sub-quantizer counts m (bytes per code) usable at dimension d, largest first.
+
+    Sub-vectors keep at least ``PQ_MIN_SUBDIM`` dimensions: FAISS's k-means on very short sub-vectors
+    is slow on CPU (4-d sub-vectors took ~2 s per sub-quantizer where 8-d took ~0.8 s, on fewer
+    points), and with exact re-ranking more code bytes only save re-ranked candidates."""
+    return [m for m in (128, 96, 64, 48, 32, 24, 16, 8, 4) if m <= PQ_MAX_M and m * PQ_MIN_SUBDIM <= d and d % m == 0]
 
 
 def _ivf_prefix(nlist: int) -> str:

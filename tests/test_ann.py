@@ -133,7 +133,7 @@ def test_choose_index_by_size_and_budget():
     big = ann.choose_index(100_000_000, 512, memory_budget=8 * 2**30)
     assert big.startswith("IVF32768_HNSW32,PQ"), big
     assert ann._estimate(big, 100_000_000, 512)[1] <= 8 * 2**30
-    assert ann.choose_index(100_000_000, 768, memory_budget=16 * 2**30).endswith(",PQ128")
+    assert ann.choose_index(100_000_000, 768, memory_budget=16 * 2**30).endswith(",PQ96")
     with pytest.raises(AnnError, match="cannot hold"):
         ann.choose_index(100_000_000, 512, memory_budget=2**20)
 
