@@ -361,15 +361,16 @@ def terms_from_options(
     terms: Iterable[str] = (),
     minus_weight: float = 1.0,
 ) -> Query:
-    """The query the CLI's options describe (weights 1, minus terms ``-minus_weight``)."""
+    """The query the CLI's options describe: the positive terms (weight 1), then the negative ones
+    (``-minus_weight``), then the ``--term`` ones, in the order given."""
     out: list[Term] = []
     if text is not None:
         out.append(Term.text(text))
     out += [Term.text(t) for t in plus]
-    out += [Term.text(t, -minus_weight) for t in minus]
     out += [Term.image(p) for p in images]
-    out += [Term.image(p, -minus_weight) for p in minus_images]
     out += [Term.id(i) for i in ids]
+    out += [Term.text(t, -minus_weight) for t in minus]
+    out += [Term.image(p, -minus_weight) for p in minus_images]
     out += [Term.id(i, -minus_weight) for i in minus_ids]
     out += [parse_term(t) for t in terms]
     return Query(tuple(out))
