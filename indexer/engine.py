@@ -734,7 +734,8 @@ class SearchEngine:
                 notices.append(
                     f"{text!r} names several taxa in this collection: "
                     + "; ".join(f"{m.describe()} ({m.count} images)" for m in matches[:8])
-                    + f". Searching for {taxon.describe()}; name the rank or a parent to choose another."
+                    + f". Searching for {taxon.describe()}; put a parent taxon before the name to choose another"
+                    + (f" (e.g. '{_parent_hint(matches[1])}')" if _parent_hint(matches[1]) else "") + "."
                 )
             prompt = self._taxon_prompt(taxon)
             return prompt, f'{taxon.describe()}, as "{prompt}"', taxon, matches[1:], notices
@@ -1046,6 +1047,12 @@ def _interpret(q: Query, parts: list[EmbeddedTerm], label: str | None) -> str:
         text = what if mag == 1.0 else f"{mag:g} x {what}"
         words.append(text if n == 0 and sign == "+" else f"{sign} {text}")
     return "combination: " + " ".join(words)
+
+
+def _parent_hint(m: TaxonMatch) -> str | None:
+    """'Moraceae Morus': the nearest higher taxon and the name, which resolves to just ``m``."""
+    above = [v for v in m.lineage[: RANKS.index(m.rank)] if v and v != m.lineage[5]]
+    return f"{above[-1]} {m.name}" if above else None
 
 
 def _truncated(model: Any, text: str) -> bool:

@@ -286,7 +286,9 @@ class Taxonomy:
         """Every taxon of the collection that ``name`` names, most images first (empty: none).
 
         ``name`` is a scientific name at any rank (with or without authorship) or a vernacular
-        name, in any case; a leading rank word is allowed ("family Corvidae", "genus Corvus").
+        name, in any case; a leading rank word is allowed ("family Corvidae", "genus Corvus"), and so
+        are higher taxa before the name, which choose among homonyms ("Moraceae Morus") and let a
+        whole taxonomic string resolve ("Animalia Chordata Aves Passeriformes Corvidae Corvus corax").
         """
         if not isinstance(name, str):
             return []
@@ -296,11 +298,20 @@ class Taxonomy:
             head, _, rest = norm.partition(" ")
             if head in RANKS and rest:
                 found = [m for m in self._matches(rest) if m.rank == head]
-        if not found:
+        words = norm.split()
+        if not found and len(words) > 2 and looks_like_scientific_name(name):
             # "Corvus corax Linnaeus, 1758" when only "Corvus corax" occurs in the data
-            words = norm.split()
-            if len(words) > 2 and looks_like_scientific_name(name):
-                found = [m for m in self._matches(" ".join(words[:2])) if m.rank == "species"]
+            found = [m for m in self._matches(" ".join(words[:2])) if m.rank == "species"]
+        if not found and len(words) > 1:
+            # higher taxa before the name choose among homonyms ("Moraceae Morus") and let a whole
+            # taxonomic string through ("Animalia Chordata Aves Passeriformes Corvidae Corvus corax")
+            for cut in (2, 1):
+                if len(words) <= cut:
+                    continue
+                parents, tail = words[:-cut], " ".join(words[-cut:])
+                found = [m for m in self._matches(tail) if _has_parents(m, parents)]
+                if found:
+                    break
         return sorted(found, key=lambda m: (-m.count, RANKS.index(m.rank), _sortable(m.lineage)))
 
     def suggest(self, prefix: str, limit: int = 10) -> list[TaxonMatch]:
@@ -343,6 +354,14 @@ class Taxonomy:
 
     def __len__(self) -> int:
         return len(self._taxa)
+
+
+def _has_parents(m: TaxonMatch, parents: list[str]) -> bool:
+    """Every word of ``parents`` names a rank above ``m`` in its lineage."""
+    above = {v.casefold() for v in m.lineage[: RANKS.index(m.rank)] if v}
+    if m.rank == "species":
+        above.discard((m.lineage[5] or "").casefold())
+    return all(p in above for p in parents)
 
 
 def _clean(v) -> str | None:

@@ -112,7 +112,9 @@ def test_an_ambiguous_name_says_so_and_lists_the_candidates(engine):
     r = engine.search("Morus", k=3)
     assert r.taxon.describe() == "genus Morus (Animalia, Sulidae)"  # more images
     assert [m.describe() for m in r.alternatives] == ["genus Morus (Plantae, Moraceae)"]
-    assert any("names several taxa" in n and "Plantae" in n and "Sulidae" in n for n in r.notices)
+    assert any("names several taxa" in n and "Plantae" in n and "Sulidae" in n and "'Moraceae Morus'" in n for n in r.notices)
+    chosen = engine.search("Moraceae Morus", k=3)
+    assert chosen.taxon.describe() == "genus Morus (Plantae, Moraceae)" and chosen.notices == []
 
 
 def test_unknown_names_fall_back_to_free_text_with_a_notice(engine):

@@ -51,6 +51,10 @@ def names(matches):
         ("genus corvus", [("genus", "Corvus")]),
         ("Garrulus glandarius", [("species", "Garrulus glandarius")]),
         ("Eurasian jay", [("species", "Garrulus glandarius")]),
+        ("Moraceae Morus", [("genus", "Morus")]),                      # a parent chooses among homonyms
+        ("Animalia Chordata Aves Passeriformes Corvidae Corvus corax", [("species", "Corvus corax")]),
+        ("Aves Corvus", [("genus", "Corvus")]),
+        ("Plantae Corvus", []),
         ("Nonexistus", []),
         ("", []),
     ],
@@ -76,6 +80,7 @@ def test_homonyms_resolve_to_all_and_say_which(tax):
     assert names(matches) == [("genus", "Morus"), ("genus", "Morus")]
     assert matches[0].count == 6 and matches[0].lineage[0] == "Animalia"  # most images first
     assert [m.describe() for m in matches] == ["genus Morus (Animalia, Sulidae)", "genus Morus (Plantae, Moraceae)"]
+    assert tax.resolve("Moraceae Morus")[0].lineage[0] == "Plantae"
     con = duckdb.connect(":memory:")
     con.execute('CREATE TABLE images (kingdom VARCHAR, phylum VARCHAR, "class" VARCHAR, "order" VARCHAR, family VARCHAR, '
                 'genus VARCHAR, "specificEpithet" VARCHAR, "scientificName" VARCHAR)')
