@@ -757,9 +757,9 @@ class SearchEngine:
                     self._text_cache.move_to_end(p)
                     out[p] = v
         todo = list(dict.fromkeys(p for p in prompts if p not in out))
-        model = self.model if todo or prompts else None
+        model = self.model
         for p in dict.fromkeys(prompts):
-            if model is not None and _truncated(model, p):
+            if _truncated(model, p):
                 notices.append(
                     f"the text {_short(p)!r} is longer than the model reads ({model.context_length} tokens); "
                     "the end was cut off"
