@@ -236,3 +236,20 @@ def test_cuda_autocast_matches_fp32(tiny_model_source, model):
     assert (cosine > 0.99).all(), cosine
     fp32 = load_model(tiny_model_source, device="cuda", precision="fp32")
     assert ((fp32.encode_texts(["a photo of a crow."]) * model.encode_texts(["a photo of a crow."])).sum() > 0.9999)
+
+
+def test_trimmed_text_encoding_equals_open_clips_full_encode(tiny_model_source):
+    """Query texts are encoded without the padding positions; the vectors must not change."""
+    import open_clip
+    import torch
+
+    from bioclip import load_model
+
+    model = load_model(tiny_model_source, device="cpu")
+    texts = ["a photo of Corvus corax.", "x", "a photo of Animalia Chordata Aves Passeriformes Corvidae Corvus corax "
+             "with common name common raven.", "word " * 100]
+    tokens = open_clip.get_tokenizer(tiny_model_source)(texts)
+    with torch.inference_mode():
+        full = torch.nn.functional.normalize(model.torch_model.encode_text(tokens), dim=-1).numpy()
+    got = model.encode_texts(texts)
+    np.testing.assert_allclose(got, full, atol=2e-6)
