@@ -18,9 +18,9 @@ Index choice (:func:`choose_index`), measured on 2 cores with clustered 512-d ve
   1,000 vectors at 512-d (3.6 ms at 50K, 7.3 ms at 100K), so the threshold keeps exact search inside the
   5 ms single-query budget; exact search is also what every other type falls back to.
 * ``IVF{nlist},Flat`` above that when the float32 vectors fit the memory budget. At 1M x 512 it is
-  tuned to nprobe 29 of 4096 lists: recall@10 0.963 at 0.84 ms p50, on par with HNSW32 at efSearch 256
-  (0.954 at 0.77 ms), and builds a little faster (138 s including k-means and tuning, against 155 s for
-  HNSW32's graph alone). Unlike HNSW it supports ``remove``, memory-mapped loading of the vectors
+  tuned to nprobe 29 of 4096 lists: recall@10 0.963 at 0.78-1.0 ms p50 (three runs on a shared
+  machine), on par with HNSW32 at efSearch 256 (0.954 at 0.73-0.81 ms), and builds faster (138-198 s
+  including k-means and tuning, against 155-239 s for HNSW32's graph alone). Unlike HNSW it supports ``remove``, memory-mapped loading of the vectors
   themselves, and filtered search that stays correct at low selectivity (plain HNSW32 with a selector:
   recall 0.24 at 0.1% selectivity, 0.75 at 1%). HNSW is accepted when forced (``factory="HNSW32"``)
   but never chosen.
