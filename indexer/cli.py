@@ -19,6 +19,10 @@ from typing import Any, Callable
 
 import click
 
+# Idle OpenMP threads of the encoder sleep instead of spinning, so on a machine with few cores they
+# leave the CPU to the decode workers between batches (set before torch is first imported).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __all__ = ["index_main", "search_main", "app_main", "demo_main"]
 
 log = logging.getLogger("indexer.cli")
@@ -106,7 +110,7 @@ def index_main() -> None:
 @click.option("--workers", type=click.IntRange(0, 256), default=None, help="Decode worker processes (default: from the cores).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: decode tasks and GPU encoder actors on Ray Data (pip install 'bioclip-search[ray]').")
-@click.option("--ray-address", default=None, help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local one.")
+@click.option("--ray-address", default=None, help="Ray cluster to join (auto, ray://head:10001); default: RAY_ADDRESS, a `ray start` cluster here, else a new local one.")
 @click.option("--commit-every", type=click.IntRange(1), default=2048, show_default=True, help="Commit after this many images...")
 @click.option("--commit-seconds", type=float, default=60.0, show_default=True, help="...or this many seconds.")
 @click.option("--max-pixels", type=click.IntRange(1), default=None, help="Larger images are recorded as failures (default 400 MP).")

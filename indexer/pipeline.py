@@ -358,7 +358,7 @@ def build(
         committer = _Committer(writer, options.commit_every, options.commit_seconds)
         try:
             _update_metadata_only(con, writer, report, committer)
-            _process_fetch(con, writer, model, options, report, committer, collection)
+            _process_fetch(con, writer, model, options, report, committer, collection, device)
         finally:
             # Whatever happens (Ctrl-C included), what is done is committed.
             committer.commit()
@@ -593,7 +593,8 @@ def _carry_over(con, old_ids: np.ndarray) -> dict[str, pa.Array]:
 
 
 def _process_fetch(
-    con, writer: Writer, model, options: BuildOptions, report: BuildReport, committer: _Committer, collection
+    con, writer: Writer, model, options: BuildOptions, report: BuildReport, committer: _Committer, collection,
+    device: str = "auto",
 ) -> None:
     total = con.execute("SELECT count(*) FROM work WHERE action IN ('new', 'changed')").fetchall()[0][0]
     if total == 0:
@@ -610,7 +611,9 @@ def _process_fetch(
     from concurrent.futures import ThreadPoolExecutor
 
     if options.executor == "ray":
-        return _process_fetch_ray(con, writer, model, options, report, committer, collection, batch_size, progress)
+        return _process_fetch_ray(
+            con, writer, model, options, report, committer, collection, batch_size, progress, device
+        )
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download")
     pending = None
     try:
@@ -636,7 +639,7 @@ def _process_fetch(
             progress.close()
 
 
-def _process_fetch_ray(con, writer, model, options, report, committer, collection, batch_size, progress) -> None:
+def _process_fetch_ray(con, writer, model, options, report, committer, collection, batch_size, progress, device) -> None:
     """The same work on Ray Data: decode tasks and encoder actors, possibly on many machines.
 
     Remote media are downloaded here first (the download cache is this machine's); everything
@@ -666,7 +669,8 @@ def _process_fetch_ray(con, writer, model, options, report, committer, collectio
 
     try:
         for piece, ok, failed, vectors in encode_with_ray(
-            work(), model_info=collection.model, options=options, batch_size=batch_size, model=model
+            work(), model_info=collection.model, options=options, batch_size=batch_size, model=model,
+            device=None if device == "auto" else device,
         ):
             positions = list(range(piece.num_rows))
             _handle_batch(piece, positions, None, ok, failed, model, writer, report, committer, encoded=vectors)
