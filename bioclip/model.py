@@ -113,7 +113,7 @@ def pick_device(device: str = "auto") -> str:
         return wanted
     if wanted == "mps":
         if not _mps_available():
-            raise DeviceError(f"Device 'mps' was asked for but Apple MPS is not available. Use cpu or auto.")
+            raise DeviceError("Device 'mps' was asked for but Apple MPS is not available. Use cpu or auto.")
         return "mps"
     raise DeviceError(f"Unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps.")
 

@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import parse_qs, urlencode
 

@@ -25,13 +25,13 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from indexer.collection import Collection, Writer, is_collection
-from indexer.errors import CollectionError, IndexerError, ItemError, ModelMismatchError
+from indexer.errors import ItemError, ModelMismatchError
 from indexer.schema import METADATA_COLUMNS, quote_ident
 from indexer.sources.base import Source
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import pwd
 
 import numpy as np
 import pytest

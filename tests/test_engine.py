@@ -12,7 +12,7 @@ import pytest
 
 from indexer.collection import Collection
 from indexer.engine import SearchEngine
-from indexer.errors import FilterError, QueryError
+from indexer.errors import QueryError
 from indexer.filters import Filter
 from indexer.indexing import update_index
 from indexer.query import Grouping, Query, Term, parse_term

@@ -8,7 +8,6 @@ import logging
 import os
 import tarfile
 import threading
-from pathlib import Path
 
 import pytest
 from PIL import Image
