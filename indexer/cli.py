@@ -103,7 +103,7 @@ def index_main() -> None:
 @click.option("--path-column", default=None, help="Manifest column with the image path or URL (default: detected).")
 @click.option("--media-root", "media_roots", multiple=True, metavar="PREFIX=DIR", help="Read URLs starting with PREFIX from DIR instead (repeatable).")
 @click.option("--name", "source_name", default=None, help="A stable name for the source (default: its path); keys of a re-downloaded archive then stay the same.")
-@click.option("--batch-size", type=click.IntRange(1, 65536), default=None, help="Images per forward pass (default 8 on CPU, 256 on GPU).")
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=None, help="Images per forward pass (default 8 on CPU; on a GPU, sized from its free memory).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--preprocess", type=click.Choice(["squash", "crop"]), default=None, help="Image preprocessing for a new collection (default squash).")

@@ -52,7 +52,7 @@ _CHUNK_ROWS = 20_000
 class BuildOptions:
     """How a build runs. Defaults suit a laptop; the CLI exposes each one."""
 
-    batch_size: int | None = None  # None: 8 on CPU (fastest per image: activations stay in cache), 256 on GPU
+    batch_size: int | None = None  # None: default_batch_size(model): 8 on CPU, sized from free memory on GPU
     workers: int | None = None  # decode worker processes; None: sized from the cores
     commit_every: int = 2048  # images per commit unit
     commit_seconds: float = 60.0  # or this many seconds, whichever comes first
@@ -280,6 +280,35 @@ def _worker_init(_worker_id: int) -> None:
 
     # One thread per decode worker: the cores belong to the encoder and the other workers.
     torch.set_num_threads(1)
+
+
+def default_batch_size(model) -> int:
+    """Images per forward pass when the user gives none.
+
+    CPU: 8, measured fastest per image for ViT-B/16 on a 2-core x86 (a batch of 32 ran 2.2x slower per
+    image: its activations no longer fit in cache). CUDA: a probe forward of 16 images measures the
+    memory one image takes under this precision, and the batch is the largest power of two that fits
+    in 60% of the free memory, between 32 and 1024 (256 if the probe fails).
+    """
+    if not str(model.device).startswith("cuda"):
+        return 8
+    try:
+        import torch
+
+        size = model.preprocess_config.size
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        model.encode_image_tensors(torch.zeros(16, 3, size, size))
+        per_image = max(1, (torch.cuda.max_memory_allocated() - base) / 16)
+        free, _total = torch.cuda.mem_get_info()
+        fit = int(0.6 * free / per_image)
+        batch = 1 << max(5, min(10, fit.bit_length() - 1))
+        log.info("batch size %d (%.1f MB per image, %.1f GB free)", batch, per_image / 1e6, free / 1e9)
+        return batch
+    except Exception as exc:  # never let a probe stop a build
+        log.warning("could not size the batch from GPU memory (%s); using 256", exc)
+        return 256
 
 
 def _plan_threads(device: str, workers: int | None) -> tuple[int, int]:
@@ -599,7 +628,7 @@ def _process_fetch(
     total = con.execute("SELECT count(*) FROM work WHERE action IN ('new', 'changed')").fetchall()[0][0]
     if total == 0:
         return
-    batch_size = options.batch_size or (256 if str(model.device).startswith("cuda") else 8)
+    batch_size = options.batch_size or default_batch_size(model)
     workers, threads = _plan_threads(str(model.device), options.workers)
     import torch
 
