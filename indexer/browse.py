@@ -65,6 +65,7 @@ __all__ = [
     "TaxonScore",
     "collection_overview",
     "page_bounds",
+    "listing_page",
     "engine_sql",
     "configure_threads",
 ]
@@ -373,8 +374,8 @@ class BrowseState:
             else:
                 notices.append(f"ignored has_coordinates={raw_coords!r}: use true or false")
         k = integer("k", 1)
-        if k is not None:
-            state = replace(state, k=min(k, max(K_CHOICES)))
+        if k is not None:  # the nearest choice the page offers at or above it
+            state = replace(state, k=next((c for c in sorted(K_CHOICES) if c >= k), max(K_CHOICES)))
         page = integer("page", 1)
         if page is not None:
             state = replace(state, page=page)
@@ -514,6 +515,23 @@ def list_images(engine, filters: Filter | None, k: int, offset: int = 0):
         notices = [*notices, "no image matches the filters"]
     return SearchResult(hits=hits, interpretation=what, notices=list(notices), candidates=total,
                         generation=engine.generation)
+
+
+def listing_page(engine, state: BrowseState, result) -> tuple[list, int, int, int, int, int]:
+    """The page of a result to show: ``(hits, start, end, page, pages, total)``.
+
+    A similarity search shows pages of its ``k`` hits. A listing (no query: every image passing
+    the filters) pages through all of those images, not only the first ``k`` fetched for the
+    facets, map, chart and export: pages past them are read from the collection as they are shown.
+    """
+    hits = list(result.hits)
+    listing = state.mode == "text" and not state.q.strip()
+    total = int(result.candidates) if listing and result.candidates is not None else len(hits)
+    start, end, page, pages = page_bounds(total, state.page)
+    if end <= len(hits):
+        return hits[start:end], start, end, page, pages, total
+    shown = list_images(engine, state.to_filter() or None, end - start, offset=start).hits
+    return shown, start, start + len(shown), page, pages, total
 
 
 def run_search(engine, state: BrowseState, *, image_vector=None, image_name: str | None = None):

@@ -197,11 +197,16 @@ def main() -> None:
     if not args.collections:
         st.error("No collection to search. Start the app with: bioclip-app COLLECTION")
         return
-    if "_state" not in ss:
-        params = {k: st.query_params.get_all(k) for k in st.query_params}
+    params = url_params()
+    if "_state" not in ss or params != ss.get("_url"):
+        # A new session, or the address changed outside the page (the browser's Back and Forward
+        # buttons, an edited or pasted link): the URL is the truth.
         first, notices = BrowseState.from_params(params)
+        if "_state" in ss and first.to_params() != state().to_params():
+            ss.pop("_result", None)
         set_state(first)
         sync_widgets(first)
+        ss["_url"] = params
         ss["_url_notices"] = notices
     for note in ss.pop("_url_notices", []):
         st.warning(f"The link had a problem: {note}")
@@ -304,11 +309,16 @@ def search_page(engine, lib, catalog, predictor, device: str) -> None:
         write_url(s)
         return
 
-    summary = f"**{len(hits):,}** result{'s' if len(hits) != 1 else ''}"
-    if result.candidates is not None and s.has_filters():
-        summary += f" · {result.candidates:,} images pass the filters"
+    shown, start, end, page, pages, total = browse.listing_page(engine, s, result)
     if scored:
+        summary = f"**{len(hits):,}** result{'s' if len(hits) != 1 else ''}"
+        if result.candidates is not None and s.has_filters():
+            summary += f" · {result.candidates:,} images pass the filters"
         summary += f" · {result.elapsed_ms:.0f} ms"
+    else:
+        summary = f"**{total:,}** image{'s' if total != 1 else ''}" + (" pass the filters" if s.has_filters() else "")
+        if total > len(hits):
+            summary += f" · the map, chart, filter counts and export describe the first {len(hits):,}"
     st.markdown(summary)
     if not hits:
         st.info("Nothing found. Try other words, another taxon, or fewer filters.")
@@ -318,13 +328,11 @@ def search_page(engine, lib, catalog, predictor, device: str) -> None:
     seed("w_view", s.view)
     st.radio("View", browse.VIEWS, key="w_view", on_change=on_view, format_func=_VIEW_LABELS.get, horizontal=True, label_visibility="collapsed")
     if s.view in ("grid", "table"):
-        start, end, page, pages = browse.page_bounds(len(hits), s.page)
-        shown = hits[start:end]
         if s.view == "grid":
             ui.grid(shown, lib, scored=scored, key="res", on_like=on_like, on_detail=on_detail)
         else:
             st.dataframe(browse.result_rows(shown, lib, scored=scored), hide_index=True, width="stretch")
-        pager(page, pages, start, end, len(hits))
+        pager(page, pages, start, end, total)
     elif s.view == "map":
         points = browse.map_points(hits)
         if points:
@@ -498,12 +506,18 @@ def export_row(engine, lib, s: BrowseState, result, image_name) -> None:
         c2.caption("A search by an uploaded picture cannot be shared as a link; the filters are in the URL.")
 
 
+def url_params() -> dict[str, list[str]]:
+    return {k: st.query_params.get_all(k) for k in st.query_params}
+
+
 def write_url(s: BrowseState) -> None:
-    """Put the state in the page URL (only when it changed, so the browser history stays short)."""
+    """Put the state in the page URL (only when it changed, so each step is one entry in the
+    browser's history), and remember it: an address that differs on the next run was changed by
+    the browser (Back, Forward) and is read back into the state."""
     want = s.to_params()
-    have = {k: st.query_params.get_all(k) for k in st.query_params}
-    if have != want:
+    if url_params() != want:
         st.query_params.from_dict(want)
+    ss["_url"] = url_params()
 
 
 def run() -> None:

@@ -345,6 +345,21 @@ def test_paging(app, monkeypatch):
     assert any("Page 1 of 3" in c for c in captions(at))
 
 
+def test_browsing_pages_through_every_image_not_only_the_first_k(app, monkeypatch):
+    from indexer import browse
+
+    monkeypatch.setattr(browse, "PAGE_SIZE", 4)
+    monkeypatch.setattr(browse, "K_CHOICES", (5, 50))
+    at = app({"k": "5"})
+    assert any("**12** images" in m.value and "describe the first 5" in m.value for m in at.markdown)
+    assert any("Page 1 of 3 · results 1–4 of 12" in c for c in captions(at))
+    click(at, "page_next")
+    click(at, "page_next")
+    assert result_ids(at) == sorted(result_ids(at)) and len(result_ids(at)) == 4
+    assert any("results 9–12 of 12" in c for c in captions(at))
+    assert at.query_params["page"] == "3" and at.query_params["k"] == "5"
+
+
 def test_export_button_and_share_link(app):
     at = app({"q": "Corvidae", "country": "Kenya"})
     (button,) = at.get("download_button")

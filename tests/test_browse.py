@@ -117,6 +117,12 @@ def test_bad_url_values_are_dropped_with_a_notice():
     assert any("like" in n for n in notices) and any("year" in n for n in notices)
 
 
+@pytest.mark.parametrize("raw, k", [("5", 50), ("50", 50), ("51", 100), ("999", 1000), ("5000", 1000)])
+def test_k_in_the_url_becomes_a_choice_the_page_offers(raw, k):
+    state, notices = BrowseState.from_params({"k": raw})
+    assert notices == [] and state.k == k
+
+
 @pytest.mark.parametrize(
     "raw, expected",
     [("1900..1950", (1900, 1950)), ("1950..1900", (1900, 1950)), ("1900..", (1900, None)), ("..1950", (None, 1950)), ("1931", (1931, 1931))],

@@ -226,6 +226,21 @@ def test_search_upload_filter_and_more_like_this_in_chromium(server, driver, art
         wait_for_text(drv, "About this collection")
         wait_for_text(drv, "not-an-image")
         shot(drv, artifacts, "07-collection-page")
+
+        # the browser's Back button walks back through the searches: the detail view, then the results
+        drv.back()
+        wait_for_text(drv, "Rights holder")
+        wait_idle(drv)
+        assert "tab=collection" not in drv.current_url and f"detail={want.id}" in drv.current_url
+        assert "About this collection" not in drv.find_element(By.TAG_NAME, "body").text
+        drv.back()
+        wait_for_text(drv, f"Searching for: images similar to image {first}")
+        wait_idle(drv)
+        assert "detail=" not in drv.current_url and "Rights holder" not in drv.find_element(By.TAG_NAME, "body").text
+        drv.forward()
+        wait_for_text(drv, "Rights holder")
+        wait_idle(drv)
+        shot(drv, artifacts, "08-back-forward")
     except Exception:
         shot(drv, artifacts, "failure")
         raise
