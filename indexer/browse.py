@@ -51,6 +51,9 @@ __all__ = [
     "hit_taxon_name",
     "hit_date",
     "card_fields",
+    "split_name",
+    "filter_label",
+    "key_facts",
     "result_facets",
     "facet_counts",
     "taxa_counts",
@@ -580,6 +583,49 @@ def describe_taxon(match) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # what a hit shows
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``("Felis catus", "Linnaeus, 1758")`` from ``"Felis catus Linnaeus, 1758"``: the name (shown
+    in italics) and its authorship (not). The name is the first word and the lower-case words
+    after it (epithets, ``subsp.``); the authorship starts at the first word that is capitalised,
+    parenthesised or a number."""
+    words = str(name).split()
+    if not words:
+        return "", ""
+    cut = 1
+    while cut < len(words) and words[cut][:1].islower():
+        cut += 1
+    return " ".join(words[:cut]), " ".join(words[cut:])
+
+
+def filter_label(param: str) -> str:
+    """The sidebar's label of a filter parameter (``institutionCode`` -> ``Institution``)."""
+    spec = _FILTER_BY_PARAM.get(param)
+    return spec.label if spec is not None else param
+
+
+def key_facts(hit) -> list[str]:
+    """The lines a curator reads first about a specimen: catalogue number, institution and
+    collection, basis of record and type status; date and collector; place; coordinates."""
+    m = hit.metadata
+
+    def join(*vals, sep=" · "):
+        return sep.join(str(v) for v in vals if v is not None and str(v).strip() != "")
+
+    place = join(m.get("locality"), m.get("stateProvince"), m.get("country") or m.get("countryCode"), sep=", ")
+    coords = ""
+    lat, lon = m.get("decimalLatitude"), m.get("decimalLongitude")
+    if lat is not None and lon is not None and str(lat) != "" and str(lon) != "":
+        coords = f"{lat}, {lon}"
+    lines = [
+        join(m.get("catalogNumber"), join(m.get("institutionCode"), m.get("collectionCode"), sep=" "), m.get("basisOfRecord"), m.get("typeStatus")),
+        join(hit_date(hit), f"recorded by {m['recordedBy']}" if m.get("recordedBy") else None,
+             f"identified by {m['identifiedBy']}" if m.get("identifiedBy") else None),
+        place,
+        coords,
+    ]
+    return [line for line in lines if line]
 
 
 def hit_rank(hit) -> str | None:

@@ -11,6 +11,7 @@ into it when a session starts, so a shared URL runs the same search.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import os
@@ -182,7 +183,9 @@ def on_page(page: int) -> None:
 
 def on_collection(paths: list[str], labels: dict[str, str]) -> None:
     label = ss["w_collection"]
-    fresh = BrowseState(collection=label if label != labels[paths[0]] else None)
+    # The words of a text search go along (to compare collections); filters and ids do not.
+    before = state()
+    fresh = BrowseState(q=before.q if before.mode == "text" else "", collection=label if label != labels[paths[0]] else None)
     set_state(fresh)
     ss.pop("_upload", None)
     ss.pop("_result", None)
@@ -267,6 +270,9 @@ def search_page(engine, lib, catalog, predictor, device: str) -> None:
         )
 
     image_vec, image_name = None, None
+    if s.mode != "image" and ss.get("w_upload") is not None:
+        with top_up:
+            st.button("Search with this photo again", key="upload_again", on_click=on_upload)
     if s.mode == "image":
         upload = ss.get("w_upload")
         if upload is None:
@@ -331,7 +337,7 @@ def search_page(engine, lib, catalog, predictor, device: str) -> None:
         if s.view == "grid":
             ui.grid(shown, lib, scored=scored, key="res", on_like=on_like, on_detail=on_detail)
         else:
-            st.dataframe(browse.result_rows(shown, lib, scored=scored), hide_index=True, width="stretch")
+            table(shown, lib, s, scored)
         pager(page, pages, start, end, total)
     elif s.view == "map":
         points = browse.map_points(hits)
@@ -349,6 +355,30 @@ def search_page(engine, lib, catalog, predictor, device: str) -> None:
 
     export_row(engine, lib, s, result, image_name)
     write_url(s)
+
+
+def table(hits, lib, s: BrowseState, scored: bool) -> None:
+    """The table view: a thumbnail, the card's fields, and a link that opens the record's detail view."""
+    rows = browse.result_rows(hits, lib, scored=scored)
+    for hit, row in zip(hits, rows):
+        thumb = lib.thumbnail(hit, 96)
+        if isinstance(thumb, bytes):
+            thumb = "data:image/jpeg;base64," + base64.b64encode(thumb).decode("ascii")
+        row["image"] = thumb
+        row["details"] = f"?{replace(s, detail=hit.id).query_string()}"
+        row["scientificName"] = row["scientificName"] or ""
+    columns = ["image", "details", *[c for c in rows[0] if c not in ("image", "details")]] if rows else []
+    st.dataframe(
+        {c: [r[c] for r in rows] for c in columns},
+        hide_index=True,
+        width="stretch",
+        row_height=56,
+        column_config={
+            "image": st.column_config.ImageColumn("image", width="small"),
+            "details": st.column_config.LinkColumn("details", display_text="open", width="small",
+                                                   help="The record's detail view (in a new tab)"),
+        },
+    )
 
 
 def suggestions(engine, s: BrowseState) -> None:
@@ -443,8 +473,9 @@ def sidebar_filters(catalog, s: BrowseState, counts) -> None:
             hi = years[1] if hi is None else min(years[1], max(hi, years[0]))
             seed("w_year", (lo, hi))
             st.slider("Year", years[0], years[1], key="w_year", on_change=on_year, args=(years,))
-        seed("w_coords", next(k for k, v in _COORDS.items() if v == s.coords))
-        st.radio("Coordinates", list(_COORDS), key="w_coords", on_change=on_coords)
+        if catalog.has_coordinates() or s.coords is not None:
+            seed("w_coords", next(k for k, v in _COORDS.items() if v == s.coords))
+            st.radio("Coordinates", list(_COORDS), key="w_coords", on_change=on_coords)
         seed("w_k", s.k if s.k in browse.K_CHOICES else browse.DEFAULT_K)
         st.select_slider("Results per search", browse.K_CHOICES, key="w_k", on_change=on_k,
                          help="How many results the search returns; the facets, map, chart and export describe them.")
@@ -470,7 +501,7 @@ def multi_filter(catalog, s: BrowseState, param: str, label: str, counts) -> Non
 
 
 def active_filters(s: BrowseState) -> None:
-    chips = [(p, v, f"{p}: {v}") for p, vals in s.values for v in vals]
+    chips = [(p, v, f"{browse.filter_label(p)}: {v}") for p, vals in s.values for v in vals]
     if s.year is not None:
         lo, hi = s.year
         chips.append(("year", None, f"year: {lo if lo is not None else '…'}–{hi if hi is not None else '…'}"))

@@ -22,6 +22,14 @@ def md(text: Any) -> str:
     return _MD_SPECIAL.sub(r"\\\1", str(text))
 
 
+def sci_name(name: str) -> str:
+    """A scientific name for Markdown: the name in italics, its authorship not."""
+    canonical, author = browse.split_name(name)
+    if not canonical:
+        return ""
+    return f"*{md(canonical)}*" + (f" {md(author)}" if author else "")
+
+
 def show_image(data: bytes | str | None, *, caption: str | None = None) -> None:
     """A thumbnail (JPEG bytes), a remote image (URL) or a placeholder."""
     if data is None:
@@ -40,7 +48,7 @@ def card(hit, lib, *, scored: bool, key: str, on_like: Callable, on_detail: Call
     f = browse.card_fields(hit, scored=scored)
     with st.container(border=True):
         show_image(lib.thumbnail(hit))
-        name = f"*{md(f['name'])}*" if f["named"] else md(f["name"])
+        name = sci_name(f["name"]) if f["named"] else md(f["name"])
         st.markdown(f"{name}" + (f"  \n{md(f['vernacular'])}" if f["vernacular"] and f["named"] else ""))
         bits = [
             f["rank"],
@@ -72,9 +80,12 @@ def detail(engine, hit, lib, *, on_like: Callable, on_detail: Callable, on_back:
         show_image(lib.detail_image(hit))
     with right:
         name = hit.scientific_name
-        st.subheader(f"*{md(name)}*" if name else f"Image {hit.id}")
+        st.subheader(sci_name(name) if name else f"Image {hit.id}")
         if hit.metadata.get("vernacularName"):
             st.markdown(md(hit.metadata["vernacularName"]))
+        facts = browse.key_facts(hit)
+        if facts:
+            st.markdown("  \n".join(f"**{md(line)}**" if i == 0 else md(line) for i, line in enumerate(facts)))
         lic = hit.metadata.get("license")
         holder = hit.metadata.get("rightsHolder")
         st.markdown(
@@ -86,15 +97,19 @@ def detail(engine, hit, lib, *, on_like: Callable, on_detail: Callable, on_back:
         elif hit.metadata.get("occurrenceID"):
             st.caption(f"occurrenceID: {md(hit.metadata['occurrenceID'])}")
         st.button("More like this", key="detail_like", on_click=on_like, args=(hit.id,))
-        rows = browse.detail_fields(hit)
-        st.dataframe({"field": [r[0] for r in rows], "value": [r[1] for r in rows]}, hide_index=True, width="stretch")
+    rows = browse.detail_fields(hit)
+    with st.expander(f"All {len(rows)} fields of this record", expanded=True):
+        st.dataframe(
+            {"field": [r[0] for r in rows], "value": [r[1] for r in rows]},
+            hide_index=True, width="stretch", height=min(36 + 35 * len(rows), 1400),
+        )
     others = engine.records_of(hit, limit=12)
     if others:
         st.markdown(f"**Other images of this specimen** ({len(others)})")
         grid(others, lib, scored=False, key="rec", on_like=on_like, on_detail=on_detail, columns=6)
     similar = engine.similar(hit.id, k=8).hits
     if similar:
-        st.markdown("**Similar images**")
+        st.markdown("**Similar images** in the whole collection")
         grid(similar, lib, scored=True, key="sim", on_like=on_like, on_detail=on_detail, columns=4)
 
 

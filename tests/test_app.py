@@ -271,8 +271,8 @@ def test_filters_narrow_the_results_and_show_counts(app, engine):
     ok(at)
     # the active filters can be removed one by one, or all at once
     chips = {b.label: b.key for b in at.button if b.key and b.key.startswith("chip_")}
-    assert {"✕ country: Kenya", "✕ genus: Corvus", "✕ year: 1900–1950", "✕ with coordinates", "✕ license: CC-BY-4.0"} <= set(chips)
-    click(at, chips["✕ country: Kenya"])
+    assert {"✕ Country: Kenya", "✕ Genus: Corvus", "✕ year: 1900–1950", "✕ with coordinates", "✕ License: CC-BY-4.0"} <= set(chips)
+    click(at, chips["✕ Country: Kenya"])
     assert "country" not in at.query_params and at.multiselect(key="w_f_country").value == []
     assert at.query_params["genus"] == "Corvus"
     click(at, "chip_clear")
