@@ -31,7 +31,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
 
 
@@ -116,6 +116,7 @@ def index_main() -> None:
 @click.option("--max-pixels", type=click.IntRange(1), default=None, help="Larger images are recorded as failures (default 400 MP).")
 @click.option("--prune", is_flag=True, help="Retire images whose files are gone from the sources.")
 @click.option("--retry-failed", is_flag=True, help="Try recorded failures again even if unchanged.")
+@click.option("--rehash", is_flag=True, help="Read every file whose size and time look unchanged and re-encode it if its content hash differs.")
 @click.option("--no-index", is_flag=True, help="Store vectors only; build the ANN index later with reindex.")
 @click.option("--index-type", default=None, help="FAISS index factory string (default: chosen from size and memory budget).")
 @click.option("--memory-budget", default=None, help="Memory for the ANN index, e.g. 600MB, 8GB.")
@@ -126,7 +127,7 @@ def index_main() -> None:
 @_verbosity
 @_friendly
 def build_cmd(sources, out, model, revision, labels, source_type, path_column, media_roots, source_name, batch_size, device, precision,
-              preprocess, workers, executor, ray_address, commit_every, commit_seconds, max_pixels, prune, retry_failed, no_index, index_type,
+              preprocess, workers, executor, ray_address, commit_every, commit_seconds, max_pixels, prune, retry_failed, rehash, no_index, index_type,
               memory_budget, recall_target, cache_dir, progress, as_json, verbose, quiet):
     """Index images from SOURCES (folders, manifests, Darwin Core Archives, tar shards) into a collection."""
     _setup_logging(verbose, quiet)
@@ -151,12 +152,13 @@ def build_cmd(sources, out, model, revision, labels, source_type, path_column, m
         max_pixels=max_pixels,
         prune=prune,
         retry_failed=retry_failed,
+        rehash=rehash,
         build_index=not no_index,
         index_factory=index_type,
         memory_budget=_parse_size(memory_budget),
         recall_target=recall_target,
         cache_dir=cache_dir,
-        progress=sys.stderr.isatty() if progress is None else progress,
+        progress=(sys.stderr.isatty() and not quiet) if progress is None else progress,
         executor=executor,
         ray_address=ray_address,
     )
@@ -165,7 +167,8 @@ def build_cmd(sources, out, model, revision, labels, source_type, path_column, m
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
         return
-    click.echo(_format_report(report))
+    if not quiet:
+        click.echo(_format_report(report))
 
 
 def _parse_media_roots(items) -> dict[str, str]:
@@ -187,8 +190,13 @@ def _format_report(r) -> str:
         f"indexed     {r.encoded} encoded, {r.reused} reused by content hash, {r.metadata_updated} metadata updates",
         f"unchanged   {r.unchanged}",
     ]
-    if r.replaced or r.pruned:
-        lines.append(f"retired     {r.replaced} replaced, {r.pruned} pruned")
+    if r.rehashed:
+        lines.append(f"rehashed    {r.rehashed} files read to compare content")
+    if r.replaced or r.pruned or r.replaced_by_failure:
+        lines.append(f"retired     {r.replaced} replaced, {r.pruned} pruned"
+                     + (f", {r.replaced_by_failure} changed files that no longer read" if r.replaced_by_failure else ""))
+    if r.pruned_failures:
+        lines.append(f"cleared     {r.pruned_failures} failures of files that are gone")
     if r.skipped_failed:
         lines.append(f"skipped     {r.skipped_failed} known failures (use --retry-failed to try them again)")
     lines.append(f"failed      {r.failed}" + ("" if not r.failed else "  (" + ", ".join(f"{k}: {v}" for k, v in sorted(r.failed_by_reason.items())) + ")"))

@@ -86,6 +86,24 @@ FAILURE_SCHEMA = pa.schema(
 )
 _DELETE_SCHEMA = pa.schema([("id", pa.int64())])
 
+# Writer-lock descriptors this process holds. A forked child (a decode worker) inherits them, and
+# an flock lasts until every descriptor of it is closed: a worker outliving a killed indexer would
+# keep the collection locked. So every forked child closes its copies at once.
+_HELD_LOCK_FDS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_HELD_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
 
 def _utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
@@ -469,7 +487,8 @@ class Snapshot:
         return sql
 
     def failures_sql(self) -> str:
-        """A SELECT over the live failures: the newest failure per key whose key is not indexed."""
+        """A SELECT over the live failures: the newest failure per key whose key is not indexed.
+        A newest record without a reason marks the failure resolved (its file was pruned)."""
         if not self.generation.failures:
             cols = ", ".join(
                 f"CAST(NULL AS {_arrow_to_duck(f.type)}) AS {quote_ident(f.name)}" for f in FAILURE_SCHEMA
@@ -482,7 +501,7 @@ class Snapshot:
             "SELECT * EXCLUDE (_rank, filename) FROM ("
             "SELECT *, row_number() OVER (PARTITION BY key ORDER BY filename DESC, failed_at DESC) AS _rank "
             f"FROM read_parquet({files}, filename = true)) "
-            f"WHERE _rank = 1 AND key NOT IN ({live_keys})"
+            f"WHERE _rank = 1 AND reason IS NOT NULL AND key NOT IN ({live_keys})"
         )
 
     def connect(self, *, materialize: bool = True):
@@ -569,11 +588,13 @@ class Writer:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} since {_utcnow().isoformat()}Z".encode())
         self._lock_fd = fd
+        _HELD_LOCK_FDS.add(fd)
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
             import fcntl
 
+            _HELD_LOCK_FDS.discard(self._lock_fd)
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             finally:
@@ -686,7 +707,8 @@ class Writer:
             self._pending_count += int(ids.size)
 
     def record_failures(self, rows: pa.Table) -> None:
-        """Buffer failures: columns of FAILURE_SCHEMA (``failed_at`` filled in if absent)."""
+        """Buffer failures: columns of FAILURE_SCHEMA (``failed_at`` filled in if absent). A row
+        whose ``reason`` is null clears the key's recorded failure."""
         if rows.num_rows == 0:
             return
         cols = {}
@@ -749,7 +771,7 @@ class Writer:
             self.con.execute(
                 "INSERT INTO failed SELECT key, source, location, stage, reason, detail, size, mtime, failed_at "
                 "FROM (SELECT *, row_number() OVER (PARTITION BY key ORDER BY failed_at DESC) AS r FROM _fails) "
-                "WHERE r = 1 AND key NOT IN (SELECT key FROM live)"
+                "WHERE r = 1 AND reason IS NOT NULL AND key NOT IN (SELECT key FROM live)"
             )
             self.con.unregister("_fails")
         _fsync_dir(seg_dir)

@@ -60,6 +60,7 @@ class BuildOptions:
     max_bytes: int = 512 * 1024 * 1024  # a file larger than this is a failure
     prune: bool = False  # retire images whose files are gone from the sources
     retry_failed: bool = False  # retry every recorded failure, not only transient ones
+    rehash: bool = False  # read every unchanged-looking local file: a new content hash means changed
     build_index: bool = True
     index_factory: str | None = None
     memory_budget: int | None = None
@@ -81,7 +82,10 @@ class BuildReport:
     reused: int = 0  # new or changed images whose content was already indexed (hash match)
     metadata_updated: int = 0
     replaced: int = 0  # old vectors retired because their file changed
+    replaced_by_failure: int = 0  # old vectors retired because their changed file no longer reads
     pruned: int = 0
+    pruned_failures: int = 0  # recorded failures cleared because their file is gone
+    rehashed: int = 0  # files read to compare content hashes (--rehash)
     skipped_failed: int = 0  # known failures not retried
     failed_by_reason: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0  # rows whose key appeared earlier in the scan
@@ -369,18 +373,26 @@ def build(
     collection was built with another model, SourceError if a source cannot be read at all.
     """
     started = time.monotonic()
-    # Read the sources' descriptors before anything else, so a bad source fails fast.
-    collection, model = open_or_create(
-        collection_path,
-        model_name=model_name,
-        revision=revision,
-        device=device,
-        precision=precision,
-        preprocess=preprocess,
-        model=model,
-    )
+    # An existing collection is locked before the model loads (which can take a while), so that a
+    # second indexer is refused at once.
+    early = Collection.open(collection_path).writer() if is_collection(collection_path) else None
+    try:
+        collection, model = open_or_create(
+            collection_path,
+            model_name=model_name,
+            revision=revision,
+            device=device,
+            precision=precision,
+            preprocess=preprocess,
+            model=model,
+        )
+        writer = early if early is not None else collection.writer()
+    except BaseException:
+        if early is not None:
+            early.close()
+        raise
     report = BuildReport(collection=str(collection.path))
-    with collection.writer() as writer:
+    with writer:
         con = writer.con
         _stage(con, sources, report)
         _classify(con, writer, sources, options, report)
@@ -545,6 +557,8 @@ def _classify(con, writer: Writer, sources: Sequence[Source], options: BuildOpti
             "AND work.action = 'new' AND work.size IS NOT DISTINCT FROM f.size "
             f"AND work.mtime IS NOT DISTINCT FROM f.mtime AND f.reason NOT IN ({transient})"
         )
+    if options.rehash:
+        _rehash(con, report, options)
     counts = dict(con.execute("SELECT action, count(*) FROM work GROUP BY action").fetchall())
     report.unchanged = counts.get("unchanged", 0)
     report.skipped_failed = counts.get("known-failure", 0)
@@ -571,11 +585,61 @@ def _classify(con, writer: Writer, sources: Sequence[Source], options: BuildOpti
             "SELECT id FROM live WHERE source IN (SELECT name FROM _sources) "
             "AND key NOT IN (SELECT key FROM scan)"
         ).fetchall()
-        con.unregister("_sources")
         if gone:
             writer.retire([i for (i,) in gone])
             report.pruned = len(gone)
             log.info("pruning %d images whose files are gone", len(gone))
+        # Failures of files that are gone are cleared too (a record without a reason).
+        cleared = con.sql(
+            "SELECT key, source, location, 'pruned' AS stage, CAST(NULL AS VARCHAR) AS reason, "
+            "'the file is gone' AS detail, size, mtime FROM failed "
+            "WHERE source IN (SELECT name FROM _sources) AND key NOT IN (SELECT key FROM scan)"
+        ).to_arrow_table()
+        con.unregister("_sources")
+        if cleared.num_rows:
+            writer.record_failures(cleared)
+            report.pruned_failures = cleared.num_rows
+            log.info("clearing %d failures of files that are gone", cleared.num_rows)
+
+
+def _rehash(con, report: BuildReport, options: BuildOptions) -> None:
+    """``--rehash``: a local file whose size and modification time look unchanged is read and
+    hashed; if its bytes differ from what was indexed it is re-encoded (and its old vector
+    retired). Catches a file rewritten with its old timestamp. Reads every byte; decodes nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from indexer.localfs import read_file
+
+    rows = con.execute(
+        "SELECT w.key, w.location, l.sha256 FROM work w JOIN live l ON w.key = l.key "
+        "WHERE w.action IN ('unchanged', 'metadata') AND w.size IS NOT NULL "
+        "AND NOT starts_with(w.location, 'tar://')"
+    ).fetchall()
+
+    def differs(row) -> str | None:
+        key, location, sha = row
+        try:
+            data = read_file(location, max_bytes=options.max_bytes)
+        except Exception:  # unreadable now: the build reads it again and records why
+            return key
+        return key if hashlib.sha256(data).hexdigest() != sha else None
+
+    changed: list[str] = []
+    bar = _progress(len(rows), options.progress, "hashing")
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+        for key in pool.map(differs, rows):
+            if key is not None:
+                changed.append(key)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    report.rehashed = len(rows)
+    if changed:
+        con.register("_rehashed", pa.table({"key": pa.array(changed, pa.string())}))
+        con.execute("UPDATE work SET action = 'changed' WHERE key IN (SELECT key FROM _rehashed)")
+        con.unregister("_rehashed")
+        log.info("%d files have new content with an unchanged size and time", len(changed))
 
 
 def _row_tables(con, where: str, params: Sequence = ()) -> Iterable[pa.Table]:
@@ -778,6 +842,15 @@ def _record_item_failures(chunk: pa.Table, failures: list[tuple[int, str, str, s
     rows = rows.append_column("reason", pa.array([f[2] for f in failures], pa.string()))
     rows = rows.append_column("detail", pa.array([f[3] for f in failures], pa.string()))
     writer.record_failures(rows)
+    # A changed file that no longer reads (truncated, overwritten with something else) loses its
+    # old vector: it described content that is gone. The failure is listed; fixing the file and
+    # building again indexes it. A transient failure (a download timeout) keeps the old vector.
+    if "old_id" in chunk.column_names:
+        old_ids = chunk.column("old_id").to_pylist()
+        stale = [old_ids[f[0]] for f in failures if old_ids[f[0]] is not None and f[2] not in TRANSIENT_REASONS]
+        if stale:
+            writer.retire(stale)
+            report.replaced_by_failure += len(stale)
     for f in failures:
         report.failed_by_reason[f[2]] = report.failed_by_reason.get(f[2], 0) + 1
         log.debug("failed %s: %s %s", chunk.column("location")[f[0]].as_py(), f[2], f[3])
@@ -973,9 +1046,9 @@ def _lookup_hashes(writer: Writer, committer: _Committer, shas: list[str]) -> di
     return found
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, desc: str = "indexing"):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="img", dynamic_ncols=True, smoothing=0.05, desc="indexing")
+    return tqdm(total=total, unit="img", dynamic_ncols=True, smoothing=0.05, desc=desc)

@@ -103,6 +103,54 @@ def test_second_writer_refused_at_once_even_from_another_process(col):
     col.writer().close()  # released
 
 
+def test_a_forked_child_outliving_a_killed_writer_does_not_keep_the_lock(col, tmp_path):
+    """Decode workers are forked from the indexer; one that outlives a kill -9 must not hold the lock."""
+    import signal
+    import time
+
+    pidfile = tmp_path / "child.pid"
+    code = textwrap.dedent(
+        f"""
+        import os, time
+        from indexer.collection import Collection
+        w = Collection.open({str(col.path)!r}).writer()
+        child = os.fork()
+        if child == 0:
+            time.sleep(60)
+            os._exit(0)
+        open({str(pidfile)!r}, "w").write(str(child))
+        print("READY", flush=True)
+        time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = None
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+        child = int(pidfile.read_text())
+        with pytest.raises(CollectionLockedError):
+            col.writer()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        os.kill(child, 0)  # the child is still alive...
+        deadline = time.monotonic() + 10
+        while True:  # ...and the lock is free (at once; the loop only absorbs the kernel's reaping)
+            try:
+                col.writer().close()
+                break
+            except CollectionLockedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    finally:
+        proc.kill()
+        if child is not None:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_orphans_of_a_killed_commit_are_removed_and_state_is_intact(col):
     with col.writer() as w:
         w.add(pa.table({"key": ["a"]}), _unit(1, 8, 0))

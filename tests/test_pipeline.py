@@ -181,3 +181,78 @@ def test_another_model_is_refused_before_loading(tmp_path, model, tiny):
     # Without --model, the collection's own model is loaded (same source) and nothing is encoded.
     r = build(tmp_path / "col", [FolderSource(folder, labels=folder / "labels.csv")], options=BuildOptions(workers=0))
     assert r.encoded == 0 and r.unchanged == 2
+
+
+def test_a_changed_file_that_no_longer_reads_is_listed_and_its_old_vector_retired(tmp_path, model):
+    folder = make_folder(tmp_path / "imgs", 4, labels=False)
+    _build(tmp_path / "col", folder, model)
+    broken = folder / "a" / "img_0000.png"
+    broken.write_bytes(broken.read_bytes()[:300])  # overwritten with a truncated copy
+    r = _build(tmp_path / "col", folder, model)
+    assert r.replaced_by_failure == 1 and r.failed == 1 and r.encoded == 0
+    engine = SearchEngine.open(tmp_path / "col", model=model)
+    assert [f["location"] for f in engine.failures()] == [str(broken)]
+    assert str(broken) not in _stored(tmp_path / "col") and len(_stored(tmp_path / "col")) == 3
+    # the next run does not decode it again; fixing the file indexes it
+    r = _build(tmp_path / "col", folder, model)
+    assert r.skipped_failed == 1 and r.failed == 0
+    picture(0).save(broken)
+    r = _build(tmp_path / "col", folder, model)
+    assert r.encoded + r.reused == 1 and len(_stored(tmp_path / "col")) == 4
+    assert SearchEngine.open(tmp_path / "col", model=model).failures() == []
+
+
+def test_prune_clears_the_failures_of_files_that_are_gone(tmp_path, model):
+    folder = make_folder(tmp_path / "imgs", 3, labels=False)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not a picture")
+    _build(tmp_path / "col", folder, model)
+    assert Collection.open(tmp_path / "col").latest_generation().failed == 2
+    (folder / "empty.jpg").unlink()
+    r = _build(tmp_path / "col", folder, model)  # without --prune the failure stays listed
+    assert Collection.open(tmp_path / "col").latest_generation().failed == 2
+    r = _build(tmp_path / "col", folder, model, prune=True)
+    assert r.pruned_failures == 1
+    engine = SearchEngine.open(tmp_path / "col", model=model)
+    assert [os.path.basename(f["location"]) for f in engine.failures()] == ["notes.jpg"]
+    assert Collection.open(tmp_path / "col").latest_generation().failed == 1
+    # a file of that name that comes back is indexed as new
+    picture(5).save(folder / "empty.jpg", format="JPEG")
+    r = _build(tmp_path / "col", folder, model)
+    assert r.encoded + r.reused == 1
+
+
+def test_rehash_finds_new_content_behind_an_unchanged_size_and_time(tmp_path, model):
+    folder = make_folder(tmp_path / "imgs", 3, labels=False)
+    img = folder / "a" / "img_0000.png"
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(img, format="BMP")
+    _build(tmp_path / "col", folder, model)
+    before = _stored(tmp_path / "col")[str(img)]
+    st = img.stat()
+    Image.new("RGB", (64, 48), (10, 10, 200)).save(img, format="BMP")  # same size in bytes
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert img.stat().st_size == st.st_size
+    r = _build(tmp_path / "col", folder, model)
+    assert r.unchanged == 3 and r.encoded == 0  # size and time cannot tell
+    r = _build(tmp_path / "col", folder, model, rehash=True)
+    assert r.rehashed == 3 and r.encoded == 1 and r.replaced == 1 and r.unchanged == 2
+    after = _stored(tmp_path / "col")[str(img)]
+    assert float(np.dot(before, after)) < 0.9999
+    r = _build(tmp_path / "col", folder, model, rehash=True)
+    assert r.encoded == 0 and r.unchanged == 3
+
+
+def test_a_locked_collection_is_refused_before_the_model_loads(tmp_path, model, monkeypatch):
+    from indexer import pipeline
+    from indexer.errors import CollectionLockedError
+
+    folder = make_folder(tmp_path / "imgs", 2)
+    _build(tmp_path / "col", folder, model)
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before the lock was taken")
+
+    monkeypatch.setattr(pipeline, "load_collection_model", no_loading)
+    with Collection.open(tmp_path / "col").writer():
+        with pytest.raises(CollectionLockedError, match="another indexer"):
+            build(tmp_path / "col", [FolderSource(folder)], options=BuildOptions(workers=0))
