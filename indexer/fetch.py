@@ -5,7 +5,8 @@
 with bounded concurrency (overall and per host), timeouts, retries with backoff that honour
 ``Retry-After``, a size limit and a check that the body is an image. Every failure is a
 :class:`~indexer.errors.FetchError` whose ``reason`` is one of ``http-<status>``, ``timeout``,
-``too-large``, ``not-an-image``, ``truncated``, ``connection-error``, ``invalid-url``, ``cache-error``
+``too-large``, ``not-an-image``, ``truncated``, ``connection-error``, ``host-unreachable``,
+``invalid-url``, ``cache-error``
 (and, for local files, those of :func:`indexer.localfs.read_file`: ``not-found``,
 ``permission-denied``, ``io-error``, ...) and whose ``detail`` names the URL or path.
 """
@@ -196,6 +197,9 @@ class DownloadConfig:
     truncated body, after ``backoff * 2**n`` seconds (with jitter, at most ``max_backoff``), or after
     ``Retry-After`` (seconds or an HTTP date, at most ``max_backoff``; it also pauses that host).
     ``max_pending`` bounds the URLs read ahead of the downloads (None: max(256, 16 x concurrency)).
+    ``host_down_after``: after this many attempts in a row on one host end without a response (no
+    route, DNS failure, refused, timed out), the host is taken as down for the rest of the run and its
+    remaining URLs fail at once as ``host-unreachable`` (a transient reason: the next run tries again).
     """
 
     cache_dir: str | os.PathLike
@@ -209,6 +213,7 @@ class DownloadConfig:
     user_agent: str = f"bioclip-search/{__version__}"
     attempt_deadline: float | None = None
     max_pending: int | None = None
+    host_down_after: int = 8
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.per_host < 1:
@@ -337,7 +342,19 @@ class Downloader:
         active: Counter[str] = Counter()
         paused_until: dict[str, float] = {}
         waiting: dict[str, int] = {}
+        strikes: Counter[str] = Counter()  # attempts in a row without a response, per host
+        down: dict[str, FetchError] = {}  # hosts given up on, with their last error
         order = itertools.count()
+
+        def unreachable(task: _Task) -> Iterator[tuple[str, FetchError]]:
+            last = down[task.host]
+            err = FetchError(
+                "host-unreachable",
+                f"{task.url}: {task.host} did not answer {cfg.host_down_after} attempts in a row; "
+                f"not tried (last error: {last.detail})",
+            )
+            for _ in range(waiting.pop(task.url)):
+                yield task.url, err
         try:
             while True:
                 while not exhausted and len(ready) + len(delayed) + len(inflight) < max_pending:
@@ -358,6 +375,9 @@ class Downloader:
                         yield url, hit
                         continue
                     waiting[url] = 1
+                    if host in down:
+                        yield from unreachable(_Task(url, host))
+                        continue
                     ready.append(_Task(url, host))
                 now = time.monotonic()
                 while delayed and delayed[0][0] <= now:
@@ -366,6 +386,9 @@ class Downloader:
                     held: list[_Task] = []
                     while ready and len(inflight) < cfg.concurrency:
                         task = ready.popleft()
+                        if task.host in down:
+                            yield from unreachable(task)
+                            continue
                         if active[task.host] >= cfg.per_host or paused_until.get(task.host, 0.0) > now:
                             held.append(task)
                             continue
@@ -385,6 +408,17 @@ class Downloader:
                     task = inflight.pop(fut)
                     active[task.host] -= 1
                     outcome = fut.result()
+                    if outcome.error is not None and outcome.error.reason in ("connection-error", "timeout"):
+                        strikes[task.host] += 1
+                        if strikes[task.host] >= cfg.host_down_after and task.host not in down:
+                            down[task.host] = outcome.error
+                            log.warning("%s did not answer %d attempts in a row; its other URLs are not tried in this run",
+                                        task.host, strikes[task.host])
+                    else:
+                        strikes[task.host] = 0
+                    if task.host in down and outcome.path is None:
+                        yield from unreachable(task)
+                        continue
                     if outcome.path is not None:
                         for _ in range(waiting.pop(task.url)):
                             yield task.url, outcome.path

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 #: Failure reasons worth retrying on the next run without any change to the item.
 TRANSIENT_REASONS = frozenset(
-    {"timeout", "connection-error", "http-429", "http-500", "http-502", "http-503", "http-504", "worker-crashed"}
+    {"timeout", "connection-error", "host-unreachable", "http-429", "http-500", "http-502", "http-503", "http-504", "worker-crashed"}
 )
 
 _SCAN_META = [c for c in METADATA_COLUMNS]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import email.utils
 import io
 import os
@@ -279,6 +281,32 @@ def test_connection_refused(tmp_path):
     s.close()  # nothing listens there now
     url = f"http://127.0.0.1:{port}/a.jpg"
     assert _reason(_fetch(tmp_path, [url], retries=1)[url]) == "connection-error"
+
+
+def test_a_host_that_never_answers_is_given_up_on(server, tmp_path, monkeypatch):
+    """200 URLs on a dead host cost a few attempts, not 200 x (1 + retries); other hosts go on."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    dead = [f"http://127.0.0.1:{port}/img{i}.jpg" for i in range(200)]
+    good = server.url("/img/ok.jpg")
+    attempts = []
+    real = Downloader._attempt
+
+    def counting(self, url):
+        attempts.append(url)
+        return real(self, url)
+
+    monkeypatch.setattr(Downloader, "_attempt", counting)
+    out = _fetch(tmp_path, [*dead, good], retries=3, host_down_after=6)
+    reasons = Counter(_reason(out[u]) for u in dead)
+    assert set(reasons) <= {"connection-error", "host-unreachable"} and reasons["host-unreachable"] >= 190
+    assert sum(1 for u in attempts if u in dead) < 6 + 4 * 4  # the strikes, plus what was in flight
+    assert "did not answer 6 attempts in a row" in out[dead[-1]].detail
+    assert isinstance(out[good], str)  # another host is not affected
 
 
 def test_cache_hit_on_second_run(server, tmp_path):

@@ -173,3 +173,42 @@ def test_folder_source_still_works(tmp_path):
     assert isinstance(src, FolderSource) and src.name == "field"
     (row,) = [r for b in src.scan() for r in b.to_pylist()]
     assert row["location"] == str(images / "a.jpg")
+
+
+def test_windows_1252_tables_are_detected_and_read(tmp_path):
+    """Latin-1 / Windows-1252 CSVs with no encoding declared: a manifest and a single Darwin Core CSV."""
+    (tmp_path / "imgs").mkdir()
+    manifest = tmp_path / "latin.csv"
+    manifest.write_bytes("path,scientificName,locality\nimgs/a.jpg,Salmo trutta,Köln – Rhein\n".encode("cp1252"))
+    src = open_source(str(manifest))
+    assert isinstance(src, ManifestSource)
+    (row,) = [r for b in src.scan() for r in b.to_pylist()]
+    assert row["locality"] == "Köln – Rhein"
+
+    dwc = tmp_path / "occurrences.csv"
+    dwc.write_bytes("occurrenceID,scientificName,locality,associatedMedia\n"
+                    "o1,Salmo trutta,Köln,https://media.example.org/a.jpg\n".encode("cp1252"))
+    for path in (dwc, tmp_path / "occurrences.zip"):
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path, "w") as z:
+                z.write(dwc, "occurrences.csv")
+        src = open_source(str(path))
+        assert isinstance(src, DwcaSource)
+        (row,) = [r for b in src.scan() for r in b.to_pylist()]
+        assert row["locality"] == "Köln" and row["scientificName"] == "Salmo trutta"
+        assert any("Windows-1252" in w for w in src.report.get("warnings", []))
+
+
+def test_a_damaged_meta_xml_in_a_zip_is_one_clear_error(tmp_path):
+    good = tmp_path / "export.zip"
+    with zipfile.ZipFile(good, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("meta.xml", META)
+        z.writestr("o.txt", OCC)
+    data = bytearray(good.read_bytes())
+    i = data.find(b"scientificName")
+    data[i] ^= 0xFF  # the stored bytes no longer match meta.xml's CRC
+    bad = tmp_path / "damaged.zip"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(SourceError, match=r"damaged\.zip: cannot read meta\.xml: the archive is damaged"):
+        src = open_source(str(bad))
+        list(src.scan())

@@ -219,8 +219,11 @@ class ArchiveFiles:
 
     def read(self, name: str, limit: int = 64 << 20) -> bytes:
         """Bytes of a member (meta.xml and the like; refuses more than ``limit`` bytes)."""
-        with self._open(name) as fh:
-            data = fh.read(limit + 1)
+        try:
+            with self._open(name) as fh:
+                data = fh.read(limit + 1)
+        except (OSError, zlib.error, zipfile.BadZipFile, EOFError, tarfile.TarError) as exc:
+            raise SourceError(f"{self.path}: cannot read {name}: the archive is damaged ({exc})", self.path) from exc
         if len(data) > limit:
             raise SourceError(f"{self.path}: {name} is larger than {limit >> 20} MiB", self.path)
         return data

@@ -626,16 +626,32 @@ def _simple_descriptor(files: ArchiveFiles, member: str, where: str) -> Descript
     """Descriptor of a single CSV/TSV whose header row names Darwin Core terms."""
     import duckdb
 
-    path = files.local_utf8(member, "utf-8")
-    con = connect()
+    def sniff(encoding: str):
+        path = files.local_utf8(member, encoding)
+        con = connect()
+        try:
+            return con.execute(
+                "SELECT Delimiter, Quote, Columns FROM sniff_csv($p, header=true, all_varchar=true)", {"p": path}
+            ).fetchall()
+        finally:
+            con.close()
+
+    encoding, warnings = "UTF-8", ()
     try:
-        row = con.execute(
-            "SELECT Delimiter, Quote, Columns FROM sniff_csv($p, header=true, all_varchar=true)", {"p": path}
-        ).fetchall()
+        try:
+            row = sniff("utf-8")
+        except (SourceError, duckdb.Error) as exc:
+            text = str(exc)
+            if "nvalid unicode" not in text and "not valid utf-8" not in text:
+                raise
+            # Exports without meta.xml say nothing of their encoding: not UTF-8 means Windows-1252.
+            log.warning("%s: %s is not valid UTF-8; reading it as Windows-1252", where, member)
+            encoding, warnings = "windows-1252", (f"{member} is not valid UTF-8; read as Windows-1252",)
+            row = sniff("cp1252")
     except duckdb.Error as exc:
         raise SourceError(f"{where}: cannot read {member} as CSV/TSV: {duckdb_message(exc)}", where) from exc
-    finally:
-        con.close()
+    if not row or not row[0][2]:
+        raise SourceError(f"{where}: {member} is empty: no header row of Darwin Core terms", where)
     delimiter, quote, columns = row[0]
     names = [c["name"] if isinstance(c, dict) else c[0] for c in columns]
     recognised = [n for n in names if canonical_column(n) or n.strip().lower() in ("associatedmedia", "id")]
@@ -647,14 +663,14 @@ def _simple_descriptor(files: ArchiveFiles, member: str, where: str) -> Descript
     spec = FileSpec(
         row_type="http://rs.tdwg.org/dwc/terms/Occurrence",
         locations=(member,),
-        encoding="UTF-8",
+        encoding=encoding,
         delimiter=delimiter or ",",
         quote="" if quote in (None, "", "\x00", "(empty)") else quote,
         header_lines=1,
         id_index=id_index,
         fields=fields,
     )
-    return Descriptor(core=spec)
+    return Descriptor(core=spec, warnings=warnings)
 
 
 # -- the query ---------------------------------------------------------------------------------

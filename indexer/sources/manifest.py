@@ -58,7 +58,25 @@ def manifest_columns(path: str) -> list[str]:
         try:
             rows = con.execute(f"DESCRIBE SELECT * FROM {rel}", {"file": path}).fetchall()
         except duckdb.Error as exc:
-            raise _error(path, exc) from exc
+            err = _error(path, exc)
+            if not isinstance(err, _NotUtf8):
+                raise err from exc
+            # Not UTF-8: the columns from the first lines read as Windows-1252 (the whole file is
+            # transcoded when the source reads it).
+            import tempfile
+
+            with open(path, "rb") as fh:
+                head = fh.read(1 << 20)
+            head = head[: head.rfind(b"\n") + 1] or head
+            suffix = ".tsv" if path.lower().endswith((".tsv", ".tab")) else ".csv"
+            with tempfile.NamedTemporaryFile("w", suffix=suffix, encoding="utf-8", delete=False) as tmp:
+                tmp.write(head.decode("cp1252", errors="replace"))
+            try:
+                rows = con.execute(f"DESCRIBE SELECT * FROM {rel}", {"file": tmp.name}).fetchall()
+            except duckdb.Error:
+                raise err from exc
+            finally:
+                os.unlink(tmp.name)
         return [r[0] for r in rows]
     finally:
         con.close()
