@@ -620,7 +620,14 @@ class SearchEngine:
             interpretation += f", {grouping.describe()}"
         exclude = np.unique(np.asarray(q.excluded_ids, dtype=np.int64)) if q.excluded_ids else None
 
-        hits, has_more = self._ranked(state, qvec, k, offset, allowed, exclude, min_score, grouping, timings)
+        n_images = int(state.generation.images)
+        if offset >= n_images:  # nothing there; and k + offset never sizes a search beyond the collection
+            hits, has_more = [], False
+            if n_images:
+                notices.append(f"offset {offset:,} is past the end: the collection has {n_images:,} images")
+        else:
+            hits, has_more = self._ranked(state, qvec, min(k, n_images - offset), offset, allowed, exclude, min_score,
+                                          grouping, timings)
         if not hits:
             if flt and candidates == 0:
                 notices.append("no image matches the filters")

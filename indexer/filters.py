@@ -64,7 +64,8 @@ SPECIAL_FIELDS: tuple[str, ...] = ("taxon", "has_coordinates")
 _CLI_OPS = {"=": "=", "==": "=", "!=": "!=", ">": ">", ">=": ">=", "<": "<", "<=": "<=", "~": "contains", "~=": "contains"}
 # FIELD, operator, VALUE. A field is a name (letters, digits, _ . : - and inner spaces, for extra keys).
 _WHERE = re.compile(r"^\s*([A-Za-z_][\w.:\- ]*?)\s*(==|!=|>=|<=|~=|=|>|<|~)(.*)$", re.S)
-_RANGE = re.compile(r"^\s*([+-]?\d+(?:\.\d+)?)?\s*\.\.\s*([+-]?\d+(?:\.\d+)?)?\s*$")
+_RANGE_END = r"(\d{4}-\d{2}(?:-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?)?|[+-]?\d+(?:\.\d+)?)"
+_RANGE = re.compile(rf"^\s*{_RANGE_END}?\s*\.\.\s*{_RANGE_END}?\s*$")
 _BOOL = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 _NUMERIC = {"BIGINT": int, "INTEGER": int, "DOUBLE": float}
 _HIDDEN = {"meta_hash"}
@@ -179,8 +180,8 @@ class Filter:
                 continue
             if isinstance(value, Mapping):
                 conds.extend(Condition(name, _op_name(op), v) for op, v in value.items())
-            elif isinstance(value, tuple) and len(value) == 2 and all(
-                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value
+            elif isinstance(value, tuple) and len(value) == 2 and any(v is not None for v in value) and all(
+                v is None or (isinstance(v, (int, float, _dt.date)) and not isinstance(v, bool)) for v in value
             ):
                 conds.append(Condition(name, "between", value))
             elif isinstance(value, (list, set, frozenset, tuple)):
@@ -362,8 +363,15 @@ def _convert(value: Any, typ: str, field_name: str) -> Any:
     return str(value)
 
 
-def _range_clauses(expr: str, conds: Sequence[Condition], convert) -> tuple[list[str], list]:
+def _range_clauses(expr: str, conds: Sequence[Condition], convert, inclusive_prefix: bool = False) -> tuple[list[str], list]:
+    """``inclusive_prefix`` (text columns): an upper bound takes in every value it begins, so that
+    ``eventDate<=1950-12`` or ``..1950-12-31`` keeps ``1950-12-31T10:00`` and ``1950-12-05``."""
     clauses, params = [], []
+
+    def upper(v):
+        v = convert(v)
+        return v + "\U0010ffff" if inclusive_prefix and isinstance(v, str) else v
+
     for c in conds:
         if c.op == "between":
             lo, hi = c.value
@@ -372,10 +380,10 @@ def _range_clauses(expr: str, conds: Sequence[Condition], convert) -> tuple[list
                 params.append(convert(lo))
             if hi is not None:
                 clauses.append(f"{expr} <= ?")
-                params.append(convert(hi))
+                params.append(upper(hi))
         else:
             clauses.append(f"{expr} {c.op} ?")
-            params.append(convert(c.value))
+            params.append(upper(c.value) if c.op == "<=" else convert(c.value))
     return clauses, params
 
 
@@ -393,7 +401,7 @@ def _column_sql(expr: str, typ: str, op: str, conds: Sequence[Condition]) -> tup
         # contains() on lower-cased text: % and _ in the value are plain characters (no LIKE pattern)
         return " AND ".join(f"contains(lower({expr}), lower(?))" for _ in vals), vals
     if op == "range":
-        clauses, params = _range_clauses(expr, conds, lambda v: _convert(v, typ, fname))
+        clauses, params = _range_clauses(expr, conds, lambda v: _convert(v, typ, fname), inclusive_prefix=not numeric)
         return " AND ".join(clauses), params
     vals = [_convert(v, typ, fname) for v in _values(conds)]
     if op == "=":
@@ -417,7 +425,7 @@ def _extra_sql(key: str, op: str, conds: Sequence[Condition]) -> tuple[str, list
             expr = f"TRY_CAST({text} AS DOUBLE)"
             clauses, params = _range_clauses(expr, conds, lambda v: _number(v, "DOUBLE", conds[0].field))
         else:
-            clauses, params = _range_clauses(text, conds, lambda v: _convert(v, "VARCHAR", conds[0].field))
+            clauses, params = _range_clauses(text, conds, lambda v: _convert(v, "VARCHAR", conds[0].field), inclusive_prefix=True)
         out_params: list = []
         for p in params:
             out_params += [path, p]
@@ -518,11 +526,19 @@ def _taxon_sql(op: str, conds: Sequence[Condition], taxonomy: "Taxonomy | None")
     return inner, params, notices
 
 
+def _range_key(end: str):
+    """A range end for ordering: a number as a number, a date as its (ISO, so sortable) text."""
+    try:
+        return (0, float(end), "")
+    except ValueError:
+        return (1, 0.0, end)
+
+
 def parse_where(items: Iterable[str]) -> Filter:
     """Parse CLI ``--where`` strings into a Filter.
 
     ``FIELD=VALUE``, ``FIELD!=VALUE``, ``FIELD>=VALUE``, ``FIELD>VALUE``, ``FIELD<=VALUE``,
-    ``FIELD<VALUE``, ``FIELD~TEXT`` (contains), ``FIELD=LOW..HIGH`` (inclusive numeric range, either
+    ``FIELD<VALUE``, ``FIELD~TEXT`` (contains), ``FIELD=LOW..HIGH`` (inclusive range of numbers or dates, either
     end may be left out: ``year=..1950``). ``FIELD=`` with nothing after it means "not given",
     ``FIELD!=`` "given". Repeating ``FIELD=`` makes a set. Everything after the operator is the
     value, quotes included.
@@ -543,9 +559,17 @@ def parse_where(items: Iterable[str]) -> Filter:
                 raise FilterError(f"filter {item!r} has no value after {m.group(2)!r}")
             conds.append(Condition(field, op, None))
             continue
+        if value[:1] in ("<", ">", "=", "!", "~") and not (op == "=" and value[:1] == "="):
+            raise FilterError(
+                f"cannot read filter {item!r}: {m.group(2) + value[:1]!r} is not an operator; use =, !=, >, >=, <, <=, "
+                "~ (contains) or FIELD=LOW..HIGH"
+            )
         r = _RANGE.match(value) if op == "=" else None
         if r and (r.group(1) or r.group(2)):
-            conds.append(Condition(field, "between", (r.group(1), r.group(2))))
+            lo, hi = r.group(1), r.group(2)
+            if lo and hi and _range_key(lo) > _range_key(hi):
+                raise FilterError(f"filter {item!r}: the range {lo}..{hi} is empty; write LOW..HIGH")
+            conds.append(Condition(field, "between", (lo, hi)))
             continue
         conds.append(Condition(field, op, value))
     return Filter(tuple(conds))

@@ -236,6 +236,11 @@ def test_pages_concatenate_to_the_full_ranking(engine):
     last = engine.search("Corvidae", k=10, offset=N - 5)
     assert len(last.hits) == 5 and not last.has_more
     assert engine.search("Corvidae", k=10, offset=N + 10).hits == []
+    # huge values are cut to the collection's size, not allocated
+    far = engine.search("Corvidae", k=10, offset=10**12)
+    assert far.hits == [] and not far.has_more and any("past the end" in n for n in far.notices)
+    everything = engine.search("Corvidae", k=10**9)
+    assert len(everything.hits) == N and not everything.has_more
 
 
 def test_min_score(engine):

@@ -18,11 +18,11 @@ from indexer.taxonomy import Taxonomy
 ROWS = [
     # id, scientificName, genus, epithet, family, country, year, lat, lon, institution, extra
     dict(id=0, scientificName="Corvus corax", genus="Corvus", specificEpithet="corax", family="Corvidae", vernacularName="common raven",
-         country="Kenya", year=1900, decimalLatitude=-1.0, decimalLongitude=36.0, institutionCode="NHM", basisOfRecord="PreservedSpecimen",
+         country="Kenya", year=1900, eventDate="1900-05-01", decimalLatitude=-1.0, decimalLongitude=36.0, institutionCode="NHM", basisOfRecord="PreservedSpecimen",
          typeStatus="holotype", license="CC-BY-4.0", extra={"elevation": "1200", "preparations": "skin"}),
-    dict(id=1, scientificName="Corvus corone", genus="Corvus", specificEpithet="corone", family="Corvidae", country="kenya", year=1949,
+    dict(id=1, scientificName="Corvus corone", genus="Corvus", specificEpithet="corone", family="Corvidae", country="kenya", year=1949, eventDate="1949-12-31T10:00",
          institutionCode="MNHN", basisOfRecord="PreservedSpecimen", license="CC0-1.0", extra={"elevation": "900", "preparations": "skeleton"}),
-    dict(id=2, scientificName="Pica pica", genus="Pica", specificEpithet="pica", family="Corvidae", country="Tanzania", year=1950,
+    dict(id=2, scientificName="Pica pica", genus="Pica", specificEpithet="pica", family="Corvidae", country="Tanzania", year=1950, eventDate="1950-12-05",
          decimalLatitude=-6.0, decimalLongitude=35.0, institutionCode="NHM", basisOfRecord="HumanObservation", extra={"elevation": "n/a"}),
     dict(id=3, scientificName="Felis catus", genus="Felis", specificEpithet="catus", family="Felidae", country="Sweden", year=2001,
          institutionCode="NRM", basisOfRecord="MachineObservation", typeStatus="paratype", extra={}),
@@ -104,6 +104,11 @@ def ids(con, flt, taxonomy=None):
         (["preparations!=skin"], [1, 2, 3, 4, 5]),
         (["preparations~ske"], [1]),
         (["indexed_at>=2024-01-04"], [3, 4, 5]),
+        (["indexed_at=2024-01-02..2024-01-04"], [1, 2, 3]),            # a range of dates
+        (["indexed_at=2024-01-05.."], [4, 5]),
+        (["eventDate=1900-01-01..1949-12-31"], [0, 1]),              # text dates: the end day is whole
+        (["eventDate<=1950-12"], [0, 1, 2]),                          # ...and a month
+        (["eventDate=1950.."], [2]),
         (["id<2"], [0, 1]),
     ],
 )
@@ -154,6 +159,9 @@ def test_random_text_values_round_trip(con):
         ({"year": float("nan")}, "finite"),
         ({"year": {"~=": 1}}, "year is a number"),
         ({"year": {"like": 1}}, "unknown filter operator"),
+        (["country<>Kenya"], "'<>' is not an operator"),
+        (["country=~Kenya"], "'=~' is not an operator"),
+        (["year=1950..1900"], "the range 1950..1900 is empty"),
     ],
 )
 def test_bad_filters_are_filter_errors_with_a_message(con, taxonomy, flt, message):
@@ -172,6 +180,8 @@ def test_unknown_field_error_lists_the_fields(con):
 def test_from_mapping_and_builders(con):
     assert ids(con, {"country": ["Kenya", "Tanzania"], "year": (1900, 1949)})[0] == [0, 1]
     assert ids(con, {"year": (None, 1900)})[0] == [0, 5]
+    assert ids(con, {"indexed_at": (dt.date(2024, 1, 2), dt.datetime(2024, 1, 4))})[0] == [1, 2, 3]
+    assert ids(con, {"indexed_at": (dt.datetime(2024, 1, 5), None)})[0] == [4, 5]
     assert ids(con, {"year": {">": 1900, "<": 2000}})[0] == [1, 2]
     assert ids(con, {"country": "", "year": None, "license": []})[0] == [0, 1, 2, 3, 4, 5]  # unset: no condition
     assert ids(con, {"country": ("Sweden", "Kenya")})[0] == [0, 1, 3]  # a tuple of texts is a set
@@ -204,6 +214,7 @@ def test_filters_are_hashable_values_for_caching():
         ("year>=1900", Condition("year", ">=", "1900")),
         ("year=1900..1950", Condition("year", "between", ("1900", "1950"))),
         ("catalogNumber=A..B", Condition("catalogNumber", "=", "A..B")),  # not numbers: not a range
+        ("eventDate=1900-01-01..1950-12", Condition("eventDate", "between", ("1900-01-01", "1950-12"))),
         ("locality~forest", Condition("locality", "contains", "forest")),
         ("typeStatus=", Condition("typeStatus", "=", None)),
         ("dwc:habitat=forest edge", Condition("dwc:habitat", "=", "forest edge")),
