@@ -51,10 +51,15 @@ def looks_like_scientific_name(text: str) -> bool:
     authorship) or one capitalised Latin word with a rank ending ("Corvidae", "Rosales"). Used only
     to word notices ("no taxon named ... in this collection"), never to change a search."""
     words = text.strip().split()
+    if len(words) >= 2 and words[0].lower() in RANKS:  # "family Corvidae", "genus Corvus"
+        rest = words[1:]
+        return (len(rest) == 1 and bool(_LATIN_WORD.match(rest[0])) and len(rest[0]) >= 3) or looks_like_scientific_name(" ".join(rest))
     if not words or not _LATIN_WORD.match(words[0]) or len(words[0]) < 3:
         return False
     if len(words) == 1:
         return bool(_RANK_SUFFIX.search(words[0]))
+    if len(words) == 3 and all(_EPITHET.match(w) and len(w) >= 3 for w in words[1:]):
+        return True  # a trinomial: Salmo trutta fario
     return bool(_EPITHET.match(words[1])) and len(words[1]) >= 3 and (len(words) == 2 or not _EPITHET.match(words[2] or ""))
 
 

@@ -108,7 +108,8 @@ def test_taxa_by_rank(tax):
     "text, expected",
     [("Corvus corax", True), ("Corvidae", True), ("Passeriformes", True), ("Rosaceae", True),
      ("Corvus corax Linnaeus, 1758", True), ("Corvus", False), ("a bird on a branch", False),
-     ("Big", False), ("corvus corax", False), ("Red Fox", False)],
+     ("Big", False), ("corvus corax", False), ("Red Fox", False),
+     ("family Corvidae", True), ("genus Corvus", True), ("Salmo trutta fario", True), ("species of bird", False)],
 )
 def test_looks_like_scientific_name(text, expected):
     assert looks_like_scientific_name(text) is expected
