@@ -349,6 +349,13 @@ class BrowseState:
                 return None
             return n
 
+        def choice(name: str, allowed: Sequence[str]) -> str | None:
+            raw = last(name)
+            if raw and raw not in allowed:
+                notices.append(f"ignored {name}={raw!r}: use one of {', '.join(allowed)}")
+                return None
+            return raw or None
+
         state = cls()
         q = last("q") or ""
         like = integer("like", 0)
@@ -382,21 +389,15 @@ class BrowseState:
         page = integer("page", 1)
         if page is not None:
             state = replace(state, page=page)
-        view = last("view")
+        view = choice("view", VIEWS)
         if view:
-            if view in VIEWS:
-                state = replace(state, view=view)
-            else:
-                notices.append(f"ignored view={view!r}: use one of {', '.join(VIEWS)}")
+            state = replace(state, view=view)
         detail = integer("detail", 0)
         if detail is not None:
             state = replace(state, detail=detail)
-        tab = last("tab")
+        tab = choice("tab", TABS)
         if tab:
-            if tab in TABS:
-                state = replace(state, tab=tab)
-            else:
-                notices.append(f"ignored tab={tab!r}: use one of {', '.join(TABS)}")
+            state = replace(state, tab=tab)
         coll = last("collection")
         if coll:
             state = replace(state, collection=coll)
@@ -501,14 +502,16 @@ def _filter_sql(engine, filters: Filter) -> tuple[str, list, list[str]]:
     return filters.to_sql(state.generation.extra_keys, state.taxonomy())
 
 
-def list_images(engine, filters: Filter | None, k: int, offset: int = 0):
-    """Images passing ``filters`` (all, without), in id order: what the page shows with no query."""
+def list_images(engine, filters: Filter | None, k: int, offset: int = 0, total: int | None = None):
+    """Images passing ``filters`` (all, without), in id order: what the page shows with no query.
+    ``total``: their number when the caller knows it already (not counted again)."""
     from indexer.engine import SearchResult
 
     where, params, notices = ("TRUE", [], [])
     if filters:
         where, params, notices = _filter_sql(engine, filters)
-    total = int(engine_sql(engine, f"SELECT count(*) FROM images WHERE {where}", params)[0][0])
+    if total is None:
+        total = int(engine_sql(engine, f"SELECT count(*) FROM images WHERE {where}", params)[0][0])
     ids = [r[0] for r in engine_sql(
         engine, f"SELECT id FROM images WHERE {where} ORDER BY id LIMIT {int(k)} OFFSET {int(offset)}", params
     )]
@@ -533,7 +536,7 @@ def listing_page(engine, state: BrowseState, result) -> tuple[list, int, int, in
     start, end, page, pages = page_bounds(total, state.page)
     if end <= len(hits):
         return hits[start:end], start, end, page, pages, total
-    shown = list_images(engine, state.to_filter() or None, end - start, offset=start).hits
+    shown = list_images(engine, state.to_filter() or None, end - start, offset=start, total=total).hits
     return shown, start, start + len(shown), page, pages, total
 
 

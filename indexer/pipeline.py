@@ -35,7 +35,10 @@ from indexer.errors import ItemError, ModelMismatchError
 from indexer.schema import METADATA_COLUMNS, quote_ident
 from indexer.sources.base import Source
 
-__all__ = ["BuildOptions", "BuildReport", "build", "open_or_create", "check_model_compatible", "TRANSIENT_REASONS"]
+__all__ = [
+    "BuildOptions", "BuildReport", "build", "open_or_create", "check_model_compatible", "load_collection_model",
+    "load_recorded_model", "TRANSIENT_REASONS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +145,13 @@ def check_model_compatible(collection: Collection, model_name: str | None, revis
         )
 
 
-def load_collection_model(collection: Collection, *, device: str = "auto", precision: str = "auto"):
-    """Load the model a collection was built with: same source, revision and preprocessing."""
+def load_recorded_model(rec: dict, *, device: str = "auto", precision: str = "auto"):
+    """Load the model a collection records (its ``model`` entry): the same source, pretrained tag,
+    revision and preprocessing."""
     from bioclip import load_model
     from bioclip.preprocess import PreprocessConfig
     from bioclip.registry import ModelSpec
 
-    rec = collection.model
     spec = ModelSpec(
         name=rec.get("name") or rec["source"],
         source=rec["source"],
@@ -156,10 +159,16 @@ def load_collection_model(collection: Collection, *, device: str = "auto", preci
         revision=rec.get("revision"),
     )
     preprocess = PreprocessConfig.from_dict(rec["preprocess"]) if rec.get("preprocess") else None
-    model = load_model(spec, device=device, precision=precision, preprocess=preprocess)
+    return load_model(spec, device=device, precision=precision, preprocess=preprocess)
+
+
+def load_collection_model(collection: Collection, *, device: str = "auto", precision: str = "auto"):
+    """Load the model a collection was built with: same source, revision and preprocessing."""
+    rec = collection.model
+    model = load_recorded_model(rec, device=device, precision=precision)
     if model.dimension != collection.dimension:
         raise ModelMismatchError(
-            f"model {spec.name} gives {model.dimension}-d vectors but {collection.path} holds "
+            f"model {rec.get('name') or rec['source']} gives {model.dimension}-d vectors but {collection.path} holds "
             f"{collection.dimension}-d vectors"
         )
     return model

@@ -224,25 +224,15 @@ class _Encoder:
     def __init__(self, model_info: dict, device: str, precision: str, threads: int):
         import torch
 
-        from bioclip import load_model
-        from bioclip.preprocess import PreprocessConfig
-        from bioclip.registry import ModelSpec
+        from indexer.pipeline import load_recorded_model
 
         if device == "cpu":
             torch.set_num_threads(max(1, int(threads)))
-        # As indexer.pipeline.load_collection_model: the recorded source, revision, preprocessing.
-        spec = ModelSpec(
-            name=model_info.get("name") or model_info["source"],
-            source=model_info["source"],
-            pretrained=model_info.get("pretrained"),
-            revision=model_info.get("revision"),
-        )
-        pre = PreprocessConfig.from_dict(model_info["preprocess"]) if model_info.get("preprocess") else None
-        self.model = load_model(spec, device=device, precision=precision, preprocess=pre)
+        self.model = load_recorded_model(model_info, device=device, precision=precision)
         want = model_info.get("dimension")
         if want is not None and self.model.dimension != int(want):
             raise RayExecutorError(
-                f"model {spec.name} gives {self.model.dimension}-d vectors in a Ray worker; "
+                f"model {model_info.get('name') or model_info['source']} gives {self.model.dimension}-d vectors in a Ray worker; "
                 f"the collection holds {want}-d vectors"
             )
 

@@ -205,8 +205,6 @@ def main() -> None:
         # A new session, or the address changed outside the page (the browser's Back and Forward
         # buttons, an edited or pasted link): the URL is the truth.
         first, notices = BrowseState.from_params(params)
-        if "_state" in ss and first.to_params() != state().to_params():
-            ss.pop("_result", None)
         set_state(first)
         sync_widgets(first)
         ss["_url"] = params

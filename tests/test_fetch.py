@@ -272,25 +272,25 @@ def test_invalid_urls(tmp_path):
     assert {_reason(v) for v in out.values()} == {"invalid-url"}
 
 
-def test_connection_refused(tmp_path):
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
-    url = f"http://127.0.0.1:{port}/a.jpg"
-    assert _reason(_fetch(tmp_path, [url], retries=1)[url]) == "connection-error"
-
-
-def test_a_host_that_never_answers_is_given_up_on(server, tmp_path, monkeypatch):
-    """200 URLs on a dead host cost a few attempts, not 200 x (1 + retries); other hosts go on."""
+def _closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (a connection is refused at once)."""
     import socket
 
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
+    return port
+
+
+def test_connection_refused(tmp_path):
+    url = f"http://127.0.0.1:{_closed_port()}/a.jpg"
+    assert _reason(_fetch(tmp_path, [url], retries=1)[url]) == "connection-error"
+
+
+def test_a_host_that_never_answers_is_given_up_on(server, tmp_path, monkeypatch):
+    """200 URLs on a dead host cost a few attempts, not 200 x (1 + retries); other hosts go on."""
+    port = _closed_port()
     dead = [f"http://127.0.0.1:{port}/img{i}.jpg" for i in range(200)]
     good = server.url("/img/ok.jpg")
     attempts = []

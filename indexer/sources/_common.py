@@ -38,6 +38,7 @@ __all__ = [
     "resolve_local",
     "stat_local",
     "text_to_path",
+    "with_locations",
 ]
 
 #: Rows per batch a source yields: big enough for DuckDB/Arrow to be efficient, small enough that
@@ -196,6 +197,13 @@ def fill_locations(
             continue
         locations[i] = path
         sizes[i], mtimes[i] = found.size, found.mtime
+    return with_locations(batch, locations, sizes, mtimes, reasons, details)
+
+
+def with_locations(batch: pa.RecordBatch, locations: list, sizes: list, mtimes: list, reasons: list, details: list,
+                   **more: pa.Array) -> pa.RecordBatch:
+    """``batch`` with its resolved ``location``, ``size``, ``mtime`` and error columns (and any
+    ``more`` columns) replaced by these values."""
     return replace_columns(
         batch,
         location=pa.array(locations, pa.string()),
@@ -203,6 +211,7 @@ def fill_locations(
         mtime=pa.array(mtimes, pa.float64()),
         error_reason=pa.array(reasons, pa.string()),
         error_detail=pa.array(details, pa.string()),
+        **more,
     )
 
 

@@ -554,20 +554,13 @@ class _Opened:
 
     def __enter__(self) -> tuple[ArchiveFiles, Descriptor, str]:
         src = self.source
-        if self.files is not None:
-            files = self.files
-            try:
-                descriptor, base = _find_descriptor(files, src.path)
-            except BaseException:
-                files.close()
-                raise
-            return files, descriptor, base
-        if os.path.isfile(src.path) and _looks_like_text_table(src.path):
-            files = ArchiveFiles.single_file(src.path)
-            self.files = files
-            return files, _simple_descriptor(files, files.names[0], src.path), ""
-        files = ArchiveFiles(src.path)
-        self.files = files
+        if self.files is None:
+            if os.path.isfile(src.path) and _looks_like_text_table(src.path):
+                files = ArchiveFiles.single_file(src.path)
+                self.files = files
+                return files, _simple_descriptor(files, files.names[0], src.path), ""
+            self.files = ArchiveFiles(src.path)
+        files = self.files
         try:
             descriptor, base = _find_descriptor(files, src.path)
         except BaseException:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from indexer.errors import SourceError
-from indexer.sources._common import path_to_text, replace_columns, stat_local
+from indexer.sources._common import path_to_text, stat_local, with_locations
 from indexer.sources.base import Source
 
 __all__ = ["MediaRootSource", "parse_media_root", "map_location"]
@@ -115,12 +115,4 @@ class MediaRootSource:
                 reasons[i], details[i] = found.error_reason, f"{found.error_detail} (media root for {url})"
                 continue
             sizes[i], mtimes[i] = found.size, found.mtime
-        return replace_columns(
-            batch,
-            location=pa.array(locations, pa.string()),
-            size=pa.array(sizes, pa.int64()),
-            mtime=pa.array(mtimes, pa.float64()),
-            error_reason=pa.array(reasons, pa.string()),
-            error_detail=pa.array(details, pa.string()),
-            mediaURL=pa.array(media, pa.string()),
-        )
+        return with_locations(batch, locations, sizes, mtimes, reasons, details, mediaURL=pa.array(media, pa.string()))
