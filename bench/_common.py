@@ -41,7 +41,9 @@ def clustered_embeddings(
     cone = rng.standard_normal(d)
     cone /= np.linalg.norm(cone)
     genera = rng.standard_normal((n_genera, d)) @ basis
-    species = 0.8 * cone + genera[rng.integers(0, n_genera, n_species)] + 0.6 * (rng.standard_normal((n_species, d)) @ basis)
+    species = (
+        0.8 * cone + genera[rng.integers(0, n_genera, n_species)] + 0.6 * (rng.standard_normal((n_species, d)) @ basis)
+    )
     sizes = rng.pareto(1.2, n_species) + 1.0
     probs = sizes / sizes.sum()
     if out is None:
@@ -149,6 +151,9 @@ def index_ram_mib(path: Path, *, mmap: bool = False) -> dict[str, float]:
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(
         [sys.executable, "-c", _LOAD_PROBE, str(path), "1" if mmap else "0"],
-        cwd=root, capture_output=True, text=True, check=True,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])

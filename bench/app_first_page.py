@@ -173,7 +173,9 @@ def main() -> None:
             BrowseState(q="Genus100 species2"),  # a taxon (species)
             BrowseState(q="a bird on a branch"),  # free text
             BrowseState(q="Order3").with_values("country", ["Kenya"]),  # taxon + filter
-            BrowseState(q="feathers").with_values("license", ["CC0-1.0"]).with_values("basisOfRecord", ["PreservedSpecimen"]),
+            BrowseState(q="feathers")
+            .with_values("license", ["CC0-1.0"])
+            .with_values("basisOfRecord", ["PreservedSpecimen"]),
         ]
         # warm: model loaded, taxonomy and sidebar options computed, one search done
         engine.search("warm up", k=10)
@@ -196,12 +198,18 @@ def main() -> None:
                 assert lib.made == browse.PAGE_SIZE
 
         print()
-        print(f"app first page, {engine.info()['images']:,} images, index {engine.info()['index']}, "
-              f"{cores} cores, FAISS/torch threads {threads}, k={browse.DEFAULT_K}, page {browse.PAGE_SIZE}, "
-              f"{len(queries)} queries x {args.repeat}")
+        print(
+            f"app first page, {engine.info()['images']:,} images, index {engine.info()['index']}, "
+            f"{cores} cores, FAISS/torch threads {threads}, k={browse.DEFAULT_K}, page {browse.PAGE_SIZE}, "
+            f"{len(queries)} queries x {args.repeat}"
+        )
         print(f"  baseline: engine.search alone        {stats(base)}")
-        print(f"  first page, thumbnails cached         {stats(cached)}   ratio {statistics.median(cached) / statistics.median(base):5.2f}x")
-        print(f"  first page, thumbnails made (cold)    {stats(cold)}   ratio {statistics.median(cold) / statistics.median(base):5.2f}x")
+        print(
+            f"  first page, thumbnails cached         {stats(cached)}   ratio {statistics.median(cached) / statistics.median(base):5.2f}x"
+        )
+        print(
+            f"  first page, thumbnails made (cold)    {stats(cold)}   ratio {statistics.median(cold) / statistics.median(base):5.2f}x"
+        )
         worst = max(max(cold), max(cached))
         print(f"  target < 1000 ms: {'met' if worst < 1.0 else 'NOT met'} (slowest first page {worst * 1000:.0f} ms)")
 
@@ -230,7 +238,9 @@ def apptest(coll_path: Path, base: list[float]) -> None:
         at.run()
         times.append(time.perf_counter() - t0)
         assert not at.exception, [e.value for e in at.exception]
-    print(f"  whole page script (AppTest, thumbnails cold) {stats(times)}   ratio {statistics.median(times) / statistics.median(base):5.2f}x")
+    print(
+        f"  whole page script (AppTest, thumbnails cold) {stats(times)}   ratio {statistics.median(times) / statistics.median(base):5.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -129,8 +129,23 @@ def cli_build(arch: str, folder: Path, batch: int, workdir: Path, device: str) -
     col = workdir / f"cli-{folder.name}"
     shutil.rmtree(col, ignore_errors=True)
     n = sum(1 for p in folder.rglob("*") if p.suffix.lower() in EXTS)
-    cmd = [sys.executable, "-c", "from indexer.cli import index_main; index_main()", "build", str(folder), "--out", str(col),
-           "--model", f"random:{arch}", "--batch-size", str(batch), "--device", device, "--no-progress", "-q"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from indexer.cli import index_main; index_main()",
+        "build",
+        str(folder),
+        "--out",
+        str(col),
+        "--model",
+        f"random:{arch}",
+        "--batch-size",
+        str(batch),
+        "--device",
+        device,
+        "--no-progress",
+        "-q",
+    ]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     return n / (time.perf_counter() - t0)
@@ -155,22 +170,29 @@ def main() -> None:
 
     from bioclip import load_model
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, device {args.device}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, device {args.device}"
+    )
     model = load_model(f"random:{args.arch}", device=args.device)
     work = Path(tempfile.mkdtemp(prefix="bench-encode-"))
     try:
         real = real_images(work / "real")
         if args.limit:
-            for p in real[args.limit:]:
+            for p in real[args.limit :]:
                 p.unlink()
             real = real[: args.limit]
         big = big_jpegs(work / "big", args.big if "big" in args.sets else 0)
-        print(f"images: {len(real)} real photos from {SHARED} (13 of them camera-trap JPEGs of 1-3 MP, the rest small PNG crops), {len(big)} generated 20 MP JPEGs; batch {args.batch_size}")
+        print(
+            f"images: {len(real)} real photos from {SHARED} (13 of them camera-trap JPEGs of 1-3 MP, the rest small PNG crops), {len(big)} generated 20 MP JPEGs; batch {args.batch_size}"
+        )
         camera = sorted((work / "real" / "images-cameratrap-speciesnet").glob("*.jpg"))
         rows = []
-        sets = (("real photos", work / "real", real), ("camera traps", work / "real" / "images-cameratrap-speciesnet", camera),
-                ("20 MP JPEGs", work / "big", big))
+        sets = (
+            ("real photos", work / "real", real),
+            ("camera traps", work / "real" / "images-cameratrap-speciesnet", camera),
+            ("20 MP JPEGs", work / "big", big),
+        )
         wanted = {"real": "real photos", "camera": "camera traps", "big": "20 MP JPEGs"}
         sets = tuple(x for x in sets if x[0] in {wanted[w] for w in args.sets.split(",")})
         for name, folder, paths in sets:
@@ -189,21 +211,25 @@ def main() -> None:
             c_cli = cli_build(args.arch, folder, args.batch_size, work, args.device)
             rows.append((name, len(paths), runs, c_cli))
         print()
-        print(f"{'set':14s} {'n':>5s} {'a forward':>10s} {'b plain':>9s} {'c build':>9s} {'c CLI':>8s} {'c/a':>6s} {'c/b':>6s}")
+        print(
+            f"{'set':14s} {'n':>5s} {'a forward':>10s} {'b plain':>9s} {'c build':>9s} {'c CLI':>8s} {'c/a':>6s} {'c/b':>6s}"
+        )
         for name, n, runs, c_cli in rows:
-            for i, (a, b, c, rep) in enumerate(runs):
+            for i, (a, b, c, _rep) in enumerate(runs):
                 cli = f"{c_cli:8.2f}" if i == len(runs) - 1 else f"{'':8s}"
                 print(f"{name:14s} {n:5d} {a:10.2f} {b:9.2f} {c:9.2f} {cli} {c / a:6.2f} {c / b:6.2f}")
         print("(images/s; a = mean of a forward-only run before and after b and c; c = indexer.pipeline.build with the")
         print(" model loaded; c CLI = the bioclip-index command as a subprocess, start-up and model creation included)")
-        for name, n, runs, c_cli in rows:
+        for name, _n, runs, _c_cli in rows:
             target_b = 2.0 if "20 MP" in name else 1.3
             ca = float(np.median([c / a for a, b, c, _ in runs]))
             cb = float(np.median([c / b for a, b, c, _ in runs]))
             rep = runs[-1][3]
-            print(f"{name}: median c/a {ca:.2f} (target >= 0.85: {'met' if ca >= 0.85 else 'MISSED'}), "
-                  f"median c/b {cb:.2f} (target >= {target_b}: {'met' if cb >= target_b else 'MISSED'}); "
-                  f"failed {rep['failed']}, encode share of build time {rep['encode_seconds'] / rep['seconds']:.0%}")
+            print(
+                f"{name}: median c/a {ca:.2f} (target >= 0.85: {'met' if ca >= 0.85 else 'MISSED'}), "
+                f"median c/b {cb:.2f} (target >= {target_b}: {'met' if cb >= target_b else 'MISSED'}); "
+                f"failed {rep['failed']}, encode share of build time {rep['encode_seconds'] / rep['seconds']:.0%}"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -100,19 +100,27 @@ def main() -> None:
     name = torch.cuda.get_device_name(0) if dev.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
     dtype = torch.bfloat16 if dev.startswith("cuda") else torch.float32
     ceiling = matmul_ceiling(dev, dtype, 512 if args.quick else 8192, args.seconds / 2)
-    print(f"device: {name}; torch {torch.__version__}; {'bf16' if dtype == torch.bfloat16 else 'fp32'} matmul ceiling {ceiling:.1f} TFLOP/s")
+    print(
+        f"device: {name}; torch {torch.__version__}; {'bf16' if dtype == torch.bfloat16 else 'fp32'} matmul ceiling {ceiling:.1f} TFLOP/s"
+    )
     work = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     try:
         make_images(work / "imgs", args.images)
-        print(f"{'arch':10s} {'forward img/s':>14s} {'TFLOP/s':>8s} {'of ceiling':>10s} {'build img/s':>12s} {'build/forward':>14s}")
+        print(
+            f"{'arch':10s} {'forward img/s':>14s} {'TFLOP/s':>8s} {'of ceiling':>10s} {'build img/s':>12s} {'build/forward':>14s}"
+        )
         for arch in args.archs.split(","):
             model = load_model(f"random:{arch}", device=dev, precision="bf16" if dev.startswith("cuda") else "fp32")
             fwd = forward_rate(model, args.batch_size, args.seconds)
             tflops = fwd * GFLOP_PER_IMAGE.get(arch, float("nan")) / 1000
             col = work / f"col-{arch}"
             t0 = time.perf_counter()
-            report = build(col, [FolderSource(work / "imgs")], model=model,
-                           options=BuildOptions(batch_size=args.batch_size, build_index=False))
+            report = build(
+                col,
+                [FolderSource(work / "imgs")],
+                model=model,
+                options=BuildOptions(batch_size=args.batch_size, build_index=False),
+            )
             rate = report.encoded / (time.perf_counter() - t0)
             print(f"{arch:10s} {fwd:14.1f} {tflops:8.1f} {tflops / ceiling:10.1%} {rate:12.1f} {rate / fwd:14.2f}")
             shutil.rmtree(col, ignore_errors=True)

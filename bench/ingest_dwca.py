@@ -72,7 +72,7 @@ CORE = [
     (DC + "license", "'http://creativecommons.org/licenses/by/4.0/'"),
     (DWC + "preparations", "'skin'"),
     (DWC + "habitat", "'woodland edge'"),
-    (DWC + "dynamicProperties", "'{\"barcode\": \"' || (10000000 + i) || '\", \"project\": \"digitisation\"}'"),
+    (DWC + "dynamicProperties", '\'{"barcode": "\' || (10000000 + i) || \'", "project": "digitisation"}\''),
 ]
 MEDIA = [
     (DC + "identifier", "'https://media.example.org/asset/' || md5(CAST(i AS VARCHAR)) || '/contents/preview'"),

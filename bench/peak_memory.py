@@ -85,8 +85,9 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=1000)
     ap.add_argument("--large", type=int, default=10000)
     args = ap.parse_args()
-    from bioclip.testing import write_random_model
     from imagegen import make_folder
+
+    from bioclip.testing import write_random_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-mem-"))
     try:
@@ -94,13 +95,29 @@ def main() -> None:
         t0 = time.perf_counter()
         small = make_folder(work / "small", args.small)
         large = make_folder(work / "large", args.large)
-        print(f"generated {args.small} + {args.large} images in {time.perf_counter() - t0:.0f}s; "
-              f"{os.cpu_count()} cores; sampling PSS of the build process tree every 20 ms")
+        print(
+            f"generated {args.small} + {args.large} images in {time.perf_counter() - t0:.0f}s; "
+            f"{os.cpu_count()} cores; sampling PSS of the build process tree every 20 ms"
+        )
 
         def cmd(folder: Path, out: Path) -> list[str]:
-            return [sys.executable, "-c", "from indexer.cli import index_main; index_main()", "build", str(folder),
-                    "--labels", str(folder / "labels.csv"), "--out", str(out), "--model", f"local-dir:{model}",
-                    "--device", "cpu", "--no-progress", "-q"]
+            return [
+                sys.executable,
+                "-c",
+                "from indexer.cli import index_main; index_main()",
+                "build",
+                str(folder),
+                "--labels",
+                str(folder / "labels.csv"),
+                "--out",
+                str(out),
+                "--model",
+                f"local-dir:{model}",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "-q",
+            ]
 
         p_small, s_small = run_measured(cmd(small, work / "col-small"))
         p_large, s_large = run_measured(cmd(large, work / "col-large"))
@@ -110,8 +127,10 @@ def main() -> None:
         print(f"{f'{args.small:,} images':34s} {p_small:12.0f} {s_small:8.1f}")
         print(f"{f'{args.large:,} images':34s} {p_large:12.0f} {s_large:8.1f}")
         ratio = p_large / p_small
-        print(f"peak ratio {args.large:,} / {args.small:,}: {ratio:.3f} (target < 1.2: {'met' if ratio < 1.2 else 'MISSED'}); "
-              f"above baseline: {p_small - p_idle:.0f} MB vs {p_large - p_idle:.0f} MB")
+        print(
+            f"peak ratio {args.large:,} / {args.small:,}: {ratio:.3f} (target < 1.2: {'met' if ratio < 1.2 else 'MISSED'}); "
+            f"above baseline: {p_small - p_idle:.0f} MB vs {p_large - p_idle:.0f} MB"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -58,18 +58,70 @@ SELECTIVITIES = (0.001, 0.01, 0.1, 0.5)
 MODEL = "random:ViT-B-16"
 CHUNK = 50_000
 
-_SYL = ["ca", "lo", "mi", "ra", "te", "xu", "ph", "dr", "li", "se", "bu", "ne", "go", "ty", "ve", "mo"]  # fixed width: unique names
-_ADJ = ["common", "lesser", "greater", "spotted", "red", "black", "mountain", "river", "desert", "striped", "pale", "giant"]
+_SYL = [
+    "ca",
+    "lo",
+    "mi",
+    "ra",
+    "te",
+    "xu",
+    "ph",
+    "dr",
+    "li",
+    "se",
+    "bu",
+    "ne",
+    "go",
+    "ty",
+    "ve",
+    "mo",
+]  # fixed width: unique names
+_ADJ = [
+    "common",
+    "lesser",
+    "greater",
+    "spotted",
+    "red",
+    "black",
+    "mountain",
+    "river",
+    "desert",
+    "striped",
+    "pale",
+    "giant",
+]
 _NOUN = ["crow", "warbler", "beetle", "moth", "orchid", "frog", "shrew", "fern", "lizard", "finch", "sedge", "snail"]
-COUNTRIES = ["Kenya", "Tanzania", "Brazil", "Peru", "Indonesia", "India", "Australia", "Canada", "Norway", "Sweden",
-             "United Kingdom", "France", "Madagascar", "Mexico", "Colombia", "South Africa", "China", "Japan", "Chile", "Spain"]
+COUNTRIES = [
+    "Kenya",
+    "Tanzania",
+    "Brazil",
+    "Peru",
+    "Indonesia",
+    "India",
+    "Australia",
+    "Canada",
+    "Norway",
+    "Sweden",
+    "United Kingdom",
+    "France",
+    "Madagascar",
+    "Mexico",
+    "Colombia",
+    "South Africa",
+    "China",
+    "Japan",
+    "Chile",
+    "Spain",
+]
 INSTITUTIONS = ["NHM", "MNHN", "AMNH", "NRM", "MZB", "USNM", "RBGK", "MCZ", "ZSM", "BMNH"]
 
 
 def latin(i: int, suffix: str) -> np.ndarray:
     """Deterministic Latin-looking names: Caloraidae, Mixuformes ..."""
     i = np.asarray(i)
-    base = np.char.add(np.char.add(np.take(_SYL, i % 16), np.take(_SYL, (i // 16) % 16)), np.take(_SYL, (i // 256) % 16))
+    base = np.char.add(
+        np.char.add(np.take(_SYL, i % 16), np.take(_SYL, (i // 16) % 16)), np.take(_SYL, (i // 256) % 16)
+    )
     base = np.char.add(base, np.where(i >= 4096, (i // 4096).astype(str), ""))
     return np.char.add(np.char.capitalize(base), suffix)
 
@@ -89,7 +141,9 @@ class Synthetic:
         cone /= np.linalg.norm(cone)
         genera = rng.standard_normal((n_genera, D)) @ self.basis
         self.genus_of = rng.integers(0, n_genera, self.n_species)
-        self.centres = (0.8 * cone + genera[self.genus_of] + 0.6 * (rng.standard_normal((self.n_species, D)) @ self.basis)).astype(np.float32)
+        self.centres = (
+            0.8 * cone + genera[self.genus_of] + 0.6 * (rng.standard_normal((self.n_species, D)) @ self.basis)
+        ).astype(np.float32)
         sizes = rng.pareto(1.2, self.n_species) + 1.0
         self.probs = sizes / sizes.sum()
         # lineage above the genus: family = genus // 6, order = family // 5, class = order // 4 ...
@@ -116,9 +170,14 @@ class Synthetic:
         phylum, kingdom = cls // 3, (cls // 3) % 2
         genus = latin(g + 7, "")
         epithet = np.char.lower(latin(labels * 7 + 3, "a"))
-        common = np.where(self.has_common[labels],
-                          np.char.add(np.char.add(np.take(_ADJ, labels % 12), " "), np.take(_NOUN, (labels // 12) % 12)), "")
-        common = np.char.add(common, np.where(self.has_common[labels], np.char.add(" ", (labels // 144).astype(str)), ""))
+        common = np.where(
+            self.has_common[labels],
+            np.char.add(np.char.add(np.take(_ADJ, labels % 12), " "), np.take(_NOUN, (labels // 12) % 12)),
+            "",
+        )
+        common = np.char.add(
+            common, np.where(self.has_common[labels], np.char.add(" ", (labels // 144).astype(str)), "")
+        )
         country = np.where(rng.random(m) < 0.7, self.home[labels], rng.integers(0, len(COUNTRIES), m))
         year = np.clip(2023 - np.floor(rng.exponential(45, m)).astype(int), 1850, 2023)
         inst = np.minimum(rng.zipf(1.6, m) - 1, len(INSTITUTIONS) - 1)
@@ -128,30 +187,32 @@ class Synthetic:
         lat = np.where(has, rng.uniform(-60, 70, m), np.nan)
         lon = np.where(has, rng.uniform(-170, 170, m), np.nan)
         record = np.where(i % 10 < 2, np.char.add("rec-", (i // 2).astype(str)), None)  # 10% in pairs
-        return pa.table({
-            "key": np.char.add("synthetic/", i.astype(str)).tolist(),
-            "source": ["synthetic"] * m,
-            "location": np.char.add(np.char.add("/data/images/", i.astype(str)), ".jpg").tolist(),
-            "kingdom": np.take(["Animalia", "Plantae"], kingdom).tolist(),
-            "phylum": latin(phylum + 11, "phyta").tolist(),
-            "class": latin(cls + 13, "ia").tolist(),
-            "order": latin(order + 17, "formes").tolist(),
-            "family": latin(fam + 19, "idae").tolist(),
-            "genus": genus.tolist(),
-            "specificEpithet": epithet.tolist(),
-            "scientificName": np.char.add(np.char.add(genus, " "), epithet).tolist(),
-            "vernacularName": [c or None for c in common.tolist()],
-            "catalogNumber": np.char.add("CAT-", i.astype(str)).tolist(),
-            "recordID": record.tolist(),
-            "institutionCode": np.take(INSTITUTIONS, inst).tolist(),
-            "basisOfRecord": basis.tolist(),
-            "typeStatus": type_status.tolist(),
-            "country": np.take(COUNTRIES, country).tolist(),
-            "year": year.astype(str).tolist(),
-            "license": rng.choice(["CC0-1.0", "CC-BY-4.0", "CC-BY-NC-4.0"], m).tolist(),
-            "decimalLatitude": pa.array(lat, pa.float64(), from_pandas=True),
-            "decimalLongitude": pa.array(lon, pa.float64(), from_pandas=True),
-        })
+        return pa.table(
+            {
+                "key": np.char.add("synthetic/", i.astype(str)).tolist(),
+                "source": ["synthetic"] * m,
+                "location": np.char.add(np.char.add("/data/images/", i.astype(str)), ".jpg").tolist(),
+                "kingdom": np.take(["Animalia", "Plantae"], kingdom).tolist(),
+                "phylum": latin(phylum + 11, "phyta").tolist(),
+                "class": latin(cls + 13, "ia").tolist(),
+                "order": latin(order + 17, "formes").tolist(),
+                "family": latin(fam + 19, "idae").tolist(),
+                "genus": genus.tolist(),
+                "specificEpithet": epithet.tolist(),
+                "scientificName": np.char.add(np.char.add(genus, " "), epithet).tolist(),
+                "vernacularName": [c or None for c in common.tolist()],
+                "catalogNumber": np.char.add("CAT-", i.astype(str)).tolist(),
+                "recordID": record.tolist(),
+                "institutionCode": np.take(INSTITUTIONS, inst).tolist(),
+                "basisOfRecord": basis.tolist(),
+                "typeStatus": type_status.tolist(),
+                "country": np.take(COUNTRIES, country).tolist(),
+                "year": year.astype(str).tolist(),
+                "license": rng.choice(["CC0-1.0", "CC-BY-4.0", "CC-BY-NC-4.0"], m).tolist(),
+                "decimalLatitude": pa.array(lat, pa.float64(), from_pandas=True),
+                "decimalLongitude": pa.array(lon, pa.float64(), from_pandas=True),
+            }
+        )
 
 
 def make_collection(path: Path, n: int, model, syn: Synthetic) -> None:
@@ -170,8 +231,11 @@ def make_collection(path: Path, n: int, model, syn: Synthetic) -> None:
             print(f"  wrote {start + m:,} images ({time.perf_counter() - t0:.0f}s)", flush=True)
         t1 = time.perf_counter()
         entry = update_index(w)
-        print(f"  index {entry['factory']} built in {time.perf_counter() - t1:.0f}s "
-              f"(measured recall@10 {entry['info'].get('measured_recall')}, params {entry['info'].get('params')})", flush=True)
+        print(
+            f"  index {entry['factory']} built in {time.perf_counter() - t1:.0f}s "
+            f"(measured recall@10 {entry['info'].get('measured_recall')}, params {entry['info'].get('params')})",
+            flush=True,
+        )
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -210,8 +274,10 @@ def run(args) -> None:
         taxonomy = engine.taxonomy
         tax_s = time.perf_counter() - t0
         info = engine.info()
-        print(f"opened in {open_s:.1f}s; taxonomy of {len(taxonomy):,} taxa built in {tax_s:.1f}s; index {info['index']}, "
-              f"params {(info.get('index_info') or {}).get('params')}")
+        print(
+            f"opened in {open_s:.1f}s; taxonomy of {len(taxonomy):,} taxa built in {tax_s:.1f}s; index {info['index']}, "
+            f"params {(info.get('index_info') or {}).get('params')}"
+        )
         text_part(args, engine, model, taxonomy)
         filter_part(args, engine, syn, path, Filter, ann)
     finally:
@@ -257,14 +323,37 @@ def text_part(args, engine, model, taxonomy) -> None:
             engine.search(t, k=K)
             cached.append((time.perf_counter() - t0) * 1000)
         p50 = pct(whole, 50)
-        rows.append([threads, len(texts), p50, pct(whole, 99), pct(parts["embed"], 50), pct(parts["search"], 50),
-                     pct(parts["metadata"], 50), pct(enc, 50), p50 / pct(enc, 50), pct(cached, 50),
-                     "yes" if p50 <= 150 else "NO"])
+        rows.append(
+            [
+                threads,
+                len(texts),
+                p50,
+                pct(whole, 99),
+                pct(parts["embed"], 50),
+                pct(parts["search"], 50),
+                pct(parts["metadata"], 50),
+                pct(enc, 50),
+                p50 / pct(enc, 50),
+                pct(cached, 50),
+                "yes" if p50 <= 150 else "NO",
+            ]
+        )
     torch.set_num_threads(default_threads)
     print_table(
         f"(a) whole text query, k={K}: fresh text each time (taxon names, vernacular names, free text); ms",
-        ["torch threads", "queries", "p50", "p99", "embed p50", "search p50", "metadata p50", "encode-only p50",
-         "whole/encode", "same text again p50", "p50 <= 150"],
+        [
+            "torch threads",
+            "queries",
+            "p50",
+            "p99",
+            "embed p50",
+            "search p50",
+            "metadata p50",
+            "encode-only p50",
+            "whole/encode",
+            "same text again p50",
+            "p50 <= 150",
+        ],
         rows,
     )
 
@@ -291,8 +380,10 @@ def filter_part(args, engine, syn: Synthetic, path: Path, Filter, ann) -> None:
     _, truth_all = ann.exact_search(vecs, ids, queries, K)
     found = np.array([[h.id for h in engine.search(vector=q, k=K).hits] for q in queries])
     base_p50 = pct(unfiltered, 50)
-    print(f"\nunfiltered vector query through the engine: p50 {base_p50:.2f} ms, p99 {pct(unfiltered, 99):.2f} ms, "
-          f"recall@10 {ann.recall_at_k(found, truth_all, K):.3f}")
+    print(
+        f"\nunfiltered vector query through the engine: p50 {base_p50:.2f} ms, p99 {pct(unfiltered, 99):.2f} ms, "
+        f"recall@10 {ann.recall_at_k(found, truth_all, K):.3f}"
+    )
 
     years = dict(con.execute("SELECT year, count(*) FROM images GROUP BY 1").fetchall())
     fam = con.execute('SELECT family, genus, "scientificName", count(*) FROM images GROUP BY ALL').fetchall()
@@ -309,7 +400,9 @@ def filter_part(args, engine, syn: Synthetic, path: Path, Filter, ann) -> None:
                 flt = Filter.range("year", lo, hi)
                 sql, params = "year BETWEEN ? AND ?", [lo, hi]
                 label = f"year {lo}..{hi}"
-            allowed = np.sort(np.asarray(con.execute(f"SELECT id FROM images WHERE {sql}", params).fetchnumpy()["id"], dtype=np.int64))
+            allowed = np.sort(
+                np.asarray(con.execute(f"SELECT id FROM images WHERE {sql}", params).fetchnumpy()["id"], dtype=np.int64)
+            )
             _, truth = ann.exact_search(vecs, ids, queries, K, allowed_ids=allowed)
             t0 = time.perf_counter()
             first = engine.search(vector=queries[0], k=K, filters=flt)
@@ -323,12 +416,35 @@ def filter_part(args, engine, syn: Synthetic, path: Path, Filter, ann) -> None:
                 got.append([h.id for h in r.hits] + [-1] * (K - len(r.hits)))
             recall = ann.recall_at_k(np.array(got), truth, K)
             p50 = pct(lat, 50)
-            rows.append([f"{p:.1%}", kind, label, f"{allowed.size / syn.n:.2%}", round(recall, 3), p50, pct(lat, 99), cold,
-                         p50 / base_p50, "yes" if recall >= 0.95 else "NO"])
+            rows.append(
+                [
+                    f"{p:.1%}",
+                    kind,
+                    label,
+                    f"{allowed.size / syn.n:.2%}",
+                    round(recall, 3),
+                    p50,
+                    pct(lat, 99),
+                    cold,
+                    p50 / base_p50,
+                    "yes" if recall >= 0.95 else "NO",
+                ]
+            )
     print_table(
         f"(b) filtered vector queries through the engine, k={K}, {len(queries)} queries each; ms; "
         f"ratio = filtered p50 / unfiltered p50 ({base_p50:.2f} ms)",
-        ["target", "filter", "what", "selected", "recall@10", "p50", "p99", "first query (SQL)", "ratio", "recall >= 0.95"],
+        [
+            "target",
+            "filter",
+            "what",
+            "selected",
+            "recall@10",
+            "p50",
+            "p99",
+            "first query (SQL)",
+            "ratio",
+            "recall >= 0.95",
+        ],
         rows,
     )
 

@@ -95,8 +95,14 @@ def main() -> None:
                 )
             )
         ray.init(
-            address="local", num_cpus=args.cpus, num_gpus=0, include_dashboard=False,
-            object_store_memory=300 * 1024 * 1024, _temp_dir=ray_tmp, configure_logging=False, log_to_driver=False,
+            address="local",
+            num_cpus=args.cpus,
+            num_gpus=0,
+            include_dashboard=False,
+            object_store_memory=300 * 1024 * 1024,
+            _temp_dir=ray_tmp,
+            configure_logging=False,
+            log_to_driver=False,
         )
         try:
             warm = make_images(work / "warm", 8, size)
@@ -121,10 +127,12 @@ def main() -> None:
             marginal = 2 * n / (t3 - t1) if t3 > t1 else float("nan")
             rates[executor] = (n / t1, 3 * n / t3, marginal)
             print(f"{executor:9s} {n / t1:8.1f} {3 * n / t3:8.1f} {marginal:11.1f}")
-        r, l = rates["ray"], rates["local"]
-        print(f"ratio ray/local: n {r[0] / l[0]:.2f}, 3n {r[1] / l[1]:.2f}, marginal {r[2] / l[2]:.2f}")
-        print(f"(images/s of whole builds, medians of {args.rounds} rounds, model already loaded here; "
-              "marginal = 2n / (t(3n) - t(n)))")
+        r, loc = rates["ray"], rates["local"]
+        print(f"ratio ray/local: n {r[0] / loc[0]:.2f}, 3n {r[1] / loc[1]:.2f}, marginal {r[2] / loc[2]:.2f}")
+        print(
+            f"(images/s of whole builds, medians of {args.rounds} rounds, model already loaded here; "
+            "marginal = 2n / (t(3n) - t(n)))"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -88,7 +88,9 @@ class Bench:
         self.xq = q / np.linalg.norm(q, axis=1, keepdims=True)
         del store
         self.ids = np.arange(n, dtype=np.int64) * 3 + 1
-        print(f"data: {n:,} x {d} float16 ({file_mib(workdir / 'vectors.f16'):.0f} MiB) + {nq} queries in {t.seconds:.1f} s")
+        print(
+            f"data: {n:,} x {d} float16 ({file_mib(workdir / 'vectors.f16'):.0f} MiB) + {nq} queries in {t.seconds:.1f} s"
+        )
         with Timer() as t:
             self.truth = ann.exact_search(self.xb, self.ids, self.xq, K)[1]
         print(f"exact ground truth for {nq} queries: {t.seconds:.1f} s")
@@ -101,11 +103,21 @@ class Bench:
         out[order] = self.xb[rows[order]]
         return out
 
-    def measure(self, name: str, index: ann.AnnIndex, build_s: float, ram_mib: float, params: dict | None = None, nq: int | None = None) -> dict:
+    def measure(
+        self,
+        name: str,
+        index: ann.AnnIndex,
+        build_s: float,
+        ram_mib: float,
+        params: dict | None = None,
+        nq: int | None = None,
+    ) -> dict:
         nq = min(nq or self.nq, self.nq)
         lookup = self.lookup
         with faiss_threads(1):
-            p50, p99 = latency_ms(lambda i: index.search(self.xq[i : i + 1], K, params=params, vector_lookup=lookup), nq)
+            p50, p99 = latency_ms(
+                lambda i: index.search(self.xq[i : i + 1], K, params=params, vector_lookup=lookup), nq
+            )
             found = index.search(self.xq, K, params=params, vector_lookup=lookup)[1]
         return {
             "name": name,
@@ -121,13 +133,17 @@ class Bench:
             "needs_lookup": index.needs_vector_lookup,
         }
 
-    def build(self, factory: str | None = None, *, n: int | None = None, memory_budget: int | None = None) -> tuple[ann.AnnIndex, float, float]:
+    def build(
+        self, factory: str | None = None, *, n: int | None = None, memory_budget: int | None = None
+    ) -> tuple[ann.AnnIndex, float, float]:
         """(index, build seconds, growth of anonymous resident memory in MiB)."""
         n = n or self.n
         gc.collect()
         before = memory_mib()["RssAnon"]
         with Timer() as t:
-            index = ann.build_index(self.xb[:n], self.ids[:n], factory=factory, memory_budget=memory_budget, seed=self.seed)
+            index = ann.build_index(
+                self.xb[:n], self.ids[:n], factory=factory, memory_budget=memory_budget, seed=self.seed
+            )
         gc.collect()
         return index, t.seconds, memory_mib()["RssAnon"] - before
 
@@ -185,9 +201,13 @@ def filtered(b: Bench, index: ann.AnnIndex, hnsw: object | None) -> list[list[ob
     """Recall and latency under filters: the policy, each path forced, and plain HNSW32."""
     rng = np.random.default_rng(b.seed + 1)
     rows = []
-    cases = [(f"random {s:.1%}", np.sort(rng.choice(b.ids, size=max(K, int(b.n * s)), replace=False))) for s in SELECTIVITIES]
+    cases = [
+        (f"random {s:.1%}", np.sort(rng.choice(b.ids, size=max(K, int(b.n * s)), replace=False))) for s in SELECTIVITIES
+    ]
     anchor = np.asarray(b.xb[int(rng.integers(b.n))], dtype=np.float32)
-    closeness = np.concatenate([np.asarray(b.xb[s : s + 65_536], dtype=np.float32) @ anchor for s in range(0, b.n, 65_536)])
+    closeness = np.concatenate(
+        [np.asarray(b.xb[s : s + 65_536], dtype=np.float32) @ anchor for s in range(0, b.n, 65_536)]
+    )
     region = b.ids[closeness >= np.quantile(closeness, 0.9)]
     cases.append(("region 10%, far queries", region))
     far = np.argsort(b.xq @ anchor)[: max(20, b.nq // 3)]  # the third of the queries least like the region
@@ -199,10 +219,17 @@ def filtered(b: Bench, index: ann.AnnIndex, hnsw: object | None) -> list[list[ob
         variants = ["policy", "selector"] + (["exact subset"] if allowed.size <= 100_000 else [])
         results = {}
         for name in variants:
-            with _forced_path(name):
-                with faiss_threads(1):
-                    p50, _ = latency_ms(lambda i: index.search(queries[i % len(queries) : i % len(queries) + 1], K, allowed_ids=allowed, vector_lookup=b.lookup), nq)
-                    found = index.search(queries, K, allowed_ids=allowed, vector_lookup=b.lookup)[1]
+            with _forced_path(name), faiss_threads(1):
+                p50, _ = latency_ms(
+                    lambda i, queries=queries, allowed=allowed: index.search(
+                        queries[i % len(queries) : i % len(queries) + 1],
+                        K,
+                        allowed_ids=allowed,
+                        vector_lookup=b.lookup,
+                    ),
+                    nq,
+                )
+                found = index.search(queries, K, allowed_ids=allowed, vector_lookup=b.lookup)[1]
             assert np.isin(found[found >= 0], allowed).all(), "a filtered search returned an id outside the filter"
             results[name] = (ann.recall_at_k(found, truth, K), p50)
         for name in ("policy", "selector", "exact subset"):
@@ -247,8 +274,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="200K vectors, for a fast check")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-hnsw", action="store_true", help="skip the HNSW32 reference (its build is the slowest part)")
-    parser.add_argument("--workdir", type=Path, default=None, help="where the temporary files go (default: the system temp dir)")
+    parser.add_argument(
+        "--skip-hnsw", action="store_true", help="skip the HNSW32 reference (its build is the slowest part)"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where the temporary files go (default: the system temp dir)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     n = 200_000 if args.quick else args.n
@@ -297,26 +328,66 @@ def run(b: Bench, *, skip_hnsw: bool) -> None:
 
     print_table(
         f"single queries, k={K}, 1 FAISS thread ({b.n:,} x {b.d})",
-        ["index", "factory", "params", "build s", "bytes/vec", "RAM MiB", "RAM measured as", "p50 ms", "p99 ms", "recall@10", "tuned recall"],
         [
-            [r["name"], r["factory"], r["params"], r["build_s"], r["bytes_per_vector"], r["ram_mib"], r["ram_how"], r["p50"], r["p99"], r["recall"],
-             r["tuned_recall"] if r["tuned_recall"] is not None else "-"]
+            "index",
+            "factory",
+            "params",
+            "build s",
+            "bytes/vec",
+            "RAM MiB",
+            "RAM measured as",
+            "p50 ms",
+            "p99 ms",
+            "recall@10",
+            "tuned recall",
+        ],
+        [
+            [
+                r["name"],
+                r["factory"],
+                r["params"],
+                r["build_s"],
+                r["bytes_per_vector"],
+                r["ram_mib"],
+                r["ram_how"],
+                r["p50"],
+                r["p99"],
+                r["recall"],
+                r["tuned_recall"] if r["tuned_recall"] is not None else "-",
+            ]
             for r in main_rows
         ],
     )
     ratios = [_ratios("auto vs exact", auto, exact)]
     if hnsw is not None:
         ratios.append(_ratios("auto vs HNSW32 ef256", auto, main_rows[-1]))
-    print_table("ratios (> 1: auto is faster / smaller)", ["", "speed-up p50", "speed-up p99", "recall diff", "build time ratio", "bytes/vec ratio"], ratios)
+    print_table(
+        "ratios (> 1: auto is faster / smaller)",
+        ["", "speed-up p50", "speed-up p99", "recall diff", "build time ratio", "bytes/vec ratio"],
+        ratios,
+    )
     ok = auto["p50"] <= 5 and auto["recall"] >= 0.95
-    print(f"target p50 <= 5 ms at recall@10 >= 0.95: {'met' if ok else 'MISSED'} (p50 {auto['p50']:.2f} ms, recall {auto['recall']:.3f})")
+    print(
+        f"target p50 <= 5 ms at recall@10 >= 0.95: {'met' if ok else 'MISSED'} (p50 {auto['p50']:.2f} ms, recall {auto['recall']:.3f})"
+    )
 
     # 4. filtered search
     rows = filtered(b, index, hnsw)
-    header = ["filter", "allowed", "policy recall", "policy p50 ms", "selector recall", "selector p50 ms", "exact-subset recall", "exact-subset p50 ms"]
+    header = [
+        "filter",
+        "allowed",
+        "policy recall",
+        "policy p50 ms",
+        "selector recall",
+        "selector p50 ms",
+        "exact-subset recall",
+        "exact-subset p50 ms",
+    ]
     if hnsw is not None:
         header += ["HNSW32 recall", "HNSW32 p50 ms"]
-    print_table(f"filtered search on the auto index ({auto['factory']}), vs exact filtered search, 1 FAISS thread", header, rows)
+    print_table(
+        f"filtered search on the auto index ({auto['factory']}), vs exact filtered search, 1 FAISS thread", header, rows
+    )
     del index, hnsw
     gc.collect()
 
@@ -332,9 +403,34 @@ def run(b: Bench, *, skip_hnsw: bool) -> None:
     ram_mmap = index_ram_mib(path, mmap=True)
     print_table(
         f"compressed configuration for a {budget / 2**20:.0f} MiB budget (RAM: a fresh process loading the index file)",
-        ["factory", "params", "build s", "bytes/vec", "file MiB", "RAM loaded MiB", "RAM after queries MiB", "RAM mmap MiB", "p50 ms", "recall@10", "needs vector_lookup"],
-        [[row["factory"], row["params"], row["build_s"], row["bytes_per_vector"], file_mib(path), ram["load_mib"], ram["after_search_mib"],
-          ram_mmap["after_search_mib"], row["p50"], row["recall"], row["needs_lookup"]]],
+        [
+            "factory",
+            "params",
+            "build s",
+            "bytes/vec",
+            "file MiB",
+            "RAM loaded MiB",
+            "RAM after queries MiB",
+            "RAM mmap MiB",
+            "p50 ms",
+            "recall@10",
+            "needs vector_lookup",
+        ],
+        [
+            [
+                row["factory"],
+                row["params"],
+                row["build_s"],
+                row["bytes_per_vector"],
+                file_mib(path),
+                ram["load_mib"],
+                ram["after_search_mib"],
+                ram_mmap["after_search_mib"],
+                row["p50"],
+                row["recall"],
+                row["needs_lookup"],
+            ]
+        ],
     )
     ok = max(ram["load_mib"], ram["after_search_mib"]) * 2**20 <= 600e6 * b.n / 1_000_000 and row["recall"] >= 0.9
     print(f"target <= 600 MB RAM per 1M vectors at recall@10 >= 0.9: {'met' if ok else 'MISSED'}")
@@ -344,10 +440,28 @@ def run(b: Bench, *, skip_hnsw: bool) -> None:
     for m in sorted({max(10_000, b.n // 10), max(10_000, b.n * 3 // 10)} - {b.n}):
         idx, secs, _ = b.build(n=m)
         idx.save(b.workdir / "growth.faiss")
-        growth.append([f"{m:,}", idx.factory, idx.info.params, secs, file_mib(b.workdir / "growth.faiss"), idx.info.measured_recall])
+        growth.append(
+            [
+                f"{m:,}",
+                idx.factory,
+                idx.info.params,
+                secs,
+                file_mib(b.workdir / "growth.faiss"),
+                idx.info.measured_recall,
+            ]
+        )
         del idx
         gc.collect()
-    growth.append([f"{b.n:,}", auto["factory"], auto["params"], auto["build_s"], file_mib(b.workdir / "auto.faiss"), auto["tuned_recall"]])
+    growth.append(
+        [
+            f"{b.n:,}",
+            auto["factory"],
+            auto["params"],
+            auto["build_s"],
+            file_mib(b.workdir / "auto.faiss"),
+            auto["tuned_recall"],
+        ]
+    )
     first_s, first_mib = growth[0][3], growth[0][4]
     for row in growth:
         row += [row[3] / first_s, row[4] / first_mib]
@@ -359,8 +473,14 @@ def run(b: Bench, *, skip_hnsw: bool) -> None:
 
 
 def _ratios(label: str, a: dict, ref: dict) -> list[object]:
-    return [label, ref["p50"] / a["p50"], ref["p99"] / a["p99"], a["recall"] - ref["recall"], a["build_s"] / max(ref["build_s"], 1e-9),
-            a["bytes_per_vector"] / ref["bytes_per_vector"]]
+    return [
+        label,
+        ref["p50"] / a["p50"],
+        ref["p99"] / a["p99"],
+        a["recall"] - ref["recall"],
+        a["build_s"] / max(ref["build_s"], 1e-9),
+        a["bytes_per_vector"] / ref["bytes_per_vector"],
+    ]
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import open_clip
@@ -107,9 +108,7 @@ def pick_device(device: str = "auto") -> str:
         if ":" in wanted:
             index = wanted.split(":", 1)[1]
             if not index.isdigit() or int(index) >= torch.cuda.device_count():
-                raise DeviceError(
-                    f"Device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)."
-                )
+                raise DeviceError(f"Device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s).")
         return wanted
     if wanted == "mps":
         if not _mps_available():
@@ -243,8 +242,7 @@ class ClipModel:
         texts = _text_list(texts)
         _check_batch_size(batch_size)
         chunks = [
-            self._forward(self._encode_text, self._tokenizer(list(chunk)))
-            for chunk in _chunks(texts, batch_size)
+            self._forward(self._encode_text, self._tokenizer(list(chunk))) for chunk in _chunks(texts, batch_size)
         ]
         return np.concatenate(chunks) if chunks else self._empty()
 
@@ -448,7 +446,7 @@ def _how_to_get_offline(spec: ModelSpec) -> str:
     repo = spec.repo_id or "ORG/REPO"
     return (
         "To use it without network access: on a connected machine run "
-        f"`hf download {repo}` (or `python -c \"import huggingface_hub; "
+        f'`hf download {repo}` (or `python -c "import huggingface_hub; '
         f"huggingface_hub.snapshot_download('{repo}')\"`), copy that machine's Hugging Face cache "
         "folder (~/.cache/huggingface/hub) here and point HF_HUB_CACHE at it; or put "
         "open_clip_config.json and the weights file (open_clip_model.safetensors or "
@@ -588,8 +586,7 @@ def _load_local_dir(folder: Path, spec: ModelSpec, device: str) -> _Loaded:
             raise KeyError("model_cfg.embed_dim")
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelSpecError(
-            f"Model {spec.name!r}: {config_path} is not an open_clip config (needs model_cfg with "
-            f"embed_dim): {exc}"
+            f"Model {spec.name!r}: {config_path} is not an open_clip config (needs model_cfg with embed_dim): {exc}"
         ) from exc
     weights = _find_weights(folder)
     if weights is None:

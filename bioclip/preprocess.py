@@ -19,8 +19,9 @@ configs can be read, compared and pickled without torch.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = [
     "OPENAI_MEAN",
@@ -95,9 +96,7 @@ class PreprocessConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(
-                f"Unknown preprocessing config key(s) {unknown}; known keys are {sorted(known)}."
-            )
+            raise ValueError(f"Unknown preprocessing config key(s) {unknown}; known keys are {sorted(known)}.")
         return cls(**dict(d))
 
 

@@ -109,8 +109,7 @@ class ModelSpec:
         if self.revision is not None:
             if kind != "hf-hub":
                 raise ModelSpecError(
-                    f"Model spec {self.name!r}: a revision can only be pinned for hf-hub: sources, "
-                    f"not {self.source!r}."
+                    f"Model spec {self.name!r}: a revision can only be pinned for hf-hub: sources, not {self.source!r}."
                 )
             if not _REVISION.match(self.revision):
                 raise ModelSpecError(f"Model spec {self.name!r}: invalid revision {self.revision!r}.")
@@ -119,9 +118,7 @@ class ModelSpec:
                 f"Model spec {self.name!r}: 'pretrained' is only for ARCH sources, not {self.source!r}."
             )
         if kind == "checkpoint" and not os.path.isabs(self.pretrained or ""):
-            raise ModelSpecError(
-                f"Model spec {self.name!r}: checkpoint path {self.pretrained!r} must be absolute."
-            )
+            raise ModelSpecError(f"Model spec {self.name!r}: checkpoint path {self.pretrained!r} must be absolute.")
 
     @property
     def kind(self) -> SourceKind:
@@ -129,23 +126,17 @@ class ModelSpec:
         or ``random``."""
         src = self.source
         if src.startswith(HF_HUB):
-            repo = src[len(HF_HUB):]
+            repo = src[len(HF_HUB) :]
             if not _REPO_ID.match(repo):
-                raise ModelSpecError(
-                    f"Model spec {self.name!r}: {src!r} is not hf-hub:ORG/REPO. {_accepted_forms()}"
-                )
+                raise ModelSpecError(f"Model spec {self.name!r}: {src!r} is not hf-hub:ORG/REPO. {_accepted_forms()}")
             return "hf-hub"
         if src.startswith(LOCAL_DIR):
-            if not os.path.isabs(src[len(LOCAL_DIR):]):
-                raise ModelSpecError(
-                    f"Model spec {self.name!r}: the local-dir: path in {src!r} must be absolute."
-                )
+            if not os.path.isabs(src[len(LOCAL_DIR) :]):
+                raise ModelSpecError(f"Model spec {self.name!r}: the local-dir: path in {src!r} must be absolute.")
             return "local-dir"
         if src.startswith(RANDOM):
-            if not _ARCH.match(src[len(RANDOM):]):
-                raise ModelSpecError(
-                    f"Model spec {self.name!r}: {src!r} is not random:ARCH. {_accepted_forms()}"
-                )
+            if not _ARCH.match(src[len(RANDOM) :]):
+                raise ModelSpecError(f"Model spec {self.name!r}: {src!r} is not random:ARCH. {_accepted_forms()}")
             return "random"
         if not _ARCH.match(src):
             raise ModelSpecError(f"Model spec {self.name!r}: unknown source {src!r}. {_accepted_forms()}")
@@ -160,14 +151,14 @@ class ModelSpec:
     @property
     def repo_id(self) -> str | None:
         """``ORG/REPO`` for hf-hub sources, else None."""
-        return self.source[len(HF_HUB):] if self.source.startswith(HF_HUB) else None
+        return self.source[len(HF_HUB) :] if self.source.startswith(HF_HUB) else None
 
     @property
     def path(self) -> str | None:
         """The folder (local-dir) or checkpoint file (checkpoint) this spec loads from, else None."""
         kind = self.kind
         if kind == "local-dir":
-            return self.source[len(LOCAL_DIR):]
+            return self.source[len(LOCAL_DIR) :]
         if kind == "checkpoint":
             return self.pretrained
         return None
@@ -178,7 +169,7 @@ class ModelSpec:
         once the model's config has been read)."""
         kind = self.kind
         if kind == "random":
-            return self.source[len(RANDOM):]
+            return self.source[len(RANDOM) :]
         if kind in ("pretrained-tag", "checkpoint"):
             return self.source
         return None
@@ -217,27 +208,20 @@ register(
     ModelSpec(
         name="bioclip",
         source="hf-hub:imageomics/bioclip",
-        description="BioCLIP (Stevens et al. 2024): open_clip ViT-B/16, 224 px, 512-d, "
-        "trained on TreeOfLife-10M.",
+        description="BioCLIP (Stevens et al. 2024): open_clip ViT-B/16, 224 px, 512-d, trained on TreeOfLife-10M.",
     )
 )
 register(
     ModelSpec(
         name="bioclip-2",
         source="hf-hub:imageomics/bioclip-2",
-        description="BioCLIP 2 (Gu et al. 2025): open_clip ViT-L/14, 224 px, 768-d, "
-        "trained on TreeOfLife-200M.",
+        description="BioCLIP 2 (Gu et al. 2025): open_clip ViT-L/14, 224 px, 768-d, trained on TreeOfLife-200M.",
     )
 )
 
 
 def _looks_like_path(value: str) -> bool:
-    return (
-        "/" in value
-        or "\\" in value
-        or value.startswith((".", "~"))
-        or value.lower().endswith(CHECKPOINT_SUFFIXES)
-    )
+    return "/" in value or "\\" in value or value.startswith((".", "~")) or value.lower().endswith(CHECKPOINT_SUFFIXES)
 
 
 def _registered_hf_spec(source: str) -> ModelSpec | None:
@@ -257,7 +241,7 @@ def _parse(model: str) -> ModelSpec:
         return registered
 
     if text.startswith(HF_HUB):
-        rest = text[len(HF_HUB):]
+        rest = text[len(HF_HUB) :]
         repo, sep, revision = rest.partition("@")
         if not _REPO_ID.match(repo) or (sep and not _REVISION.match(revision)):
             raise ModelSpecError(f"{text!r} is not hf-hub:ORG/REPO[@REVISION]. {_accepted_forms()}")
@@ -267,14 +251,14 @@ def _parse(model: str) -> ModelSpec:
         return spec.with_revision(revision or None)
 
     if text.startswith(LOCAL_DIR):
-        raw = text[len(LOCAL_DIR):].strip()
+        raw = text[len(LOCAL_DIR) :].strip()
         if not raw:
             raise ModelSpecError(f"{text!r}: empty path after local-dir:. {_accepted_forms()}")
         path = os.path.abspath(os.path.expanduser(raw))
         return ModelSpec(name=LOCAL_DIR + path, source=LOCAL_DIR + path)
 
     if text.startswith(RANDOM):
-        arch = text[len(RANDOM):].strip()
+        arch = text[len(RANDOM) :].strip()
         if not _ARCH.match(arch):
             raise ModelSpecError(f"{text!r} is not random:ARCH. {_accepted_forms()}")
         return ModelSpec(name=RANDOM + arch, source=RANDOM + arch)

@@ -31,8 +31,9 @@ from __future__ import annotations
 import enum
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 __all__ = ["RANKS", "Taxon", "TextForm", "taxon_text", "taxon_prompt"]
 
@@ -190,9 +191,7 @@ class Taxon:
         return cls(**values, common_name=common_name)
 
     @classmethod
-    def from_scientific_name(
-        cls, name: str, rank: str | None = None, common_name: str | None = None
-    ) -> Taxon:
+    def from_scientific_name(cls, name: str, rank: str | None = None, common_name: str | None = None) -> Taxon:
         """Parse a scientific name.
 
         A binomial (``"Corvus corax"``) gives genus + species; authorship, years and
@@ -266,7 +265,7 @@ class Taxon:
             raise ValueError(f"{self.taxonomic_name!r} has no {rank} in its lineage.")
         if rank == self.rank:
             return self
-        cut = {_FIELD[r]: None for r in RANKS[index + 1:]}
+        cut = {_FIELD[r]: None for r in RANKS[index + 1 :]}
         return replace(self, **cut, common_name=None)
 
     def as_dict(self) -> dict[str, str | None]:
@@ -313,4 +312,3 @@ def taxon_text(taxon: Taxon, form: TextForm | str = TextForm.TAXONOMIC_COMMON) -
 def taxon_prompt(taxon: Taxon, form: TextForm | str = TextForm.TAXONOMIC_COMMON) -> str:
     """BioCLIP's caption for ``taxon``: ``a photo of {taxon_text(taxon, form)}.``"""
     return f"a photo of {taxon_text(taxon, form)}."
-

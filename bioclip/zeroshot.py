@@ -11,8 +11,9 @@ Needs numpy only; the model is passed in (anything with ``embed_taxa``, ``embed_
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,9 +41,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return shifted
 
 
-def aggregate_to_rank(
-    probs: np.ndarray, taxa: Sequence[Taxon], rank: str
-) -> tuple[list[Taxon], np.ndarray]:
+def aggregate_to_rank(probs: np.ndarray, taxa: Sequence[Taxon], rank: str) -> tuple[list[Taxon], np.ndarray]:
     """Sum label probabilities (n, L) into the groups of ``taxa`` at ``rank``.
 
     Returns the group taxa (each ``taxon.at_rank(rank)``, in order of first appearance) and an
@@ -128,15 +127,11 @@ class ZeroShotClassifier:
         """(n, d) normalised image embeddings -> (n, L) float64 probabilities (rows sum to 1)."""
         images = np.asarray(image_embeddings, dtype=np.float64)
         if images.ndim != 2 or images.shape[1] != self.label_embeddings.shape[1]:
-            raise ValueError(
-                f"Image embeddings must be (n, {self.label_embeddings.shape[1]}), got {images.shape}."
-            )
+            raise ValueError(f"Image embeddings must be (n, {self.label_embeddings.shape[1]}), got {images.shape}.")
         logits = self.logit_scale * (images @ self.label_embeddings.astype(np.float64).T)
         return _softmax(logits)
 
-    def predict(
-        self, image_embeddings: np.ndarray, k: int = 5, rank: str | None = None
-    ) -> list[list[Prediction]]:
+    def predict(self, image_embeddings: np.ndarray, k: int = 5, rank: str | None = None) -> list[list[Prediction]]:
         """Top ``k`` predictions per image, best first.
 
         With ``rank``, label (species) probabilities are first summed to that rank

@@ -118,16 +118,17 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from indexer.errors import IndexerError
 
 if TYPE_CHECKING:  # faiss is imported lazily: importing this module stays cheap
-    import faiss
+    pass
 
 __all__ = [
     "AnnError",
@@ -744,7 +745,13 @@ class AnnIndex:
         return self._ann_search(q, k, p, _Selector(None, excluded), selectivity, want, None, vector_lookup)
 
     def _search_filtered(
-        self, q: np.ndarray, k: int, p: dict[str, int], allowed: np.ndarray, lookup: VectorLookup | None, exact_ok: bool = True
+        self,
+        q: np.ndarray,
+        k: int,
+        p: dict[str, int],
+        allowed: np.ndarray,
+        lookup: VectorLookup | None,
+        exact_ok: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The filter policy for sorted allowed ids: post-filter large sets, the rest (and rows the
         post-filter left short) by :meth:`_search_allowed`. ``exact_ok=False`` (tuning) never takes
@@ -758,7 +765,13 @@ class AnnIndex:
         return scores, ids
 
     def _search_allowed(
-        self, q: np.ndarray, k: int, p: dict[str, int], allowed: np.ndarray, lookup: VectorLookup | None, exact_ok: bool = True
+        self,
+        q: np.ndarray,
+        k: int,
+        p: dict[str, int],
+        allowed: np.ndarray,
+        lookup: VectorLookup | None,
+        exact_ok: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Small sets exactly over their vectors, larger ones through the selector path."""
         where = self._lists_for().lists_of(allowed)
@@ -796,7 +809,13 @@ class AnnIndex:
         return scores, ids, short
 
     def _filtered_ann(
-        self, q: np.ndarray, k: int, p: dict[str, int], allowed: np.ndarray, where: np.ndarray, lookup: VectorLookup | None
+        self,
+        q: np.ndarray,
+        k: int,
+        p: dict[str, int],
+        allowed: np.ndarray,
+        where: np.ndarray,
+        lookup: VectorLookup | None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The selector path for ``allowed`` (sorted, all in the index; ``where`` their lists)."""
         selector = _Selector(allowed, None)
@@ -805,7 +824,10 @@ class AnnIndex:
             counts = np.bincount(where, minlength=nlist)
             # queries in blocks: the per-query list ranking is (queries x nlist)
             block = max(1, (1 << 22) // nlist)
-            parts = [self._ivf_filtered_search(q[i : i + block], k, p, selector, counts, lookup) for i in range(0, q.shape[0], block)]
+            parts = [
+                self._ivf_filtered_search(q[i : i + block], k, p, selector, counts, lookup)
+                for i in range(0, q.shape[0], block)
+            ]
             return np.concatenate([s for s, _ in parts]), np.concatenate([i for _, i in parts])
         selectivity = allowed.size / max(1, self.ntotal) / p.get("filter_budget", 1)
         return self._ann_search(q, k, p, selector, selectivity, min(k, allowed.size), allowed, lookup)
@@ -886,7 +908,13 @@ class AnnIndex:
         return scores, ids
 
     def _ivf_filtered_search(
-        self, q: np.ndarray, k: int, p: dict[str, int], selector: _Selector, counts: np.ndarray, lookup: VectorLookup | None
+        self,
+        q: np.ndarray,
+        k: int,
+        p: dict[str, int],
+        selector: _Selector,
+        counts: np.ndarray,
+        lookup: VectorLookup | None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Filtered IVF search compensated by *local* selectivity.
 
@@ -1165,7 +1193,9 @@ def _rerank(q: np.ndarray, cand: np.ndarray, k: int, lookup: VectorLookup) -> tu
 # Building
 
 
-def _add_chunks(index: Any, vectors: np.ndarray, ids: np.ndarray, on_chunk: Callable[[np.ndarray, np.ndarray], None] | None = None):
+def _add_chunks(
+    index: Any, vectors: np.ndarray, ids: np.ndarray, on_chunk: Callable[[np.ndarray, np.ndarray], None] | None = None
+):
     """Add in float32 chunks of ~ADD_CHUNK_BYTES; yields (done, total). ``on_chunk`` sees each chunk."""
     n, d = vectors.shape
     step = max(1024, ADD_CHUNK_BYTES // (4 * d))
@@ -1284,7 +1314,13 @@ def build_index(
         info.tuning["filtered_recall"] = filtered
     info.build_seconds = round(time.perf_counter() - t0, 3)
     if recall < recall_target:
-        log.warning("%s reaches recall@%d %.3f < target %.3f at the largest parameters tried", factory, TUNE_K, recall, recall_target)
+        log.warning(
+            "%s reaches recall@%d %.3f < target %.3f at the largest parameters tried",
+            factory,
+            TUNE_K,
+            recall,
+            recall_target,
+        )
     log.info("built %s: n=%d params=%s recall@%d=%.3f in %.1fs", factory, n, params, TUNE_K, recall, info.build_seconds)
     return ann
 
@@ -1365,7 +1401,12 @@ class _TuningSet:
 
     @classmethod
     def make(
-        cls, vectors: np.ndarray, ids: np.ndarray, rng: np.random.Generator, external: np.ndarray | None, with_filters: bool
+        cls,
+        vectors: np.ndarray,
+        ids: np.ndarray,
+        rng: np.random.Generator,
+        external: np.ndarray | None,
+        with_filters: bool,
     ) -> _TuningSet:
         n, d = vectors.shape
         if external is not None:
@@ -1410,7 +1451,9 @@ class _TuningSet:
         return self.top.result()[1]
 
 
-def _tune(ann: AnnIndex, tq: _TuningSet, target: float, lookup: VectorLookup | None) -> tuple[dict[str, int], float, dict[str, float]]:
+def _tune(
+    ann: AnnIndex, tq: _TuningSet, target: float, lookup: VectorLookup | None
+) -> tuple[dict[str, int], float, dict[str, float]]:
     """Smallest parameters reaching ``target`` recall@TUNE_K; the best found when none does.
 
     "Reaching" means the mean recall minus one standard error of that mean is >= target, so that
@@ -1464,7 +1507,11 @@ def _tune(ann: AnnIndex, tq: _TuningSet, target: float, lookup: VectorLookup | N
     def worst(budget: int) -> tuple[float, float]:
         p = {**params, "filter_budget": budget}
         seen[budget] = {
-            name: score(ann._search_filtered(tq.queries[rows], TUNE_K + extra, p, allowed, lookup, exact_ok=False)[1], true, rows)
+            name: score(
+                ann._search_filtered(tq.queries[rows], TUNE_K + extra, p, allowed, lookup, exact_ok=False)[1],
+                true,
+                rows,
+            )
             for name, allowed, rows, true in cases
         }
         return min(seen[budget].values(), key=lambda v: v[1], default=(1.0, 1.0))

@@ -26,8 +26,9 @@ import logging
 import os
 import threading
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from indexer.errors import QueryError
@@ -177,8 +178,7 @@ class FilterSpec:
 
 
 _RANK_FILTERS = tuple(
-    FilterSpec(rank, "taxon" if rank == "species" else col, rank.capitalize())
-    for rank, col in zip(RANKS, RANK_COLUMNS)
+    FilterSpec(rank, "taxon" if rank == "species" else col, rank.capitalize()) for rank, col in zip(RANKS, RANK_COLUMNS)
 )
 #: Facets over metadata columns (besides the ranks), in sidebar order.
 FACET_FIELDS: tuple[FilterSpec, ...] = (
@@ -229,7 +229,7 @@ class BrowseState:
     def selected(self, param: str) -> tuple[str, ...]:
         return dict(self.values).get(param, ())
 
-    def with_values(self, param: str, values: Iterable[str]) -> "BrowseState":
+    def with_values(self, param: str, values: Iterable[str]) -> BrowseState:
         """A copy with ``param``'s selection replaced (empty removes it), back on page 1."""
         if param not in _MULTI_PARAMS:
             raise ValueError(f"{param!r} is not a multi-valued filter")
@@ -316,11 +316,11 @@ class BrowseState:
         return urlencode([(k, v) for k, vals in self.to_params().items() for v in vals])
 
     @classmethod
-    def from_query_string(cls, qs: str) -> tuple["BrowseState", list[str]]:
+    def from_query_string(cls, qs: str) -> tuple[BrowseState, list[str]]:
         return cls.from_params(parse_qs(qs.lstrip("?"), keep_blank_values=True))
 
     @classmethod
-    def from_params(cls, params: Mapping[str, str | Sequence[str]]) -> tuple["BrowseState", list[str]]:
+    def from_params(cls, params: Mapping[str, str | Sequence[str]]) -> tuple[BrowseState, list[str]]:
         """Read URL parameters leniently: a value that cannot be used is dropped and explained in
         the returned notices; unknown parameters are ignored."""
         notices: list[str] = []
@@ -405,13 +405,13 @@ class BrowseState:
 
     # -- transitions the page's buttons make ---------------------------------------------
 
-    def search_text(self, q: str) -> "BrowseState":
+    def search_text(self, q: str) -> BrowseState:
         return replace(self, q=q, mode="text", like=None, page=1, detail=None, tab="search")
 
-    def more_like(self, image_id: int) -> "BrowseState":
+    def more_like(self, image_id: int) -> BrowseState:
         return replace(self, mode="like", like=int(image_id), page=1, detail=None, tab="search")
 
-    def with_upload(self) -> "BrowseState":
+    def with_upload(self) -> BrowseState:
         return replace(self, mode="image", like=None, page=1, detail=None, tab="search")
 
 
@@ -474,7 +474,9 @@ def read_upload(name: str | None, data: bytes, max_bytes: int | None = None) -> 
     try:
         decode_image(data, min_size=(224, 224), name=label, max_pixels=MAX_UPLOAD_PIXELS)
     except DecodeError as exc:
-        reason = {"truncated": "it is cut short", "too-many-pixels": "it has too many pixels"}.get(exc.reason, exc.reason)
+        reason = {"truncated": "it is cut short", "too-many-pixels": "it has too many pixels"}.get(
+            exc.reason, exc.reason
+        )
         raise UploadError(f"{label} cannot be read as a picture ({reason})") from None
     return data
 
@@ -512,15 +514,19 @@ def list_images(engine, filters: Filter | None, k: int, offset: int = 0, total: 
         where, params, notices = _filter_sql(engine, filters)
     if total is None:
         total = int(engine_sql(engine, f"SELECT count(*) FROM images WHERE {where}", params)[0][0])
-    ids = [r[0] for r in engine_sql(
-        engine, f"SELECT id FROM images WHERE {where} ORDER BY id LIMIT {int(k)} OFFSET {int(offset)}", params
-    )]
+    ids = [
+        r[0]
+        for r in engine_sql(
+            engine, f"SELECT id FROM images WHERE {where} ORDER BY id LIMIT {int(k)} OFFSET {int(offset)}", params
+        )
+    ]
     hits = engine.get(ids)
     what = "all images" if not filters else f"images where {filters.describe()}"
     if filters and total == 0:
         notices = [*notices, "no image matches the filters"]
-    return SearchResult(hits=hits, interpretation=what, notices=list(notices), candidates=total,
-                        generation=engine.generation)
+    return SearchResult(
+        hits=hits, interpretation=what, notices=list(notices), candidates=total, generation=engine.generation
+    )
 
 
 def listing_page(engine, state: BrowseState, result) -> tuple[list, int, int, int, int, int]:
@@ -552,7 +558,11 @@ def run_search(engine, state: BrowseState, *, image_vector=None, image_name: str
         if image_vector is None:
             raise QueryError("upload a picture to search by image")
         result = engine.search(vector=image_vector, k=k, filters=filters or None)
-        what = f"images similar to the uploaded picture {image_name}" if image_name else "images similar to the uploaded picture"
+        what = (
+            f"images similar to the uploaded picture {image_name}"
+            if image_name
+            else "images similar to the uploaded picture"
+        )
         if filters:
             what += f", where {filters.describe()}"
         result.interpretation = what
@@ -622,9 +632,17 @@ def key_facts(hit) -> list[str]:
     if lat is not None and lon is not None and str(lat) != "" and str(lon) != "":
         coords = f"{lat}, {lon}"
     lines = [
-        join(m.get("catalogNumber"), join(m.get("institutionCode"), m.get("collectionCode"), sep=" "), m.get("basisOfRecord"), m.get("typeStatus")),
-        join(hit_date(hit), f"recorded by {m['recordedBy']}" if m.get("recordedBy") else None,
-             f"identified by {m['identifiedBy']}" if m.get("identifiedBy") else None),
+        join(
+            m.get("catalogNumber"),
+            join(m.get("institutionCode"), m.get("collectionCode"), sep=" "),
+            m.get("basisOfRecord"),
+            m.get("typeStatus"),
+        ),
+        join(
+            hit_date(hit),
+            f"recorded by {m['recordedBy']}" if m.get("recordedBy") else None,
+            f"identified by {m['identifiedBy']}" if m.get("identifiedBy") else None,
+        ),
         place,
         coords,
     ]
@@ -654,9 +672,8 @@ def hit_taxon_name(hit, rank: str) -> str | None:
         if genus and epithet:
             return f"{genus} {epithet}"
         sci = (meta.get("scientificName") or "").split()
-        if len(sci) >= 2 and sci[0][:1].isupper() and sci[1][:1].islower():
-            if not genus or genus == sci[0]:
-                return f"{sci[0]} {sci[1]}"
+        if len(sci) >= 2 and sci[0][:1].isupper() and sci[1][:1].islower() and (not genus or genus == sci[0]):
+            return f"{sci[0]} {sci[1]}"
         return None
     value = meta.get(RANK_COLUMNS[RANKS.index(rank)])
     if value:
@@ -776,13 +793,41 @@ def result_rows(hits: Sequence, media=None, *, scored: bool = True) -> list[dict
 
 
 _DETAIL_ORDER = (
-    "scientificName", "vernacularName", "taxonRank", *RANK_COLUMNS, "infraspecificEpithet",
-    "typeStatus", "identifiedBy",
-    "catalogNumber", "recordID", "occurrenceID", "institutionCode", "collectionCode", "basisOfRecord",
-    "eventDate", "year", "recordedBy", "country", "countryCode", "stateProvince", "locality",
-    "decimalLatitude", "decimalLongitude",
-    "license", "rightsHolder", "references", "mediaURL", "mediaFormat",
-    "id", "source", "location", "width", "height", "size", "sha256", "indexed_at",
+    "scientificName",
+    "vernacularName",
+    "taxonRank",
+    *RANK_COLUMNS,
+    "infraspecificEpithet",
+    "typeStatus",
+    "identifiedBy",
+    "catalogNumber",
+    "recordID",
+    "occurrenceID",
+    "institutionCode",
+    "collectionCode",
+    "basisOfRecord",
+    "eventDate",
+    "year",
+    "recordedBy",
+    "country",
+    "countryCode",
+    "stateProvince",
+    "locality",
+    "decimalLatitude",
+    "decimalLongitude",
+    "license",
+    "rightsHolder",
+    "references",
+    "mediaURL",
+    "mediaFormat",
+    "id",
+    "source",
+    "location",
+    "width",
+    "height",
+    "size",
+    "sha256",
+    "indexed_at",
 )
 _DETAIL_HIDDEN = {"meta_hash", "key", "mtime", "extra"}
 
@@ -949,9 +994,7 @@ class FacetCatalog:
                 lambda: [(m.name, m.count) for m in self.engine.taxonomy.taxa(param)[: self.taxa_limit]],
             )
         spec = _FILTER_BY_PARAM[param]
-        return self._get(
-            param, lambda: [(str(v), int(c)) for v, c in self.engine.facet(spec.field, None, self.limit)]
-        )
+        return self._get(param, lambda: [(str(v), int(c)) for v, c in self.engine.facet(spec.field, None, self.limit)])
 
     def ranks(self) -> list[str]:
         """Ranks at which the collection has named taxa."""
@@ -1038,8 +1081,7 @@ class TaxaPredictor:
         probs = clf.probabilities(vec)[0]
         order = np.argsort(-probs, kind="stable")[: max(1, int(k))]
         return [
-            TaxonScore(matches[i].name, rank, float(probs[i]), matches[i].count, matches[i].common_name)
-            for i in order
+            TaxonScore(matches[i].name, rank, float(probs[i]), matches[i].count, matches[i].common_name) for i in order
         ]
 
 
@@ -1072,7 +1114,9 @@ def collection_overview(engine) -> dict[str, Any]:
         "updated": info.get("updated"),
         "index": info.get("index") or "none",
         "recall": recall,
-        "recall_target": index_info.get("recall_target") if isinstance(index_info.get("recall_target"), (int, float)) else None,
+        "recall_target": index_info.get("recall_target")
+        if isinstance(index_info.get("recall_target"), (int, float))
+        else None,
         "index_params": ", ".join(f"{k} {v}" for k, v in (index_info.get("params") or {}).items()),
         "index_info": index_info,
         "failures_by_reason": sorted((info.get("failures_by_reason") or {}).items(), key=lambda kv: -kv[1]),

@@ -14,8 +14,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import click
 
@@ -95,40 +95,131 @@ def index_main() -> None:
     ),
 )
 @click.argument("sources", nargs=-1, required=True)
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Collection folder (created if missing).")
-@click.option("--model", default=None, help="bioclip (default), bioclip-2, hf-hub:ORG/REPO[@REV], local-dir:PATH, ARCH:TAG, ARCH:CHECKPOINT.")
+@click.option(
+    "--out", "out", required=True, type=click.Path(file_okay=False), help="Collection folder (created if missing)."
+)
+@click.option(
+    "--model",
+    default=None,
+    help="bioclip (default), bioclip-2, hf-hub:ORG/REPO[@REV], local-dir:PATH, ARCH:TAG, ARCH:CHECKPOINT.",
+)
 @click.option("--revision", default=None, help="Pin a Hugging Face revision (branch, tag or commit).")
-@click.option("--labels", type=click.Path(dir_okay=False), default=None, help="CSV joined on its path column (relative to the folder).")
+@click.option(
+    "--labels",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="CSV joined on its path column (relative to the folder).",
+)
 @click.option("--source-type", default=None, help="folder, dwca, manifest, tar, ... (default: detected).")
 @click.option("--path-column", default=None, help="Manifest column with the image path or URL (default: detected).")
-@click.option("--media-root", "media_roots", multiple=True, metavar="PREFIX=DIR", help="Read URLs starting with PREFIX from DIR instead (repeatable).")
-@click.option("--name", "source_name", default=None, help="A stable name for the source (default: its path); keys of a re-downloaded archive then stay the same.")
-@click.option("--batch-size", type=click.IntRange(1, 65536), default=None, help="Images per forward pass (default 8 on CPU; on a GPU, sized from its free memory).")
+@click.option(
+    "--media-root",
+    "media_roots",
+    multiple=True,
+    metavar="PREFIX=DIR",
+    help="Read URLs starting with PREFIX from DIR instead (repeatable).",
+)
+@click.option(
+    "--name",
+    "source_name",
+    default=None,
+    help="A stable name for the source (default: its path); keys of a re-downloaded archive then stay the same.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 65536),
+    default=None,
+    help="Images per forward pass (default 8 on CPU; on a GPU, sized from its free memory).",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
-@click.option("--preprocess", type=click.Choice(["squash", "crop"]), default=None, help="Image preprocessing for a new collection (default squash).")
-@click.option("--workers", type=click.IntRange(0, 256), default=None, help="Decode worker processes (default: from the cores).")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="ray: decode tasks and GPU encoder actors on Ray Data (pip install 'bioclip-search[ray]').")
-@click.option("--ray-address", default=None, help="Ray cluster to join (auto, ray://head:10001); default: RAY_ADDRESS, a `ray start` cluster here, else a new local one.")
-@click.option("--commit-every", type=click.IntRange(1), default=2048, show_default=True, help="Commit after this many images...")
+@click.option(
+    "--preprocess",
+    type=click.Choice(["squash", "crop"]),
+    default=None,
+    help="Image preprocessing for a new collection (default squash).",
+)
+@click.option(
+    "--workers", type=click.IntRange(0, 256), default=None, help="Decode worker processes (default: from the cores)."
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: decode tasks and GPU encoder actors on Ray Data (pip install 'bioclip-search[ray]').",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="Ray cluster to join (auto, ray://head:10001); default: RAY_ADDRESS, a `ray start` cluster here, else a new local one.",
+)
+@click.option(
+    "--commit-every", type=click.IntRange(1), default=2048, show_default=True, help="Commit after this many images..."
+)
 @click.option("--commit-seconds", type=float, default=60.0, show_default=True, help="...or this many seconds.")
-@click.option("--max-pixels", type=click.IntRange(1), default=None, help="Larger images are recorded as failures (default 400 MP).")
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(1),
+    default=None,
+    help="Larger images are recorded as failures (default 400 MP).",
+)
 @click.option("--prune", is_flag=True, help="Retire images whose files are gone from the sources.")
 @click.option("--retry-failed", is_flag=True, help="Try recorded failures again even if unchanged.")
-@click.option("--rehash", is_flag=True, help="Read every file whose size and time look unchanged and re-encode it if its content hash differs.")
+@click.option(
+    "--rehash",
+    is_flag=True,
+    help="Read every file whose size and time look unchanged and re-encode it if its content hash differs.",
+)
 @click.option("--no-index", is_flag=True, help="Store vectors only; build the ANN index later with reindex.")
-@click.option("--index-type", default=None, help="FAISS index factory string (default: chosen from size and memory budget).")
+@click.option(
+    "--index-type", default=None, help="FAISS index factory string (default: chosen from size and memory budget)."
+)
 @click.option("--memory-budget", default=None, help="Memory for the ANN index, e.g. 600MB, 8GB.")
 @click.option("--recall-target", type=click.FloatRange(0.5, 1.0), default=0.95, show_default=True)
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Downloaded media cache (default COLLECTION/cache/media).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Downloaded media cache (default COLLECTION/cache/media).",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 @_verbosity
 @_friendly
-def build_cmd(sources, out, model, revision, labels, source_type, path_column, media_roots, source_name, batch_size, device, precision,
-              preprocess, workers, executor, ray_address, commit_every, commit_seconds, max_pixels, prune, retry_failed, rehash, no_index, index_type,
-              memory_budget, recall_target, cache_dir, progress, as_json, verbose, quiet):
+def build_cmd(
+    sources,
+    out,
+    model,
+    revision,
+    labels,
+    source_type,
+    path_column,
+    media_roots,
+    source_name,
+    batch_size,
+    device,
+    precision,
+    preprocess,
+    workers,
+    executor,
+    ray_address,
+    commit_every,
+    commit_seconds,
+    max_pixels,
+    prune,
+    retry_failed,
+    rehash,
+    no_index,
+    index_type,
+    memory_budget,
+    recall_target,
+    cache_dir,
+    progress,
+    as_json,
+    verbose,
+    quiet,
+):
     """Index images from SOURCES (folders, manifests, Darwin Core Archives, tar shards) into a collection."""
     _setup_logging(verbose, quiet)
     from indexer.pipeline import BuildOptions, build
@@ -140,8 +231,14 @@ def build_cmd(sources, out, model, revision, labels, source_type, path_column, m
     if source_name and len(sources) > 1:
         raise click.UsageError("--name applies to one SOURCE")
     srcs = [
-        open_source(s, source_type=source_type, labels=labels, path_column=path_column, media_roots=roots or None,
-                    name=source_name)
+        open_source(
+            s,
+            source_type=source_type,
+            labels=labels,
+            path_column=path_column,
+            media_roots=roots or None,
+            name=source_name,
+        )
         for s in sources
     ]
     options = BuildOptions(
@@ -162,8 +259,16 @@ def build_cmd(sources, out, model, revision, labels, source_type, path_column, m
         executor=executor,
         ray_address=ray_address,
     )
-    report = build(out, srcs, model_name=model, revision=revision, device=device, precision=precision,
-                   preprocess=preprocess, options=options)
+    report = build(
+        out,
+        srcs,
+        model_name=model,
+        revision=revision,
+        device=device,
+        precision=precision,
+        preprocess=preprocess,
+        options=options,
+    )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
         return
@@ -193,13 +298,18 @@ def _format_report(r) -> str:
     if r.rehashed:
         lines.append(f"rehashed    {r.rehashed} files read to compare content")
     if r.replaced or r.pruned or r.replaced_by_failure:
-        lines.append(f"retired     {r.replaced} replaced, {r.pruned} pruned"
-                     + (f", {r.replaced_by_failure} changed files that no longer read" if r.replaced_by_failure else ""))
+        lines.append(
+            f"retired     {r.replaced} replaced, {r.pruned} pruned"
+            + (f", {r.replaced_by_failure} changed files that no longer read" if r.replaced_by_failure else "")
+        )
     if r.pruned_failures:
         lines.append(f"cleared     {r.pruned_failures} failures of files that are gone")
     if r.skipped_failed:
         lines.append(f"skipped     {r.skipped_failed} known failures (use --retry-failed to try them again)")
-    lines.append(f"failed      {r.failed}" + ("" if not r.failed else "  (" + ", ".join(f"{k}: {v}" for k, v in sorted(r.failed_by_reason.items())) + ")"))
+    lines.append(
+        f"failed      {r.failed}"
+        + ("" if not r.failed else "  (" + ", ".join(f"{k}: {v}" for k, v in sorted(r.failed_by_reason.items())) + ")")
+    )
     for name, rep in r.source_reports.items():
         counts = {k: v for k, v in rep.items() if isinstance(v, int) and not isinstance(v, bool) and v and k != "rows"}
         if counts:
@@ -211,7 +321,10 @@ def _format_report(r) -> str:
     if r.index:
         info = r.index.get("info") or {}
         rec = info.get("measured_recall")
-        lines.append(f"index       {r.index.get('factory')}" + (f", recall@10 {rec:.3f}" if isinstance(rec, (int, float)) else ""))
+        lines.append(
+            f"index       {r.index.get('factory')}"
+            + (f", recall@10 {rec:.3f}" if isinstance(rec, (int, float)) else "")
+        )
     if r.failed:
         lines.append(f"see the failures with: bioclip-index failures {r.collection}")
     return "\n".join(lines)
@@ -234,14 +347,26 @@ def info_cmd(collection, as_json, verbose, quiet):
     idx = info.get("index_info") or {}
     rows = [
         ("collection", info["path"]),
-        ("model", f"{info['model']} ({info['model_info'].get('source')}"
-                  + (f" @ {info['model_info'].get('revision')}" if info["model_info"].get("revision") else "") + ")"),
+        (
+            "model",
+            f"{info['model']} ({info['model_info'].get('source')}"
+            + (f" @ {info['model_info'].get('revision')}" if info["model_info"].get("revision") else "")
+            + ")",
+        ),
         ("dimension", info["dimension"]),
         ("preprocess", json.dumps(info.get("preprocess"))),
         ("images", info["images"]),
         ("failures", info["failures"]),
         ("retired", info["retired"]),
-        ("index", f"{info['index']}" + (f" (recall@10 {idx['measured_recall']:.3f})" if isinstance(idx.get("measured_recall"), (int, float)) else "")),
+        (
+            "index",
+            f"{info['index']}"
+            + (
+                f" (recall@10 {idx['measured_recall']:.3f})"
+                if isinstance(idx.get("measured_recall"), (int, float))
+                else ""
+            ),
+        ),
         ("not yet in index", info["unindexed_images"]),
         ("generation", info["generation"]),
         ("updated", info["updated"]),
@@ -290,14 +415,18 @@ def reindex_cmd(collection, index_type, memory_budget, recall_target, verbose, q
 
     col = Collection.open(collection)
     with col.writer() as w:
-        entry = update_index(w, factory=index_type, memory_budget=_parse_size(memory_budget), recall_target=recall_target, force=True)
+        entry = update_index(
+            w, factory=index_type, memory_budget=_parse_size(memory_budget), recall_target=recall_target, force=True
+        )
     if entry is None:
         click.echo("the collection is empty; no index built")
         return
     info = entry.get("info") or {}
     rec = info.get("measured_recall")
-    click.echo(f"built {entry['factory']} over {info.get('n', '?')} vectors in {entry['seconds']}s"
-               + (f", recall@10 {rec:.3f}" if isinstance(rec, (int, float)) else ""))
+    click.echo(
+        f"built {entry['factory']} over {info.get('n', '?')} vectors in {entry['seconds']}s"
+        + (f", recall@10 {rec:.3f}" if isinstance(rec, (int, float)) else "")
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,33 +465,86 @@ cosine similarities to the terms. --minus terms have weight -1; --term KIND[:WEI
 weight (KIND: text, taxon, image, id, vector = a .npy file)."""
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=_SEARCH_EPILOG)
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=_SEARCH_EPILOG
+)
 @click.argument("collection", type=click.Path())
 @click.argument("text", required=False)
 @click.option("--plus", "plus", multiple=True, metavar="TEXT", help="Add a text term (weight 1; repeatable).")
 @click.option("--minus", "minus", multiple=True, metavar="TEXT", help="Subtract a text term (weight -1; repeatable).")
 @click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False), help="Add a picture (repeatable).")
-@click.option("--minus-image", "minus_images", multiple=True, type=click.Path(dir_okay=False), help="Subtract a picture.")
-@click.option("--id", "ids", multiple=True, type=int, help="More like this indexed image, which is left out (repeatable).")
+@click.option(
+    "--minus-image", "minus_images", multiple=True, type=click.Path(dir_okay=False), help="Subtract a picture."
+)
+@click.option(
+    "--id", "ids", multiple=True, type=int, help="More like this indexed image, which is left out (repeatable)."
+)
 @click.option("--minus-id", "minus_ids", multiple=True, type=int, help="Subtract an indexed image.")
-@click.option("--term", "terms", multiple=True, metavar="KIND[:W]=VALUE", help="A weighted term: text:-0.5=juvenile, image:2=a.jpg, id=42, taxon=Corvidae.")
+@click.option(
+    "--term",
+    "terms",
+    multiple=True,
+    metavar="KIND[:W]=VALUE",
+    help="A weighted term: text:-0.5=juvenile, image:2=a.jpg, id=42, taxon=Corvidae.",
+)
 @click.option("--k", type=click.IntRange(1, 10000), default=10, show_default=True, help="Number of results.")
-@click.option("--offset", type=click.IntRange(0), default=0, help="Skip this many results (paging; counts groups with --group).")
+@click.option(
+    "--offset", type=click.IntRange(0), default=0, help="Skip this many results (paging; counts groups with --group)."
+)
 @click.option("--where", "where", multiple=True, metavar="FIELD=VALUE", help="Filter (repeatable); see below.")
-@click.option("--taxon", "taxa", multiple=True, metavar="NAME", help="Only this taxon, any rank, and everything below it (repeatable: any of them).")
+@click.option(
+    "--taxon",
+    "taxa",
+    multiple=True,
+    metavar="NAME",
+    help="Only this taxon, any rank, and everything below it (repeatable: any of them).",
+)
 @click.option("--min-score", type=float, default=None, help="Leave out results scoring below this cosine.")
-@click.option("--group", type=click.Choice(["record", "similar", "both"]), default=None,
-              help="One result per specimen record (same recordID/occurrenceID/catalogNumber) and/or per near-identical picture.")
-@click.option("--group-similarity", type=click.FloatRange(-1.0, 1.0), default=0.95, show_default=True,
-              help="Cosine at which pictures count as near-identical (--group similar/both).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None, help="Output format (default table).")
+@click.option(
+    "--group",
+    type=click.Choice(["record", "similar", "both"]),
+    default=None,
+    help="One result per specimen record (same recordID/occurrenceID/catalogNumber) and/or per near-identical picture.",
+)
+@click.option(
+    "--group-similarity",
+    type=click.FloatRange(-1.0, 1.0),
+    default=0.95,
+    show_default=True,
+    help="Cosine at which pictures count as near-identical (--group similar/both).",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None, help="Output format (default table)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--fields", "list_fields", is_flag=True, help="List the fields --where can filter on, and stop.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @_verbosity
 @_friendly
-def search_main(collection, text, plus, minus, images, minus_images, ids, minus_ids, terms, k, offset, where, taxa,
-                min_score, group, group_similarity, fmt, as_json, list_fields, device, verbose, quiet):
+def search_main(
+    collection,
+    text,
+    plus,
+    minus,
+    images,
+    minus_images,
+    ids,
+    minus_ids,
+    terms,
+    k,
+    offset,
+    where,
+    taxa,
+    min_score,
+    group,
+    group_similarity,
+    fmt,
+    as_json,
+    list_fields,
+    device,
+    verbose,
+    quiet,
+):
     """Search COLLECTION by TEXT (free text or a taxon name), by pictures (--image), by indexed
     images (--id), or by a weighted combination of them, with metadata filters (--where)."""
     _setup_logging(verbose, quiet)
@@ -383,9 +565,12 @@ def search_main(collection, text, plus, minus, images, minus_images, ids, minus_
         raise click.UsageError("give TEXT, --image PATH, --id N or --term KIND=VALUE (or --fields)")
     grouping = None
     if group:
-        grouping = Grouping(by_record=group in ("record", "both"),
-                            similarity=group_similarity if group in ("similar", "both") else None)
-    result = engine.search(query=query, k=k, offset=offset, filters=filters or None, min_score=min_score, group=grouping)
+        grouping = Grouping(
+            by_record=group in ("record", "both"), similarity=group_similarity if group in ("similar", "both") else None
+        )
+    result = engine.search(
+        query=query, k=k, offset=offset, filters=filters or None, min_score=min_score, group=grouping
+    )
     for n in result.notices:
         click.echo(f"note: {n}", err=True)
     if fmt == "json":
@@ -401,12 +586,23 @@ def search_main(collection, text, plus, minus, images, minus_images, ids, minus_
     for rank, h in enumerate(result.hits, start=offset + 1):
         name = h.scientific_name or "(no name)"
         common = h.get("vernacularName")
-        extra = " | ".join(x for x in (h.get("catalogNumber"), h.get("institutionCode"), h.get("country"), str(h.get("year") or "")) if x)
-        click.echo(f"{rank:3d}. {h.score:.4f}  id {h.id:<7d} {name}" + (f" ({common})" if common else "") + (f"  [{extra}]" if extra else ""))
+        extra = " | ".join(
+            x
+            for x in (h.get("catalogNumber"), h.get("institutionCode"), h.get("country"), str(h.get("year") or ""))
+            if x
+        )
+        click.echo(
+            f"{rank:3d}. {h.score:.4f}  id {h.id:<7d} {name}"
+            + (f" ({common})" if common else "")
+            + (f"  [{extra}]" if extra else "")
+        )
         click.echo(f"      {h.location}")
         if h.group:
-            click.echo(f"      +{len(h.group)} in its group: " + ", ".join(f"id {g.id} ({g.score:.4f})" for g in h.group[:8])
-                       + (" ..." if len(h.group) > 8 else ""))
+            click.echo(
+                f"      +{len(h.group)} in its group: "
+                + ", ".join(f"id {g.id} ({g.score:.4f})" for g in h.group[:8])
+                + (" ..." if len(h.group) > 8 else "")
+            )
     if result.has_more:
         click.echo(f"more: --offset {offset + k}", err=True)
 
@@ -428,7 +624,11 @@ def _print_fields(fields: list[tuple[str, str]], fmt: str) -> None:
 def _write_csv(hits) -> None:
     from indexer.schema import ALL_COLUMNS
 
-    cols = ["id", "score", "location"] + [c for c in ALL_COLUMNS if c not in ("id", "location", "meta_hash") and any(h.metadata.get(c) is not None for h in hits)]
+    cols = ["id", "score", "location"] + [
+        c
+        for c in ALL_COLUMNS
+        if c not in ("id", "location", "meta_hash") and any(h.metadata.get(c) is not None for h in hits)
+    ]
     grouped = any(h.group for h in hits)
     w = csv.writer(sys.stdout)
     w.writerow(cols + (["group"] if grouped else []))
@@ -453,18 +653,31 @@ def _app_script() -> str:
 def run_app(collections: list[str], *, port: int, host: str, device: str, extra_env: dict | None = None) -> int:
     """Start the Streamlit app on ``collections`` (blocks until it stops); returns its exit status."""
     cmd = [
-        sys.executable, "-m", "streamlit", "run", _app_script(),
-        "--server.port", str(port),
-        "--server.address", host,
-        "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none",
-        "--client.showErrorDetails", "none",
-        "--client.toolbarMode", "viewer",
-        "--server.maxUploadSize", os.environ.get("BIOCLIP_SEARCH_MAX_UPLOAD_MB", "20"),
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        _app_script(),
+        "--server.port",
+        str(port),
+        "--server.address",
+        host,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--client.showErrorDetails",
+        "none",
+        "--client.toolbarMode",
+        "viewer",
+        "--server.maxUploadSize",
+        os.environ.get("BIOCLIP_SEARCH_MAX_UPLOAD_MB", "20"),
         "--",
         *[os.path.abspath(c) for c in collections],
-        "--device", device,
+        "--device",
+        device,
     ]
     env = dict(os.environ, **(extra_env or {}))
     click.echo(f"bioclip-search app on http://{host}:{port}  (Ctrl-C to stop)", err=True)
@@ -480,7 +693,9 @@ def run_app(collections: list[str], *, port: int, host: str, device: str, extra_
 )
 @click.argument("collections", nargs=-1, required=True, type=click.Path())
 @click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 to share on your network).")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 to share on your network)."
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @_verbosity
 @_friendly
@@ -507,7 +722,12 @@ def default_demo_collection() -> Path:
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Examples:\n\n\b\n  bioclip-demo\n  bioclip-demo --model local-dir:/models/bioclip --port 8600\n  bioclip-demo --no-app     # only build the sample collection",
 )
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Where to build the sample collection (default ~/.cache/bioclip-search/demo.collection).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where to build the sample collection (default ~/.cache/bioclip-search/demo.collection).",
+)
 @click.option("--model", default=None, help="Model for the sample collection (default bioclip).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)

@@ -39,9 +39,10 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -217,7 +218,7 @@ class Generation:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Generation":
+    def from_dict(cls, d: dict) -> Generation:
         version = d.get("format_version", FORMAT_VERSION)
         if version > FORMAT_VERSION:
             raise FormatVersionError(
@@ -241,7 +242,7 @@ class Generation:
         )
 
     @classmethod
-    def empty(cls) -> "Generation":
+    def empty(cls) -> Generation:
         return cls(number=0, created=_utcnow().isoformat() + "Z")
 
     def referenced_files(self) -> set[str]:
@@ -272,7 +273,7 @@ class Collection:
     # -- opening and creating -------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "Collection":
+    def open(cls, path: str | os.PathLike) -> Collection:
         """Open an existing collection; raise a named error if it is missing, damaged or too new."""
         path = Path(path)
         manifest_path = path / MANIFEST
@@ -295,7 +296,7 @@ class Collection:
         return cls(path, manifest)
 
     @classmethod
-    def create(cls, path: str | os.PathLike, model: dict, *, dimension: int) -> "Collection":
+    def create(cls, path: str | os.PathLike, model: dict, *, dimension: int) -> Collection:
         """Create an empty collection for ``model`` (a ``ClipModel.describe()`` dict)."""
         path = Path(path)
         if (path / MANIFEST).exists():
@@ -356,13 +357,13 @@ class Collection:
     def latest_generation(self) -> Generation:
         return self.read_generation(self.latest_generation_number())
 
-    def snapshot(self, number: int | None = None) -> "Snapshot":
+    def snapshot(self, number: int | None = None) -> Snapshot:
         gen = self.read_generation(self.latest_generation_number() if number is None else number)
         return Snapshot(self, gen)
 
     # -- writing ------------------------------------------------------------------------
 
-    def writer(self) -> "Writer":
+    def writer(self) -> Writer:
         """Take the writer lock and return a Writer (a context manager that releases it)."""
         return Writer(self)
 
@@ -490,9 +491,7 @@ class Snapshot:
         """A SELECT over the live failures: the newest failure per key whose key is not indexed.
         A newest record without a reason marks the failure resolved (its file was pruned)."""
         if not self.generation.failures:
-            cols = ", ".join(
-                f"CAST(NULL AS {_arrow_to_duck(f.type)}) AS {quote_ident(f.name)}" for f in FAILURE_SCHEMA
-            )
+            cols = ", ".join(f"CAST(NULL AS {_arrow_to_duck(f.type)}) AS {quote_ident(f.name)}" for f in FAILURE_SCHEMA)
             return f"SELECT {cols} WHERE false"
         files = _sql_list(self.failure_paths())
         live_keys = f"SELECT key FROM ({self.images_sql()})"
@@ -608,7 +607,7 @@ class Writer:
             pass
         self._release_lock()
 
-    def __enter__(self) -> "Writer":
+    def __enter__(self) -> Writer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -662,8 +661,7 @@ class Writer:
         snap = Snapshot(self.collection, self.generation)
         con = duckdb.connect(":memory:")
         con.execute(
-            "CREATE TABLE live AS SELECT id, key, source, size, mtime, sha256, meta_hash "
-            f"FROM ({snap.images_sql()})"
+            f"CREATE TABLE live AS SELECT id, key, source, size, mtime, sha256, meta_hash FROM ({snap.images_sql()})"
         )
         con.execute(
             "CREATE TABLE failed AS SELECT key, source, location, stage, reason, detail, size, mtime, failed_at "
@@ -750,13 +748,17 @@ class Writer:
             _write_parquet_atomic(seg_dir / f"seg-{file_n:08d}.parquet", table)
             segments.append(SegmentInfo(file_n, table.num_rows, first))
             self._note_extra_keys(table)
-            self.con.register("_new_rows", table.select(["id", "key", "source", "size", "mtime", "sha256", "meta_hash"]))
+            self.con.register(
+                "_new_rows", table.select(["id", "key", "source", "size", "mtime", "sha256", "meta_hash"])
+            )
             self.con.execute("INSERT INTO live SELECT * FROM _new_rows")
             self.con.execute("DELETE FROM failed WHERE key IN (SELECT key FROM _new_rows)")
             self.con.unregister("_new_rows")
         if self._pending_retire:
             retire = np.unique(np.concatenate(self._pending_retire))
-            _write_parquet_atomic(seg_dir / f"del-{file_n:08d}.parquet", pa.table({"id": retire}, schema=_DELETE_SCHEMA))
+            _write_parquet_atomic(
+                seg_dir / f"del-{file_n:08d}.parquet", pa.table({"id": retire}, schema=_DELETE_SCHEMA)
+            )
             deletes.append(file_n)
             deleted += int(retire.size)
             self.con.register("_retired", pa.table({"id": retire}))

@@ -282,7 +282,9 @@ def _let_pillow_accept(pixels: int, max_pixels: int) -> None:
             log.info(
                 "raised PIL.Image.MAX_IMAGE_PIXELS from %s to %s to decode a %s-pixel image "
                 "(indexer.decode checks max_pixels from the header itself)",
-                f"{current:,}", f"{max_pixels:,}", f"{pixels:,}",
+                f"{current:,}",
+                f"{max_pixels:,}",
+                f"{pixels:,}",
             )
 
 

@@ -31,9 +31,10 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ class Hit:
     score: float
     location: str
     metadata: dict[str, Any]
-    group: tuple["Hit", ...] = field(default=(), compare=False)
+    group: tuple[Hit, ...] = field(default=(), compare=False)
 
     def get(self, name: str, default: Any = None) -> Any:
         v = self.metadata.get(name)
@@ -163,8 +164,18 @@ class _State:
     """Everything needed to answer queries against one generation. Never mutated once published
     (the caches fill in, but they only ever hold what this generation's data determines)."""
 
-    def __init__(self, snapshot: Snapshot, con, index, index_path: str | None, covers: set[int], delta_ids, delta_vecs,
-                 deleted, filter_cache_bytes: int):
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        con,
+        index,
+        index_path: str | None,
+        covers: set[int],
+        delta_ids,
+        delta_vecs,
+        deleted,
+        filter_cache_bytes: int,
+    ):
         self.snapshot = snapshot
         self.con = con
         self.index = index
@@ -262,7 +273,7 @@ class SearchEngine:
         self._state = self._load_state(collection.latest_generation_number(), None)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, **kwargs) -> "SearchEngine":
+    def open(cls, path: str | os.PathLike, **kwargs) -> SearchEngine:
         """Open the collection at ``path``. Raises CollectionNotFoundError / FormatVersionError."""
         return cls(Collection.open(path), **kwargs)
 
@@ -347,8 +358,14 @@ class SearchEngine:
                 try:
                     if new_segs:
                         cols = ", ".join(quote_ident(c) for c in ALL_COLUMNS)
-                        files = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in snap.segment_paths(new_segs)) + "]"
-                        cur.execute(f"INSERT INTO images SELECT {cols} FROM read_parquet({files}, union_by_name = true)")
+                        files = (
+                            "["
+                            + ", ".join("'" + p.replace("'", "''") + "'" for p in snap.segment_paths(new_segs))
+                            + "]"
+                        )
+                        cur.execute(
+                            f"INSERT INTO images SELECT {cols} FROM read_parquet({files}, union_by_name = true)"
+                        )
                     if new_dels:
                         paths = [str(self.collection.path / "segments" / f"del-{n:08d}.parquet") for n in new_dels]
                         files = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
@@ -382,7 +399,9 @@ class SearchEngine:
             except IndexerError:
                 raise
             except Exception as exc:  # keep serving the old state rather than fail every query
-                log.warning("cannot load generation %d yet (%s); still serving %d", number, exc, state.generation.number)
+                log.warning(
+                    "cannot load generation %d yet (%s); still serving %d", number, exc, state.generation.number
+                )
                 return False
             log.info("now serving generation %d (%d images)", number, self._state.generation.images)
             return True
@@ -509,10 +528,14 @@ class SearchEngine:
         for col in ("recordID", "occurrenceID", "catalogNumber"):
             v = hit.get(col)
             if v:
-                rows = state.cursor().execute(
-                    f"SELECT id FROM images WHERE {quote_ident(col)} = ? AND id <> ? ORDER BY id LIMIT {int(limit)}",
-                    [v, hit.id],
-                ).fetchall()
+                rows = (
+                    state.cursor()
+                    .execute(
+                        f"SELECT id FROM images WHERE {quote_ident(col)} = ? AND id <> ? ORDER BY id LIMIT {int(limit)}",
+                        [v, hit.id],
+                    )
+                    .fetchall()
+                )
                 return self.get([r[0] for r in rows])
         return []
 
@@ -626,8 +649,9 @@ class SearchEngine:
             if n_images:
                 notices.append(f"offset {offset:,} is past the end: the collection has {n_images:,} images")
         else:
-            hits, has_more = self._ranked(state, qvec, min(k, n_images - offset), offset, allowed, exclude, min_score,
-                                          grouping, timings)
+            hits, has_more = self._ranked(
+                state, qvec, min(k, n_images - offset), offset, allowed, exclude, min_score, grouping, timings
+            )
         if not hits:
             if flt and candidates == 0:
                 notices.append("no image matches the filters")
@@ -661,18 +685,25 @@ class SearchEngine:
         if flt:
             ids_all, notices = self._allowed(state, flt)
             total = int(ids_all.size)
-            ids = [int(i) for i in ids_all[offset: offset + k]]
+            ids = [int(i) for i in ids_all[offset : offset + k]]
         else:
             total = int(state.generation.images)
-            ids = [r[0] for r in state.cursor().execute(
-                f"SELECT id FROM images ORDER BY id LIMIT {int(k)} OFFSET {int(offset)}"
-            ).fetchall()]
+            ids = [
+                r[0]
+                for r in state.cursor()
+                .execute(f"SELECT id FROM images ORDER BY id LIMIT {int(k)} OFFSET {int(offset)}")
+                .fetchall()
+            ]
         meta = self._fetch_metadata(state, ids)
         hits = [Hit(i, 0.0, meta[i]["location"], meta[i]) for i in ids if i in meta]
         what = "all images" + (f" where {flt.describe()}" if flt else "")
         return SearchResult(
-            hits=hits, interpretation=what, notices=list(notices), candidates=total,
-            generation=state.generation.number, elapsed_ms=(time.perf_counter() - t0) * 1000,
+            hits=hits,
+            interpretation=what,
+            notices=list(notices),
+            candidates=total,
+            generation=state.generation.number,
+            elapsed_ms=(time.perf_counter() - t0) * 1000,
             has_more=offset + k < total,
         )
 
@@ -730,7 +761,9 @@ class SearchEngine:
             qvec = combine(np.stack([p.vector for p in done]), [p.term.weight for p in done])
         return qvec, done, notices
 
-    def _understand_text(self, state: _State, term: Term) -> tuple[str, str, TaxonMatch | None, list[TaxonMatch], list[str]]:
+    def _understand_text(
+        self, state: _State, term: Term
+    ) -> tuple[str, str, TaxonMatch | None, list[TaxonMatch], list[str]]:
         """(prompt, description, taxon, other candidates, notices) for a text or taxon term."""
         text = " ".join(term.value.split())
         notices: list[str] = []
@@ -742,7 +775,8 @@ class SearchEngine:
                     f"{text!r} names several taxa in this collection: "
                     + "; ".join(f"{m.describe()} ({m.count} images)" for m in matches[:8])
                     + f". Searching for {taxon.describe()}; put a parent taxon before the name to choose another"
-                    + (f" (e.g. '{_parent_hint(matches[1])}')" if _parent_hint(matches[1]) else "") + "."
+                    + (f" (e.g. '{_parent_hint(matches[1])}')" if _parent_hint(matches[1]) else "")
+                    + "."
                 )
             prompt = self._taxon_prompt(taxon)
             return prompt, f'{taxon.describe()}, as "{prompt}"', taxon, matches[1:], notices
@@ -840,8 +874,18 @@ class SearchEngine:
 
     # -- ranking --------------------------------------------------------------------------
 
-    def _ranked(self, state: _State, qvec: np.ndarray, k: int, offset: int, allowed, exclude, min_score,
-                grouping: Grouping | None, timings: dict[str, float]) -> tuple[list[Hit], bool]:
+    def _ranked(
+        self,
+        state: _State,
+        qvec: np.ndarray,
+        k: int,
+        offset: int,
+        allowed,
+        exclude,
+        min_score,
+        grouping: Grouping | None,
+        timings: dict[str, float],
+    ) -> tuple[list[Hit], bool]:
         """The page of hits (or group leaders) and whether a further page has results."""
         want = offset + k
         if grouping is None:
@@ -874,7 +918,9 @@ class SearchEngine:
         has_more = len(groups) > want or not exhausted
         return groups[offset:want], has_more
 
-    def _pairs(self, state: _State, qvec: np.ndarray, depth: int, allowed, exclude, min_score) -> list[tuple[float, int]]:
+    def _pairs(
+        self, state: _State, qvec: np.ndarray, depth: int, allowed, exclude, min_score
+    ) -> list[tuple[float, int]]:
         scores, ids = self._knn(state, qvec, depth, allowed, exclude)
         pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
         if min_score is not None:
@@ -906,8 +952,9 @@ class SearchEngine:
         exclude = None if exclude_ids is None or not len(exclude_ids) else _sorted_unique(exclude_ids)
         return self._knn(state, queries, k, allowed, exclude)
 
-    def _knn(self, state: _State, queries: np.ndarray, k: int, allowed: np.ndarray | None,
-             exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _knn(
+        self, state: _State, queries: np.ndarray, k: int, allowed: np.ndarray | None, exclude: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`knn` with ``allowed`` sorted, unique and live, ``exclude`` sorted unique (or None)."""
         queries = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.collection.dimension))
         m = queries.shape[0]
@@ -1048,8 +1095,10 @@ def _interpret(q: Query, parts: list[EmbeddedTerm], label: str | None) -> str:
         w = p.term.weight
         sign = "-" if w < 0 else "+"
         mag = abs(w)
-        what = p.description if p.term.kind in ("text", "taxon") else (
-            f"image {p.term.value}" if p.term.kind == "id" else p.term.describe()
+        what = (
+            p.description
+            if p.term.kind in ("text", "taxon")
+            else (f"image {p.term.value}" if p.term.kind == "id" else p.term.describe())
         )
         text = what if mag == 1.0 else f"{mag:g} x {what}"
         words.append(text if n == 0 and sign == "+" else f"{sign} {text}")

@@ -27,9 +27,9 @@ import time
 import urllib.request
 import zlib
 from collections import Counter, deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 from urllib.parse import unquote, urlsplit
 
 from indexer import __version__
@@ -45,7 +45,7 @@ DEFAULT_MAX_BYTES = 64 << 20
 # -- local files and tar members ---------------------------------------------------------------
 
 
-def read_location(location: str, *, max_bytes: int | None = None, downloader: "Downloader | None" = None) -> bytes:
+def read_location(location: str, *, max_bytes: int | None = None, downloader: Downloader | None = None) -> bytes:
     """The bytes at ``location``: an absolute local path, a ``file://`` URL, a ``tar://`` member,
     or (only with a ``downloader``) an http(s) URL. Raises FetchError; ``too-large`` when the
     bytes would exceed ``max_bytes`` (checked before reading where the size is known)."""
@@ -126,10 +126,10 @@ class _TarStreams:
             stamp = (st.st_mtime_ns, st.st_size)
             if self._shard != shard or self._stamp != stamp or member in self._seen:
                 self._close()
-            for attempt in range(2):
+            for _attempt in range(2):
                 if self._tar is None:
                     try:
-                        self._tar = tarfile.open(text_to_path(shard), mode="r|*")
+                        self._tar = tarfile.open(text_to_path(shard), mode="r|*")  # noqa: SIM115 - kept open between reads
                     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
                         raise FetchError("io-error", f"cannot open tar shard {shard}: {exc}") from None
                     self._shard, self._stamp = shard, stamp
@@ -139,7 +139,9 @@ class _TarStreams:
                         if info.name != member or not info.isfile():
                             continue
                         if max_bytes is not None and info.size > max_bytes:
-                            raise FetchError("too-large", f"{location}: {info.size} bytes, more than the limit of {max_bytes}")
+                            raise FetchError(
+                                "too-large", f"{location}: {info.size} bytes, more than the limit of {max_bytes}"
+                            )
                         fh = self._tar.extractfile(info)
                         data = fh.read() if fh is not None else b""
                         if len(data) < info.size:
@@ -290,7 +292,7 @@ class Downloader:
         self._executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="bioclip-fetch")
         self._closed = False
 
-    def __enter__(self) -> "Downloader":
+    def __enter__(self) -> Downloader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -355,6 +357,7 @@ class Downloader:
             )
             for _ in range(waiting.pop(task.url)):
                 yield task.url, err
+
         try:
             while True:
                 while not exhausted and len(ready) + len(delayed) + len(inflight) < max_pending:
@@ -412,8 +415,11 @@ class Downloader:
                         strikes[task.host] += 1
                         if strikes[task.host] >= cfg.host_down_after and task.host not in down:
                             down[task.host] = outcome.error
-                            log.warning("%s did not answer %d attempts in a row; its other URLs are not tried in this run",
-                                        task.host, strikes[task.host])
+                            log.warning(
+                                "%s did not answer %d attempts in a row; its other URLs are not tried in this run",
+                                task.host,
+                                strikes[task.host],
+                            )
                     else:
                         strikes[task.host] = 0
                     if task.host in down and outcome.path is None:
@@ -471,6 +477,8 @@ class Downloader:
             NewConnectionError,
             ProtocolError,
             ReadTimeoutError,
+        )
+        from urllib3.exceptions import (
             TimeoutError as U3Timeout,
         )
 
@@ -482,12 +490,16 @@ class Downloader:
                 url,
                 preload_content=False,
                 timeout=self._timeout,
-                retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5, raise_on_status=False),
+                retries=urllib3.Retry(
+                    total=None, connect=0, read=0, status=0, other=0, redirect=5, raise_on_status=False
+                ),
             )
         except MaxRetryError as exc:
             inner = exc.reason
             # NewConnectionError subclasses ConnectTimeoutError in urllib3: a refused connection is no timeout.
-            if isinstance(inner, (ConnectTimeoutError, ReadTimeoutError, U3Timeout)) and not isinstance(inner, NewConnectionError):
+            if isinstance(inner, (ConnectTimeoutError, ReadTimeoutError, U3Timeout)) and not isinstance(
+                inner, NewConnectionError
+            ):
                 raise _Failed("timeout", f"{url}: {inner}", retry=True) from None
             if "redirect" in str(exc).lower():
                 raise _Failed("connection-error", f"{url}: too many redirects") from None
@@ -517,8 +529,12 @@ class Downloader:
         if status >= 300:
             resp.close()  # the error page is not wanted; its connection is not reused
             retry_after = _retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
-            raise _Failed(f"http-{status}", f"{url}: HTTP {status} {resp.reason or ''}".rstrip(),
-                          retry=status in _RETRY_STATUS, retry_after=retry_after)
+            raise _Failed(
+                f"http-{status}",
+                f"{url}: HTTP {status} {resp.reason or ''}".rstrip(),
+                retry=status in _RETRY_STATUS,
+                retry_after=retry_after,
+            )
         length = _content_length(resp.headers.get("Content-Length"))
         if length is not None and length > cfg.max_bytes:
             resp.close()
@@ -548,7 +564,9 @@ class Downloader:
                         chunk = resp.read1(1 << 16)
                     except ProtocolError as exc:
                         if length is not None and received < length:
-                            raise _Failed("truncated", f"{url}: {received} of {length} bytes ({exc})", retry=True) from None
+                            raise _Failed(
+                                "truncated", f"{url}: {received} of {length} bytes ({exc})", retry=True
+                            ) from None
                         raise
                     if not chunk:
                         break
@@ -558,7 +576,9 @@ class Downloader:
                     if generic and len(head) < 32:
                         head += chunk[: 32 - len(head)]
                         if len(head) >= 32 and not looks_like_image(head):
-                            raise _Failed("not-an-image", f"{url}: Content-Type {ctype or 'missing'} and not an image format")
+                            raise _Failed(
+                                "not-an-image", f"{url}: Content-Type {ctype or 'missing'} and not an image format"
+                            )
                     out.write(chunk)
                 if length is not None and received < length:
                     raise _Failed("truncated", f"{url}: {received} of {length} bytes", retry=True)

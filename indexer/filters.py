@@ -46,8 +46,9 @@ import datetime as _dt
 import difflib
 import math
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from indexer.errors import FilterError
 from indexer.schema import ALL_COLUMNS, COLUMN_TYPES, canonical_column, quote_ident
@@ -61,7 +62,17 @@ OPS: tuple[str, ...] = ("=", "!=", ">", ">=", "<", "<=", "contains", "in", "betw
 #: Fields that are not columns: see the module docstring.
 SPECIAL_FIELDS: tuple[str, ...] = ("taxon", "has_coordinates")
 
-_CLI_OPS = {"=": "=", "==": "=", "!=": "!=", ">": ">", ">=": ">=", "<": "<", "<=": "<=", "~": "contains", "~=": "contains"}
+_CLI_OPS = {
+    "=": "=",
+    "==": "=",
+    "!=": "!=",
+    ">": ">",
+    ">=": ">=",
+    "<": "<",
+    "<=": "<=",
+    "~": "contains",
+    "~=": "contains",
+}
 # FIELD, operator, VALUE. A field is a name (letters, digits, _ . : - and inner spaces, for extra keys).
 _WHERE = re.compile(r"^\s*([A-Za-z_][\w.:\- ]*?)\s*(==|!=|>=|<=|~=|=|>|<|~)(.*)$", re.S)
 _RANGE_END = r"(\d{4}-\d{2}(?:-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?)?|[+-]?\d+(?:\.\d+)?)"
@@ -127,41 +138,41 @@ class Filter:
     # -- construction ------------------------------------------------------------------------
 
     @classmethod
-    def of(cls, *conditions: Condition) -> "Filter":
+    def of(cls, *conditions: Condition) -> Filter:
         return cls(tuple(conditions))
 
     @classmethod
-    def where(cls, field: str, op: str, value: Any) -> "Filter":
+    def where(cls, field: str, op: str, value: Any) -> Filter:
         """One condition: ``Filter.where("year", "<", 1950)``."""
         return cls((Condition(field, op, value),))
 
     @classmethod
-    def equals(cls, field: str, *values: Any) -> "Filter":
+    def equals(cls, field: str, *values: Any) -> Filter:
         """``field`` is one of ``values`` (any case for text)."""
         if not values:
             raise FilterError(f"{field}: give at least one value")
         return cls((Condition(field, "=", values[0]) if len(values) == 1 else Condition(field, "in", tuple(values)),))
 
     @classmethod
-    def range(cls, field: str, low: Any = None, high: Any = None) -> "Filter":
+    def range(cls, field: str, low: Any = None, high: Any = None) -> Filter:
         """``low <= field <= high``; either bound may be None."""
         return cls((Condition(field, "between", (low, high)),))
 
     @classmethod
-    def contains(cls, field: str, text: str) -> "Filter":
+    def contains(cls, field: str, text: str) -> Filter:
         return cls((Condition(field, "contains", text),))
 
     @classmethod
-    def taxon(cls, *names: str) -> "Filter":
+    def taxon(cls, *names: str) -> Filter:
         """Images of any of these taxa (any rank, scientific or vernacular), including everything below."""
         return cls.equals("taxon", *names)
 
     @classmethod
-    def has_coordinates(cls, value: bool = True) -> "Filter":
+    def has_coordinates(cls, value: bool = True) -> Filter:
         return cls((Condition("has_coordinates", "=", bool(value)),))
 
     @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any]) -> "Filter":
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> Filter:
         """``{"country": ["Kenya", "Tanzania"], "year": (1900, 1950), "taxon": "Corvidae",
         "elevation": {">=": 1000}}``.
 
@@ -180,8 +191,11 @@ class Filter:
                 continue
             if isinstance(value, Mapping):
                 conds.extend(Condition(name, _op_name(op), v) for op, v in value.items())
-            elif isinstance(value, tuple) and len(value) == 2 and any(v is not None for v in value) and all(
-                v is None or (isinstance(v, (int, float, _dt.date)) and not isinstance(v, bool)) for v in value
+            elif (
+                isinstance(value, tuple)
+                and len(value) == 2
+                and any(v is not None for v in value)
+                and all(v is None or (isinstance(v, (int, float, _dt.date)) and not isinstance(v, bool)) for v in value)
             ):
                 conds.append(Condition(name, "between", value))
             elif isinstance(value, (list, set, frozenset, tuple)):
@@ -191,7 +205,7 @@ class Filter:
         return cls(tuple(conds))
 
     @classmethod
-    def coerce(cls, value: "Filter | Mapping[str, Any] | Iterable[str] | str | None") -> "Filter":
+    def coerce(cls, value: Filter | Mapping[str, Any] | Iterable[str] | str | None) -> Filter:
         """A Filter from what a caller may pass as ``filters``: a Filter, a mapping
         (:meth:`from_mapping`), ``--where`` strings (:func:`parse_where`) or None (no filter)."""
         if value is None:
@@ -207,20 +221,22 @@ class Filter:
         try:
             items = list(value)
         except TypeError:
-            raise FilterError(f"filters must be a Filter, a mapping or FIELD=VALUE strings, not {type(value).__name__}") from None
+            raise FilterError(
+                f"filters must be a Filter, a mapping or FIELD=VALUE strings, not {type(value).__name__}"
+            ) from None
         if all(isinstance(v, Condition) for v in items):
             return cls(tuple(items))
         if all(isinstance(v, str) for v in items):
             return parse_where(items)
         raise FilterError("filters must be a Filter, a mapping, Conditions or FIELD=VALUE strings")
 
-    def __and__(self, other: "Filter") -> "Filter":
+    def __and__(self, other: Filter) -> Filter:
         return Filter(self.conditions + Filter.coerce(other).conditions)
 
     def __bool__(self) -> bool:
         return bool(self.conditions)
 
-    def without(self, field: str) -> "Filter":
+    def without(self, field: str) -> Filter:
         """This filter less every condition on ``field`` (any case)."""
         f = field.strip().lower()
         return Filter(tuple(c for c in self.conditions if c.field.lower() != f))
@@ -230,7 +246,7 @@ class Filter:
 
     # -- SQL -------------------------------------------------------------------------------
 
-    def to_sql(self, extra_keys: Iterable[str] = (), taxonomy: "Taxonomy | None" = None) -> tuple[str, list, list[str]]:
+    def to_sql(self, extra_keys: Iterable[str] = (), taxonomy: Taxonomy | None = None) -> tuple[str, list, list[str]]:
         """(SQL condition over the ``images`` relation, parameters, notices for the user).
 
         ``extra_keys`` are the collection's extra JSON keys; ``taxonomy`` resolves ``taxon``
@@ -242,7 +258,9 @@ class Filter:
         groups: dict[tuple[str, str], list[Condition]] = {}
         for c in self.conditions:
             field_key = _resolve_field(c.field, extra_keys)
-            op = {"in": "=", "between": "range", ">": "range", ">=": "range", "<": "range", "<=": "range"}.get(c.op, c.op)
+            op = {"in": "=", "between": "range", ">": "range", ">=": "range", "<": "range", "<=": "range"}.get(
+                c.op, c.op
+            )
             if c.value is None:
                 op = "null" if c.op == "=" else "notnull"
             groups.setdefault((field_key, op), []).append(c)
@@ -341,7 +359,11 @@ def _number(value: Any, typ: str, field_name: str) -> int | float:
 
 def _timestamp(value: Any, field_name: str) -> _dt.datetime:
     if isinstance(value, _dt.datetime):
-        return value.replace(tzinfo=None) if value.tzinfo is None else value.astimezone(_dt.timezone.utc).replace(tzinfo=None)
+        return (
+            value.replace(tzinfo=None)
+            if value.tzinfo is None
+            else value.astimezone(_dt.timezone.utc).replace(tzinfo=None)
+        )
     if isinstance(value, _dt.date):
         return _dt.datetime(value.year, value.month, value.day)
     try:
@@ -363,7 +385,9 @@ def _convert(value: Any, typ: str, field_name: str) -> Any:
     return str(value)
 
 
-def _range_clauses(expr: str, conds: Sequence[Condition], convert, inclusive_prefix: bool = False) -> tuple[list[str], list]:
+def _range_clauses(
+    expr: str, conds: Sequence[Condition], convert, inclusive_prefix: bool = False
+) -> tuple[list[str], list]:
     """``inclusive_prefix`` (text columns): an upper bound takes in every value it begins, so that
     ``eventDate<=1950-12`` or ``..1950-12-31`` keeps ``1950-12-31T10:00`` and ``1950-12-05``."""
     clauses, params = [], []
@@ -396,7 +420,9 @@ def _column_sql(expr: str, typ: str, op: str, conds: Sequence[Condition]) -> tup
         return f"{expr} IS NOT NULL", []
     if op == "contains":
         if numeric:
-            raise FilterError(f"{fname} is a {'number' if typ in _NUMERIC else 'date'}: use =, !=, <, <=, >, >= or a range, not contains")
+            raise FilterError(
+                f"{fname} is a {'number' if typ in _NUMERIC else 'date'}: use =, !=, <, <=, >, >= or a range, not contains"
+            )
         vals = [_convert(c.value, typ, fname) for c in conds]
         # contains() on lower-cased text: % and _ in the value are plain characters (no LIKE pattern)
         return " AND ".join(f"contains(lower({expr}), lower(?))" for _ in vals), vals
@@ -425,7 +451,9 @@ def _extra_sql(key: str, op: str, conds: Sequence[Condition]) -> tuple[str, list
             expr = f"TRY_CAST({text} AS DOUBLE)"
             clauses, params = _range_clauses(expr, conds, lambda v: _number(v, "DOUBLE", conds[0].field))
         else:
-            clauses, params = _range_clauses(text, conds, lambda v: _convert(v, "VARCHAR", conds[0].field), inclusive_prefix=True)
+            clauses, params = _range_clauses(
+                text, conds, lambda v: _convert(v, "VARCHAR", conds[0].field), inclusive_prefix=True
+            )
         out_params: list = []
         for p in params:
             out_params += [path, p]
@@ -489,7 +517,7 @@ def _as_bool(v: Any) -> bool:
     raise FilterError(f"has_coordinates needs true or false, got {v!r}")
 
 
-def _taxon_sql(op: str, conds: Sequence[Condition], taxonomy: "Taxonomy | None") -> tuple[str, list, list[str]]:
+def _taxon_sql(op: str, conds: Sequence[Condition], taxonomy: Taxonomy | None) -> tuple[str, list, list[str]]:
     if op not in ("=", "!="):
         raise FilterError("taxon takes = (or a set of names) and !=; use a rank column (genus~corv) for text matching")
     from indexer.taxonomy import taxa_filter_sql
@@ -514,7 +542,9 @@ def _taxon_sql(op: str, conds: Sequence[Condition], taxonomy: "Taxonomy | None")
             params += [name] * len(cols)
             continue
         if len(matches) > 1:
-            notices.append(f"taxon {name!r} is ambiguous; using all of: " + ", ".join(m.describe() for m in matches[:8]))
+            notices.append(
+                f"taxon {name!r} is ambiguous; using all of: " + ", ".join(m.describe() for m in matches[:8])
+            )
         found += matches
     if found:
         sql, p = taxa_filter_sql(found)

@@ -27,7 +27,7 @@ def index_path(collection_path: os.PathLike | str, entry: dict) -> str:
     return os.path.join(os.fspath(collection_path), entry["path"])
 
 
-def gather_vectors(snapshot: "Snapshot", segments=None) -> tuple[np.ndarray, np.ndarray]:
+def gather_vectors(snapshot: Snapshot, segments=None) -> tuple[np.ndarray, np.ndarray]:
     """Live (ids, float16 vectors) of the given segments, concatenated (half the size of float32)."""
     ids_parts, vec_parts = [], []
     for ids, vecs in snapshot.iter_vectors(segments):
@@ -39,7 +39,7 @@ def gather_vectors(snapshot: "Snapshot", segments=None) -> tuple[np.ndarray, np.
 
 
 def update_index(
-    writer: "Writer",
+    writer: Writer,
     *,
     factory: str | None = None,
     memory_budget: int | None = None,
@@ -87,9 +87,7 @@ def update_index(
     if rebuild:
         ids, vecs = gather_vectors(snap)
         log.info("building the ANN index over %d vectors", len(ids))
-        index = ann.build_index(
-            vecs, ids, factory=factory, memory_budget=memory_budget, recall_target=recall_target
-        )
+        index = ann.build_index(vecs, ids, factory=factory, memory_budget=memory_budget, recall_target=recall_target)
     else:
         assert index is not None
         if uncovered:

@@ -20,8 +20,9 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Final, Iterable, Iterator
+from typing import Final
 
 from indexer.errors import FetchError, SourceError
 
@@ -281,9 +282,7 @@ def walk_images(
             is_link = entry.is_symlink()
             if is_link:
                 info = os.stat(entry.path)  # the target
-            elif entry.is_dir(follow_symlinks=False):
-                info = entry.stat(follow_symlinks=False)
-            elif is_image:
+            elif entry.is_dir(follow_symlinks=False) or is_image:
                 info = entry.stat(follow_symlinks=False)
             else:
                 continue  # an ordinary non-image file: no system call spent on it

@@ -31,9 +31,10 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "THUMB_SIZE",
@@ -146,7 +147,7 @@ class MediaLibrary:
         self.memory_hits = 0
 
     @classmethod
-    def for_engine(cls, engine, **kwargs) -> "MediaLibrary":
+    def for_engine(cls, engine, **kwargs) -> MediaLibrary:
         """The library of an open :class:`indexer.engine.SearchEngine`'s collection (its source
         roots follow the engine's generations)."""
         return cls(engine.collection.path, source_roots(engine), engine=engine, **kwargs)
@@ -182,7 +183,7 @@ class MediaLibrary:
             return MediaRef("url", url=location)
         roots = self._current_roots(_source(hit))
         if location.startswith(_TAR):
-            shard, sep, member = location[len(_TAR):].partition("#")
+            shard, sep, member = location[len(_TAR) :].partition("#")
             path = _clean_local(shard)
             if not sep or not member or path is None or member.startswith("/") or ".." in member.split("/"):
                 return None
@@ -286,9 +287,7 @@ class MediaLibrary:
                 return
             except OSError as exc:
                 if self._disk_writable is None:
-                    log.warning(
-                        "cannot write thumbnails under %s (%s); keeping them in memory", self.thumbs_dir, exc
-                    )
+                    log.warning("cannot write thumbnails under %s (%s); keeping them in memory", self.thumbs_dir, exc)
                 self._disk_writable = False
         with self._memory_lock:
             if key in self._memory:
@@ -468,7 +467,7 @@ def _shared_folder(lo: str | None, hi: str | None) -> str | None:
     paths = []
     for loc in (lo, hi):
         if loc.startswith(_TAR):
-            loc = loc[len(_TAR):].partition("#")[0]
+            loc = loc[len(_TAR) :].partition("#")[0]
         p = _clean_local(loc)
         if p is None:
             return None

@@ -24,8 +24,9 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,18 +37,34 @@ from indexer.schema import METADATA_COLUMNS, quote_ident
 from indexer.sources.base import Source
 
 __all__ = [
-    "BuildOptions", "BuildReport", "build", "open_or_create", "check_model_compatible", "load_collection_model",
-    "load_recorded_model", "TRANSIENT_REASONS",
+    "BuildOptions",
+    "BuildReport",
+    "build",
+    "open_or_create",
+    "check_model_compatible",
+    "load_collection_model",
+    "load_recorded_model",
+    "TRANSIENT_REASONS",
 ]
 
 log = logging.getLogger(__name__)
 
 #: Failure reasons worth retrying on the next run without any change to the item.
 TRANSIENT_REASONS = frozenset(
-    {"timeout", "connection-error", "host-unreachable", "http-429", "http-500", "http-502", "http-503", "http-504", "worker-crashed"}
+    {
+        "timeout",
+        "connection-error",
+        "host-unreachable",
+        "http-429",
+        "http-500",
+        "http-502",
+        "http-503",
+        "http-504",
+        "worker-crashed",
+    }
 )
 
-_SCAN_META = [c for c in METADATA_COLUMNS]
+_SCAN_META = list(METADATA_COLUMNS)
 _CHUNK_ROWS = 20_000
 
 
@@ -237,8 +254,13 @@ class _ItemDataset:
 
     def __getitem__(self, i: int) -> dict:
         return process_item(
-            i, self.local_paths.get(i, self.locations[i]), self.locations[i],
-            self.transform, self.min_size, self.max_pixels, self.max_bytes,
+            i,
+            self.local_paths.get(i, self.locations[i]),
+            self.locations[i],
+            self.transform,
+            self.min_size,
+            self.max_pixels,
+            self.max_bytes,
         )
 
 
@@ -350,9 +372,7 @@ class _Committer:
         self.hashes: _HashIndex | None = None
 
     def maybe_commit(self) -> None:
-        if self.writer.pending >= self.every or (
-            self.writer.pending and time.monotonic() - self.last >= self.seconds
-        ):
+        if self.writer.pending >= self.every or (self.writer.pending and time.monotonic() - self.last >= self.seconds):
             self.commit()
 
     def commit(self) -> None:
@@ -430,7 +450,12 @@ def build(
     report.seconds = time.monotonic() - started
     log.info(
         "indexed %d (reused %d, metadata updated %d), unchanged %d, failed %d in %.1fs",
-        report.encoded, report.reused, report.metadata_updated, report.unchanged, report.failed, report.seconds,
+        report.encoded,
+        report.reused,
+        report.metadata_updated,
+        report.unchanged,
+        report.failed,
+        report.seconds,
     )
     return report
 
@@ -463,7 +488,8 @@ def _source_roots(con, sources: Sequence[Source]) -> dict[str, dict]:
         if isinstance(media, dict):
             roots += [os.path.abspath(os.fspath(d)) for d in media.values()]
         dirs = [
-            d for (d,) in con.execute(
+            d
+            for (d,) in con.execute(
                 "SELECT DISTINCT regexp_replace(location, '/[^/]*$', '') FROM scan "
                 "WHERE source = ? AND starts_with(location, '/')",
                 [src.name],
@@ -512,15 +538,11 @@ def _stage(con, sources: Sequence[Source], report: BuildReport) -> None:
             n_source += tbl.num_rows
             con.register("_batch", tbl)
             cols = [c for c in tbl.column_names if c in _scan_columns()]
-            sel = ", ".join(
-                f"CAST({quote_ident(c)} AS {_scan_type(c)}) AS {quote_ident(c)}" for c in cols
-            )
+            sel = ", ".join(f"CAST({quote_ident(c)} AS {_scan_type(c)}) AS {quote_ident(c)}" for c in cols)
             con.execute(f"INSERT INTO scan_raw BY NAME SELECT {sel} FROM _batch")
             con.unregister("_batch")
         report.source_reports[source.name] = dict(getattr(source, "report", {}) or {}, rows=n_source)
-    hash_expr = "md5(concat_ws(chr(31), " + ", ".join(
-        f"coalesce({quote_ident(c)}, chr(0))" for c in _SCAN_META
-    ) + "))"
+    hash_expr = "md5(concat_ws(chr(31), " + ", ".join(f"coalesce({quote_ident(c)}, chr(0))" for c in _SCAN_META) + "))"
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE scan AS SELECT *, {hash_expr} AS meta_hash FROM ("
         "SELECT *, row_number() OVER (PARTITION BY key ORDER BY seq) AS _dup FROM scan_raw) WHERE _dup = 1"
@@ -591,8 +613,7 @@ def _classify(con, writer: Writer, sources: Sequence[Source], options: BuildOpti
         names = [s.name for s in sources]
         con.register("_sources", pa.table({"name": names}))
         gone = con.execute(
-            "SELECT id FROM live WHERE source IN (SELECT name FROM _sources) "
-            "AND key NOT IN (SELECT key FROM scan)"
+            "SELECT id FROM live WHERE source IN (SELECT name FROM _sources) AND key NOT IN (SELECT key FROM scan)"
         ).fetchall()
         if gone:
             writer.retire([i for (i,) in gone])
@@ -695,7 +716,13 @@ def _carry_over(con, old_ids: np.ndarray) -> dict[str, pa.Array]:
 
 
 def _process_fetch(
-    con, writer: Writer, model, options: BuildOptions, report: BuildReport, committer: _Committer, collection,
+    con,
+    writer: Writer,
+    model,
+    options: BuildOptions,
+    report: BuildReport,
+    committer: _Committer,
+    collection,
     device: str = "auto",
 ) -> None:
     total = con.execute("SELECT count(*) FROM work WHERE action IN ('new', 'changed')").fetchall()[0][0]
@@ -741,7 +768,9 @@ def _process_fetch(
             progress.close()
 
 
-def _process_fetch_ray(con, writer, model, options, report, committer, collection, batch_size, progress, device) -> None:
+def _process_fetch_ray(
+    con, writer, model, options, report, committer, collection, batch_size, progress, device
+) -> None:
     """The same work on Ray Data: decode tasks and encoder actors, possibly on many machines.
 
     Remote media are downloaded here first (the download cache is this machine's); everything
@@ -771,7 +800,11 @@ def _process_fetch_ray(con, writer, model, options, report, committer, collectio
 
     try:
         for piece, ok, failed, vectors in encode_with_ray(
-            work(), model_info=collection.model, options=options, batch_size=batch_size, model=model,
+            work(),
+            model_info=collection.model,
+            options=options,
+            batch_size=batch_size,
+            model=model,
             device=None if device == "auto" else device,
         ):
             positions = list(range(piece.num_rows))
@@ -800,7 +833,9 @@ def _pieces(chunk: pa.Table) -> Iterable[pa.Table]:
         yield chunk.slice(start, _REMOTE_PIECE)
 
 
-def _finish_piece(piece, remote, future, model, writer, options, report, committer, batch_size, workers, progress) -> None:
+def _finish_piece(
+    piece, remote, future, model, writer, options, report, committer, batch_size, workers, progress
+) -> None:
     local_paths: dict[int, str] = {}
     if future is not None:
         local_paths, failures = future.result()
@@ -844,7 +879,9 @@ def _download(downloader, chunk: pa.Table, remote: list[int]) -> tuple[dict[int,
     return out, failures
 
 
-def _record_item_failures(chunk: pa.Table, failures: list[tuple[int, str, str, str]], writer: Writer, report: BuildReport) -> None:
+def _record_item_failures(
+    chunk: pa.Table, failures: list[tuple[int, str, str, str]], writer: Writer, report: BuildReport
+) -> None:
     idx = pa.array([f[0] for f in failures], pa.int64())
     rows = chunk.take(idx).select(["key", "source", "location", "size", "mtime"])
     rows = rows.append_column("stage", pa.array([f[1] for f in failures], pa.string()))

@@ -58,9 +58,10 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -118,45 +119,45 @@ class Term:
     # -- constructors --------------------------------------------------------------------
 
     @classmethod
-    def text(cls, text: str, weight: float = 1.0) -> "Term":
+    def text(cls, text: str, weight: float = 1.0) -> Term:
         return cls("text", text, weight)
 
     @classmethod
-    def taxon(cls, name: str, weight: float = 1.0) -> "Term":
+    def taxon(cls, name: str, weight: float = 1.0) -> Term:
         return cls("taxon", name, weight)
 
     @classmethod
-    def image(cls, image: Any, weight: float = 1.0, label: str | None = None) -> "Term":
+    def image(cls, image: Any, weight: float = 1.0, label: str | None = None) -> Term:
         """A picture: a path (str / Path), bytes, or a PIL image."""
         if label is None and isinstance(image, (str, os.PathLike)):
             label = Path(image).name
         return cls("image", image, weight, label)
 
     @classmethod
-    def id(cls, image_id: int, weight: float = 1.0) -> "Term":
+    def id(cls, image_id: int, weight: float = 1.0) -> Term:
         return cls("id", image_id, weight)
 
     @classmethod
-    def vector(cls, vector: Any, weight: float = 1.0, label: str | None = None) -> "Term":
+    def vector(cls, vector: Any, weight: float = 1.0, label: str | None = None) -> Term:
         return cls("vector", vector, weight, label)
 
     # -- arithmetic ----------------------------------------------------------------------
 
-    def scaled(self, factor: float) -> "Term":
+    def scaled(self, factor: float) -> Term:
         return Term(self.kind, self.value, self.weight * float(factor), self.label)
 
-    def __neg__(self) -> "Term":
+    def __neg__(self) -> Term:
         return self.scaled(-1.0)
 
-    def __mul__(self, factor: float) -> "Term":
+    def __mul__(self, factor: float) -> Term:
         return self.scaled(factor)
 
     __rmul__ = __mul__
 
-    def __add__(self, other: "Term | Query") -> "Query":
+    def __add__(self, other: Term | Query) -> Query:
         return Query((self,)) + other
 
-    def __sub__(self, other: "Term | Query") -> "Query":
+    def __sub__(self, other: Term | Query) -> Query:
         return Query((self,)) - other
 
     def describe(self) -> str:
@@ -183,15 +184,15 @@ class Query:
         object.__setattr__(self, "terms", terms)
 
     @classmethod
-    def of(cls, *terms: Term) -> "Query":
+    def of(cls, *terms: Term) -> Query:
         return cls(tuple(terms))
 
     @classmethod
-    def text(cls, text: str, weight: float = 1.0) -> "Query":
+    def text(cls, text: str, weight: float = 1.0) -> Query:
         return cls((Term.text(text, weight),))
 
     @classmethod
-    def coerce(cls, value: "Query | Term | str") -> "Query":
+    def coerce(cls, value: Query | Term | str) -> Query:
         if isinstance(value, Query):
             return value
         if isinstance(value, Term):
@@ -200,16 +201,16 @@ class Query:
             return cls((Term.text(value),))
         raise QueryError(f"cannot search for a {type(value).__name__}; give text, a Term or a Query")
 
-    def __add__(self, other: "Term | Query") -> "Query":
+    def __add__(self, other: Term | Query) -> Query:
         return Query(self.terms + Query.coerce(other).terms)
 
-    def __sub__(self, other: "Term | Query") -> "Query":
+    def __sub__(self, other: Term | Query) -> Query:
         return Query(self.terms + tuple(-t for t in Query.coerce(other).terms))
 
-    def __neg__(self) -> "Query":
+    def __neg__(self) -> Query:
         return Query(tuple(-t for t in self.terms))
 
-    def __mul__(self, factor: float) -> "Query":
+    def __mul__(self, factor: float) -> Query:
         return Query(tuple(t.scaled(factor) for t in self.terms))
 
     __rmul__ = __mul__
@@ -279,7 +280,7 @@ class Grouping:
             raise QueryError("max_candidates must be at least 1")
 
     @classmethod
-    def coerce(cls, value: "Grouping | bool | str | float | None") -> "Grouping | None":
+    def coerce(cls, value: Grouping | bool | str | float | None) -> Grouping | None:
         """None/False: no grouping; True or "record": by record; "similar": by similarity 0.95;
         "both"; a float: by record and by that similarity; a Grouping as it is."""
         if value is None or value is False:

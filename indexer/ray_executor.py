@@ -38,8 +38,9 @@ import os
 import queue
 import socket
 import threading
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -147,8 +148,16 @@ def plan(
     # per actor. The window is well above that (or the driver would wait for results forever).
     in_flight = max(1024, 4 * (decoders * rows + n * bs), 8 * n * bs)
     return RayPlan(
-        device=dev, precision=prec, actors=n, actor_cpus=actor_cpus, actor_gpus=actor_gpus,
-        decoders=decoders, decode_cpus=decode_cpus, batch_size=bs, decode_rows=rows, in_flight=in_flight,
+        device=dev,
+        precision=prec,
+        actors=n,
+        actor_cpus=actor_cpus,
+        actor_gpus=actor_gpus,
+        decoders=decoders,
+        decode_cpus=decode_cpus,
+        batch_size=bs,
+        decode_rows=rows,
+        in_flight=in_flight,
     )
 
 
@@ -270,8 +279,7 @@ def _dataset(ray, feed, model_info: dict, options, p: RayPlan):
         def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
             meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)
             return [
-                ReadTask(lambda: _decoder(feed, preprocess, max_pixels, max_bytes), meta)
-                for _ in range(p.decoders)
+                ReadTask(lambda: _decoder(feed, preprocess, max_pixels, max_bytes), meta) for _ in range(p.decoders)
             ]
 
     ds = ray.data.read_datasource(_Feed(), num_cpus=p.decode_cpus, override_num_blocks=p.decoders)
@@ -293,7 +301,7 @@ def _dataset(ray, feed, model_info: dict, options, p: RayPlan):
     # A read task's output buffer holds what it yields until the buffer exceeds the target block
     # size. Just under one decoded block: every block goes on at once (a long-lived decoder must
     # not sit on finished images), and none is sliced.
-    size = int((preprocess.get("size") or 224))
+    size = int(preprocess.get("size") or 224)
     ctx.target_max_block_size = int(0.9 * p.decode_rows * (3 * size * size * 4 + 256))
     ctx.max_errored_blocks = _MAX_LOST_BLOCKS
     # The input is fed by the driver, which may pause for long (downloading a piece of URLs):
@@ -459,8 +467,10 @@ def _run(ray, work, model_info, options, batch_size, model, device, actors):
     results: queue.Queue = queue.Queue()
     stop = threading.Event()
     consumer = threading.Thread(
-        target=_consume, args=(_dataset(ray, feed, model_info, options, p), results, stop),
-        name="ray-results", daemon=True,
+        target=_consume,
+        args=(_dataset(ray, feed, model_info, options, p), results, stop),
+        name="ray-results",
+        daemon=True,
     )
     encode_errors = 0
     try:
@@ -542,13 +552,22 @@ def _split(batch: dict[str, np.ndarray]) -> Iterator[tuple[int, list, list, np.n
         sel = np.flatnonzero(pids == pid)
         good, bad = sel[good_rows[sel]], sel[~good_rows[sel]]
         ok = [
-            {"i": int(batch["i"][j]), "sha256": str(batch["sha256"][j]),
-             "width": int(batch["width"][j]), "height": int(batch["height"][j])}
+            {
+                "i": int(batch["i"][j]),
+                "sha256": str(batch["sha256"][j]),
+                "width": int(batch["width"][j]),
+                "height": int(batch["height"][j]),
+            }
             for j in good
         ]
         failed = [
-            {"i": int(batch["i"][j]), "stage": str(batch["stage"][j]), "reason": str(batch["reason"][j]),
-             "detail": str(batch["detail"][j]), "host": str(batch["host"][j])}
+            {
+                "i": int(batch["i"][j]),
+                "stage": str(batch["stage"][j]),
+                "reason": str(batch["reason"][j]),
+                "detail": str(batch["detail"][j]),
+                "host": str(batch["host"][j]),
+            }
             for j in bad
         ]
         yield int(pid), ok, failed, np.asarray(batch["vector"], dtype=np.float32)[good]
@@ -561,7 +580,7 @@ def _check_visible(failed: list[dict], read_from: dict[int, str]) -> None:
         if f["reason"] not in _MISSING:
             continue
         path = read_from.get(f["i"], "")
-        local = path[len("tar://"):].split("#", 1)[0] if path.startswith("tar://") else path
+        local = path[len("tar://") :].split("#", 1)[0] if path.startswith("tar://") else path
         if local and os.path.exists(local):
             raise RayExecutorError(
                 f"a Ray worker on {f.get('host') or 'another node'} cannot find {local}, which this machine "

@@ -88,7 +88,13 @@ ALL_COLUMNS: Final[tuple[str, ...]] = SYSTEM_COLUMNS + METADATA_COLUMNS
 
 #: The seven Linnaean ranks in order, as column names.
 RANK_COLUMNS: Final[tuple[str, ...]] = (
-    "kingdom", "phylum", "class", "order", "family", "genus", "specificEpithet",
+    "kingdom",
+    "phylum",
+    "class",
+    "order",
+    "family",
+    "genus",
+    "specificEpithet",
 )
 #: Rank names as users say them, parallel to RANK_COLUMNS.
 RANKS: Final[tuple[str, ...]] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")

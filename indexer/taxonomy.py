@@ -53,14 +53,20 @@ def looks_like_scientific_name(text: str) -> bool:
     words = text.strip().split()
     if len(words) >= 2 and words[0].lower() in RANKS:  # "family Corvidae", "genus Corvus"
         rest = words[1:]
-        return (len(rest) == 1 and bool(_LATIN_WORD.match(rest[0])) and len(rest[0]) >= 3) or looks_like_scientific_name(" ".join(rest))
+        return (
+            len(rest) == 1 and bool(_LATIN_WORD.match(rest[0])) and len(rest[0]) >= 3
+        ) or looks_like_scientific_name(" ".join(rest))
     if not words or not _LATIN_WORD.match(words[0]) or len(words[0]) < 3:
         return False
     if len(words) == 1:
         return bool(_RANK_SUFFIX.search(words[0]))
     if len(words) == 3 and all(_EPITHET.match(w) and len(w) >= 3 for w in words[1:]):
         return True  # a trinomial: Salmo trutta fario
-    return bool(_EPITHET.match(words[1])) and len(words[1]) >= 3 and (len(words) == 2 or not _EPITHET.match(words[2] or ""))
+    return (
+        bool(_EPITHET.match(words[1]))
+        and len(words[1]) >= 3
+        and (len(words) == 2 or not _EPITHET.match(words[2] or ""))
+    )
 
 
 @dataclass(frozen=True)
@@ -114,14 +120,18 @@ class TaxonMatch:
             conds.append('lower("genus") = lower(?) AND lower("specificEpithet") = lower(?)')
             params += [genus, epithet]
             binomial = f"{genus} {epithet}"
-            conds.append('"specificEpithet" IS NULL AND (lower("scientificName") = lower(?) OR starts_with(lower("scientificName"), lower(?)))')
+            conds.append(
+                '"specificEpithet" IS NULL AND (lower("scientificName") = lower(?) OR starts_with(lower("scientificName"), lower(?)))'
+            )
             params += [binomial, binomial + " "]
         else:
             col = quote_ident(RANK_COLUMNS[i])
             conds.append(f"lower({col}) = lower(?)")
             params.append(self.lineage[i])
             if self.rank == "genus":
-                conds.append('"genus" IS NULL AND (lower("scientificName") = lower(?) OR starts_with(lower("scientificName"), lower(?)))')
+                conds.append(
+                    '"genus" IS NULL AND (lower("scientificName") = lower(?) OR starts_with(lower("scientificName"), lower(?)))'
+                )
                 params += [self.lineage[i], self.lineage[i] + " "]
         sql = " OR ".join(f"({c})" for c in conds)
         if self.homonym:
@@ -144,7 +154,7 @@ class TaxonMatch:
         return text
 
 
-def taxa_filter_sql(matches: "list[TaxonMatch]") -> tuple[str, list]:
+def taxa_filter_sql(matches: list[TaxonMatch]) -> tuple[str, list]:
     """One SQL condition selecting every image of any of ``matches`` (and everything below them).
 
     The same semantics as OR-ing :meth:`TaxonMatch.filter_sql`, but one ``IN`` set per rank column
@@ -171,7 +181,7 @@ def taxa_filter_sql(matches: "list[TaxonMatch]") -> tuple[str, list]:
             epithets = list(dict.fromkeys(m.lineage[6].casefold() for m in ms))
             ors.append(
                 f'lower("specificEpithet") IN ({", ".join("?" for _ in epithets)}) '
-                f"AND lower(\"genus\") || ' ' || lower(\"specificEpithet\") IN ({marks})"
+                f'AND lower("genus") || \' \' || lower("specificEpithet") IN ({marks})'
             )
             params += epithets + names
             ors.append(
@@ -184,7 +194,9 @@ def taxa_filter_sql(matches: "list[TaxonMatch]") -> tuple[str, list]:
         ors.append(f"lower({col}) IN ({marks})")
         params += names
         if rank == "genus":
-            ors.append(f'"genus" IS NULL AND "scientificName" IS NOT NULL AND lower(split_part("scientificName", \' \', 1)) IN ({marks})')
+            ors.append(
+                f'"genus" IS NULL AND "scientificName" IS NOT NULL AND lower(split_part("scientificName", \' \', 1)) IN ({marks})'
+            )
             params += names
     return " OR ".join(f"({c})" for c in ors) or "FALSE", params
 
@@ -239,8 +251,12 @@ class Taxonomy:
             best_spelling = shown[key].most_common(1)[0][0]
             i = RANKS.index(rank)
             lineage = tuple(
-                best_spelling[j] if j <= i and best_spelling[j] is not None and lineage[j] is not None
-                and best_spelling[j].casefold() == lineage[j].casefold() else lineage[j]
+                best_spelling[j]
+                if j <= i
+                and best_spelling[j] is not None
+                and lineage[j] is not None
+                and best_spelling[j].casefold() == lineage[j].casefold()
+                else lineage[j]
                 for j in range(7)
             )
             common = None
@@ -268,7 +284,7 @@ class Taxonomy:
                 self._add(sci, target, "scientific name")
 
     @classmethod
-    def from_connection(cls, con) -> "Taxonomy":
+    def from_connection(cls, con) -> Taxonomy:
         """From a DuckDB connection with an ``images`` relation (one GROUP BY over the names)."""
         cols = ", ".join(quote_ident(c) for c in (*RANK_COLUMNS, "scientificName", "vernacularName"))
         rows = con.execute(f"SELECT {cols}, count(*) FROM images GROUP BY ALL").fetchall()

@@ -56,7 +56,7 @@ def open_engine(path: str, device: str):
 
 def _preload_model(engine) -> None:
     try:
-        engine.model
+        _ = engine.model  # loads it
         browse.configure_threads()  # torch is imported now: cap its threads too
     except Exception as exc:  # reported to the user by the first query that needs the model
         log.warning("cannot load the model of %s: %s", engine.collection.path, exc)
@@ -185,7 +185,9 @@ def on_collection(paths: list[str], labels: dict[str, str]) -> None:
     label = ss["w_collection"]
     # The words of a text search go along (to compare collections); filters and ids do not.
     before = state()
-    fresh = BrowseState(q=before.q if before.mode == "text" else "", collection=label if label != labels[paths[0]] else None)
+    fresh = BrowseState(
+        q=before.q if before.mode == "text" else "", collection=label if label != labels[paths[0]] else None
+    )
     set_state(fresh)
     ss.pop("_upload", None)
     ss.pop("_result", None)
@@ -226,7 +228,13 @@ def main() -> None:
         st.title("bioclip-search")
         if len(paths) > 1:
             seed("w_collection", labels[path])
-            st.selectbox("Collection", [labels[p] for p in paths], key="w_collection", on_change=on_collection, args=(paths, labels))
+            st.selectbox(
+                "Collection",
+                [labels[p] for p in paths],
+                key="w_collection",
+                on_change=on_collection,
+                args=(paths, labels),
+            )
         seed("w_tab", s.tab)
         st.radio("Page", browse.TABS, key="w_tab", on_change=on_tab, format_func=str.capitalize, horizontal=True)
 
@@ -330,7 +338,15 @@ def search_page(engine, lib, catalog, predictor, device: str) -> None:
         return
 
     seed("w_view", s.view)
-    st.radio("View", browse.VIEWS, key="w_view", on_change=on_view, format_func=_VIEW_LABELS.get, horizontal=True, label_visibility="collapsed")
+    st.radio(
+        "View",
+        browse.VIEWS,
+        key="w_view",
+        on_change=on_view,
+        format_func=_VIEW_LABELS.get,
+        horizontal=True,
+        label_visibility="collapsed",
+    )
     if s.view in ("grid", "table"):
         if s.view == "grid":
             ui.grid(shown, lib, scored=scored, key="res", on_like=on_like, on_detail=on_detail)
@@ -341,7 +357,9 @@ def search_page(engine, lib, catalog, predictor, device: str) -> None:
         points = browse.map_points(hits)
         if points:
             st.caption(f"{len(points)} of {len(hits)} results have coordinates.")
-            st.map({"lat": [p["lat"] for p in points], "lon": [p["lon"] for p in points]}, latitude="lat", longitude="lon")
+            st.map(
+                {"lat": [p["lat"] for p in points], "lon": [p["lon"] for p in points]}, latitude="lat", longitude="lon"
+            )
         else:
             st.info("None of these results has coordinates.")
     else:
@@ -349,7 +367,13 @@ def search_page(engine, lib, catalog, predictor, device: str) -> None:
         seed("w_chart_rank", "family" if "family" in ranks else ranks[-1])
         rank = st.selectbox("Rank", ranks, key="w_chart_rank")
         counts = browse.taxa_counts(hits, rank)[:30]
-        st.bar_chart({"taxon": [c[0] for c in counts], "images": [c[1] for c in counts]}, x="taxon", y="images", horizontal=True, sort="-images")
+        st.bar_chart(
+            {"taxon": [c[0] for c in counts], "images": [c[1] for c in counts]},
+            x="taxon",
+            y="images",
+            horizontal=True,
+            sort="-images",
+        )
 
     export_row(engine, lib, s, result, image_name)
     write_url(s)
@@ -373,8 +397,9 @@ def table(hits, lib, s: BrowseState, scored: bool) -> None:
         row_height=56,
         column_config={
             "image": st.column_config.ImageColumn("image", width="small"),
-            "details": st.column_config.LinkColumn("details", display_text="open", width="small",
-                                                   help="The record's detail view (in a new tab)"),
+            "details": st.column_config.LinkColumn(
+                "details", display_text="open", width="small", help="The record's detail view (in a new tab)"
+            ),
         },
     )
 
@@ -394,7 +419,9 @@ def suggestions(engine, s: BrowseState) -> None:
     st.caption(title)
     cols = st.columns(min(3, len(matches)))
     for i, m in enumerate(matches):
-        cols[i % len(cols)].button(browse.describe_taxon(m), key=f"sugg_{i}", on_click=on_pick_taxon, args=(m.name,), width="stretch")
+        cols[i % len(cols)].button(
+            browse.describe_taxon(m), key=f"sugg_{i}", on_click=on_pick_taxon, args=(m.name,), width="stretch"
+        )
 
 
 def upload_vector(engine, upload):
@@ -432,7 +459,9 @@ def likely_taxa(predictor, catalog, vector, data: bytes) -> None:
             for t in scores:
                 label = f"*{ui.md(t.name)}*" + (f" ({ui.md(t.common_name)})" if t.common_name else "")
                 st.progress(min(1.0, max(0.0, t.score)), text=f"{label} — {t.score:.1%} · {t.images} images")
-            st.caption("Zero-shot scores against this collection's own taxa; they sum to 100% over its taxa at this rank.")
+            st.caption(
+                "Zero-shot scores against this collection's own taxa; they sum to 100% over its taxa at this rank."
+            )
 
 
 def cached_search(engine, s: BrowseState, image_vec, image_name):
@@ -475,8 +504,13 @@ def sidebar_filters(catalog, s: BrowseState, counts) -> None:
             seed("w_coords", next(k for k, v in _COORDS.items() if v == s.coords))
             st.radio("Coordinates", list(_COORDS), key="w_coords", on_change=on_coords)
         seed("w_k", s.k if s.k in browse.K_CHOICES else browse.DEFAULT_K)
-        st.select_slider("Results per search", browse.K_CHOICES, key="w_k", on_change=on_k,
-                         help="How many results the search returns; the facets, map, chart and export describe them.")
+        st.select_slider(
+            "Results per search",
+            browse.K_CHOICES,
+            key="w_k",
+            on_change=on_k,
+            help="How many results the search returns; the facets, map, chart and export describe them.",
+        )
 
 
 def multi_filter(catalog, s: BrowseState, param: str, label: str, counts) -> None:
@@ -509,7 +543,9 @@ def active_filters(s: BrowseState) -> None:
         return
     cols = st.columns(min(6, len(chips) + 1))
     for i, (param, value, text) in enumerate(chips):
-        cols[i % (len(cols) - 1 or 1)].button(f"✕ {text}", key=f"chip_{i}", on_click=on_remove_filter, args=(param, value))
+        cols[i % (len(cols) - 1 or 1)].button(
+            f"✕ {text}", key=f"chip_{i}", on_click=on_remove_filter, args=(param, value)
+        )
     cols[-1].button("Clear filters", key="chip_clear", on_click=on_clear_filters)
 
 
@@ -524,11 +560,17 @@ def pager(page: int, pages: int, start: int, end: int, total: int) -> None:
 
 def export_row(engine, lib, s: BrowseState, result, image_name) -> None:
     data = browse.export_csv(
-        result.hits, s, media=lib, collection=str(engine.collection.path),
-        interpretation=result.interpretation, image_name=image_name,
+        result.hits,
+        s,
+        media=lib,
+        collection=str(engine.collection.path),
+        interpretation=result.interpretation,
+        image_name=image_name,
     )
     c1, c2 = st.columns([1, 3])
-    c1.download_button("Download results (CSV)", data=data, file_name="bioclip-search-results.csv", mime="text/csv", key="export")
+    c1.download_button(
+        "Download results (CSV)", data=data, file_name="bioclip-search-results.csv", mime="text/csv", key="export"
+    )
     if s.mode != "image":
         c2.caption(f"Link to this search: [?{ui.md(s.query_string())}](?{s.query_string()})")
     else:

@@ -8,7 +8,8 @@ script turns into a new ``BrowseState``.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import streamlit as st
 
@@ -64,7 +65,9 @@ def card(hit, lib, *, scored: bool, key: str, on_like: Callable, on_detail: Call
         c2.button("More like this", key=f"{key}_like_{hit.id}", on_click=on_like, args=(hit.id,), type="tertiary")
 
 
-def grid(hits: Sequence, lib, *, scored: bool, key: str, on_like: Callable, on_detail: Callable, columns: int = 4) -> None:
+def grid(
+    hits: Sequence, lib, *, scored: bool, key: str, on_like: Callable, on_detail: Callable, columns: int = 4
+) -> None:
     for start in range(0, len(hits), columns):
         cols = st.columns(columns)
         for col, hit in zip(cols, hits[start : start + columns]):
@@ -101,7 +104,9 @@ def detail(engine, hit, lib, *, on_like: Callable, on_detail: Callable, on_back:
     with st.expander(f"All {len(rows)} fields of this record", expanded=True):
         st.dataframe(
             {"field": [r[0] for r in rows], "value": [r[1] for r in rows]},
-            hide_index=True, width="stretch", height=min(36 + 35 * len(rows), 1400),
+            hide_index=True,
+            width="stretch",
+            height=min(36 + 35 * len(rows), 1400),
         )
     others = engine.records_of(hit, limit=12)
     if others:
@@ -127,7 +132,10 @@ def collection_page(engine) -> None:
     st.table(
         {
             "": ["model", "source", "revision", "architecture", "dimension", "preprocessing"],
-            "value": [str(o[k] or "") for k in ("model", "model_source", "revision", "architecture", "dimension", "preprocess")],
+            "value": [
+                str(o[k] or "")
+                for k in ("model", "model_source", "revision", "architecture", "dimension", "preprocess")
+            ],
         }
     )
     st.markdown("**Index**")
@@ -143,11 +151,19 @@ def collection_page(engine) -> None:
     left, right = st.columns(2)
     with left:
         st.markdown("**Images per rank**")
-        st.table({"rank": [r[0] for r in o["ranks"]], "images": [r[1] for r in o["ranks"]], "taxa": [r[2] for r in o["ranks"]]})
+        st.table(
+            {
+                "rank": [r[0] for r in o["ranks"]],
+                "images": [r[1] for r in o["ranks"]],
+                "taxa": [r[2] for r in o["ranks"]],
+            }
+        )
     with right:
         st.markdown("**Failures by reason**")
         if o["failures_by_reason"]:
-            st.table({"reason": [r for r, _ in o["failures_by_reason"]], "images": [n for _, n in o["failures_by_reason"]]})
+            st.table(
+                {"reason": [r for r, _ in o["failures_by_reason"]], "images": [n for _, n in o["failures_by_reason"]]}
+            )
         else:
             st.caption("No failures.")
         st.markdown("**Sources**")

@@ -44,8 +44,14 @@ def make_folder(root: Path, n: int, *, start: int = 0, labels: bool = True, fmt:
         rows.append(
             {
                 "path": rel,
-                "kingdom": t[0], "phylum": t[1], "class": t[2], "order": t[3], "family": t[4],
-                "genus": t[5], "specificEpithet": t[6], "vernacularName": t[7],
+                "kingdom": t[0],
+                "phylum": t[1],
+                "class": t[2],
+                "order": t[3],
+                "family": t[4],
+                "genus": t[5],
+                "specificEpithet": t[6],
+                "vernacularName": t[7],
                 "scientificName": f"{t[5]} {t[6]}",
                 "catalogNumber": f"CAT-{i}",
                 "institutionCode": "NHM" if i % 3 else "MNHN",

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from test_app_fixtures import build_app_collection, picture_bytes
 
 pytest.importorskip("streamlit")
@@ -68,7 +67,7 @@ def captions(at: AppTest) -> list[str]:
 
 def understood(at: AppTest) -> str:
     (line,) = [c for c in captions(at) if c.startswith("Searching for: ")]
-    return line[len("Searching for: "):]
+    return line[len("Searching for: ") :]
 
 
 def click(at: AppTest, key: str) -> AppTest:
@@ -135,7 +134,7 @@ def test_upload_search_puts_the_same_picture_first_and_shows_likely_taxa(app, id
     assert errors(at) == []
     assert result_ids(at)[0] == ids["MUS-005"]
     assert understood(at) == "images similar to the uploaded picture mine.png"
-    bars = [p for p in at.get("progress")]
+    bars = list(at.get("progress"))
     assert len(bars) == 4  # the collection's four species, with scores
     assert at.selectbox(key="w_zs_rank").value == "species"
     at.selectbox(key="w_zs_rank").set_value("family").run()
@@ -209,7 +208,7 @@ def test_detail_view_shows_everything_about_an_image(app, ids):
     fields = dict(zip(table["field"], table["value"]))
     assert fields["catalogNumber"] == "MUS-000" and fields["notes"] == "note for image 0"
     assert fields["references"] == "https://example.org/record/0"
-    links = [e for e in at.get("link_button")]
+    links = list(at.get("link_button"))
     assert links and links[0].proto.url == "https://example.org/record/0"
     # the other image of the same specimen, and similar images
     assert result_ids(at, "rec") == [ids["MUS-004"]]
@@ -271,7 +270,13 @@ def test_filters_narrow_the_results_and_show_counts(app, engine):
     ok(at)
     # the active filters can be removed one by one, or all at once
     chips = {b.label: b.key for b in at.button if b.key and b.key.startswith("chip_")}
-    assert {"✕ Country: Kenya", "✕ Genus: Corvus", "✕ year: 1900–1950", "✕ with coordinates", "✕ License: CC-BY-4.0"} <= set(chips)
+    assert {
+        "✕ Country: Kenya",
+        "✕ Genus: Corvus",
+        "✕ year: 1900–1950",
+        "✕ with coordinates",
+        "✕ License: CC-BY-4.0",
+    } <= set(chips)
     click(at, chips["✕ Country: Kenya"])
     assert "country" not in at.query_params and at.multiselect(key="w_f_country").value == []
     assert at.query_params["genus"] == "Corvus"
@@ -287,7 +292,15 @@ def test_filters_with_no_result_say_so(app):
 
 
 def test_a_url_runs_the_search_and_fills_the_widgets(app):
-    at = app({"q": "Pica pica", "country": ["Kenya", "Côte d'Ivoire"], "collectionCode": 'PLANTS & "SEEDS"', "year": "1900..2000", "view": "table"})
+    at = app(
+        {
+            "q": "Pica pica",
+            "country": ["Kenya", "Côte d'Ivoire"],
+            "collectionCode": 'PLANTS & "SEEDS"',
+            "year": "1900..2000",
+            "view": "table",
+        }
+    )
     assert at.text_input(key="w_q").value == "Pica pica"
     assert at.multiselect(key="w_f_country").value == ["Kenya", "Côte d'Ivoire"]
     assert understood(at).startswith("species Pica pica")

@@ -23,7 +23,17 @@ TAXA = [
     ("Animalia", "Chordata", "Aves", "Passeriformes", "Corvidae", "Corvus", "corax", "common raven", "BIRDS"),
     ("Animalia", "Chordata", "Aves", "Passeriformes", "Corvidae", "Pica", "pica", "Eurasian magpie", "BIRDS"),
     ("Animalia", "Chordata", "Mammalia", "Carnivora", "Canidae", "Vulpes", "vulpes", "red fox", "MAMMALS"),
-    ("Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Rosaceae", "Rosa", "canina", "dog rose", 'PLANTS & "SEEDS"'),
+    (
+        "Plantae",
+        "Tracheophyta",
+        "Magnoliopsida",
+        "Rosales",
+        "Rosaceae",
+        "Rosa",
+        "canina",
+        "dog rose",
+        'PLANTS & "SEEDS"',
+    ),
 ]
 TINTS = [(200, 40, 40), (40, 40, 200), (220, 140, 30), (40, 170, 60)]
 COUNTRIES = ["Kenya", "Norway", "Côte d'Ivoire"]
@@ -52,8 +62,14 @@ def label_row(i: int, relpath: str) -> dict[str, str]:
     row = {
         "path": relpath,
         "scientificName": f"{g} {s}",
-        "kingdom": k, "phylum": p, "class": c, "order": o, "family": f, "genus": g,
-        "specificEpithet": s, "vernacularName": vern,
+        "kingdom": k,
+        "phylum": p,
+        "class": c,
+        "order": o,
+        "family": f,
+        "genus": g,
+        "specificEpithet": s,
+        "vernacularName": vern,
         "catalogNumber": f"MUS-{i:03d}",
         "recordID": "REC-A" if i in (0, 4) else f"REC-{i}",
         "occurrenceID": f"https://example.org/occurrence/{i}" if i % 2 == 0 else f"urn:catalog:MUS:{i}",

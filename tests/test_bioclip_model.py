@@ -60,8 +60,16 @@ def test_local_dir_model_attributes(model, tiny_model_dir, tiny_model_source):
     assert described["source"] == tiny_model_source
     assert described["dimension"] == 64
     assert described["preprocess"] == model.preprocess_config.to_dict()
-    assert set(described) >= {"name", "source", "revision", "architecture", "dimension", "context_length",
-                              "preprocess", "precision"}
+    assert set(described) >= {
+        "name",
+        "source",
+        "revision",
+        "architecture",
+        "dimension",
+        "context_length",
+        "preprocess",
+        "precision",
+    }
 
 
 def test_embedding_contract(model):
@@ -235,7 +243,7 @@ def test_cuda_autocast_matches_fp32(tiny_model_source, model):
     cosine = (got * model.encode_images(images)).sum(axis=1)
     assert (cosine > 0.99).all(), cosine
     fp32 = load_model(tiny_model_source, device="cuda", precision="fp32")
-    assert ((fp32.encode_texts(["a photo of a crow."]) * model.encode_texts(["a photo of a crow."])).sum() > 0.9999)
+    assert (fp32.encode_texts(["a photo of a crow."]) * model.encode_texts(["a photo of a crow."])).sum() > 0.9999
 
 
 def test_trimmed_text_encoding_equals_open_clips_full_encode(tiny_model_source):
@@ -246,8 +254,12 @@ def test_trimmed_text_encoding_equals_open_clips_full_encode(tiny_model_source):
     from bioclip import load_model
 
     model = load_model(tiny_model_source, device="cpu")
-    texts = ["a photo of Corvus corax.", "x", "a photo of Animalia Chordata Aves Passeriformes Corvidae Corvus corax "
-             "with common name common raven.", "word " * 100]
+    texts = [
+        "a photo of Corvus corax.",
+        "x",
+        "a photo of Animalia Chordata Aves Passeriformes Corvidae Corvus corax with common name common raven.",
+        "word " * 100,
+    ]
     tokens = open_clip.get_tokenizer(tiny_model_source)(texts)
     with torch.inference_mode():
         full = torch.nn.functional.normalize(model.torch_model.encode_text(tokens), dim=-1).numpy()

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from bioclip import ModelSpec, ModelSpecError, list_models, register, resolve_spec
-from bioclip import registry
+from bioclip import ModelSpec, ModelSpecError, list_models, register, registry, resolve_spec
 
 
 def test_registered_names():

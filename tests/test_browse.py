@@ -11,12 +11,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from PIL import Image
+from test_app_fixtures import build_app_collection, picture, picture_bytes
 
 from indexer import browse
 from indexer.browse import BrowseState, UploadError
 from indexer.engine import Hit
 from indexer.errors import QueryError
-from test_app_fixtures import build_app_collection, picture, picture_bytes
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,10 @@ def test_app_args_from_argv_and_environment():
 
 
 def test_collection_labels_are_short_and_unique():
-    assert browse.collection_labels(["/d/birds.coll", "/e/fish.coll"]) == {"/d/birds.coll": "birds.coll", "/e/fish.coll": "fish.coll"}
+    assert browse.collection_labels(["/d/birds.coll", "/e/fish.coll"]) == {
+        "/d/birds.coll": "birds.coll",
+        "/e/fish.coll": "fish.coll",
+    }
     labels = browse.collection_labels(["/d/x.coll", "/e/x.coll/"])
     assert len(set(labels.values())) == 2
 
@@ -79,7 +82,9 @@ AWKWARD = [
 @pytest.mark.parametrize("text", AWKWARD)
 def test_url_round_trip_keeps_every_value(text):
     state = BrowseState(q=text).with_values("country", [text, "Kenya"]).with_values("family", ["Corvidae"])
-    state = replace(state, year=(1900, 1950), coords=True, k=500, page=3, view="table", detail=7, collection="birds & fish")
+    state = replace(
+        state, year=(1900, 1950), coords=True, k=500, page=3, view="table", detail=7, collection="birds & fish"
+    )
     back, notices = BrowseState.from_query_string(state.query_string())
     assert notices == []
     assert back == state
@@ -98,7 +103,10 @@ def test_url_parameters_are_one_per_filter():
         "year": ["..1950"],
         "has_coordinates": ["false"],
     }
-    assert state.query_string() == "q=corvus&country=Kenya&country=Norway&license=CC0-1.0&year=..1950&has_coordinates=false"
+    assert (
+        state.query_string()
+        == "q=corvus&country=Kenya&country=Norway&license=CC0-1.0&year=..1950&has_coordinates=false"
+    )
 
 
 def test_more_like_this_and_uploads_in_the_url():
@@ -111,7 +119,9 @@ def test_more_like_this_and_uploads_in_the_url():
 
 
 def test_bad_url_values_are_dropped_with_a_notice():
-    state, notices = BrowseState.from_query_string("like=abc&year=soon&has_coordinates=maybe&k=-3&page=0&view=3d&q=ok&tab=nope&unknown=1")
+    state, notices = BrowseState.from_query_string(
+        "like=abc&year=soon&has_coordinates=maybe&k=-3&page=0&view=3d&q=ok&tab=nope&unknown=1"
+    )
     assert state == BrowseState(q="ok")
     assert len(notices) == 7
     assert any("like" in n for n in notices) and any("year" in n for n in notices)
@@ -125,7 +135,13 @@ def test_k_in_the_url_becomes_a_choice_the_page_offers(raw, k):
 
 @pytest.mark.parametrize(
     "raw, expected",
-    [("1900..1950", (1900, 1950)), ("1950..1900", (1900, 1950)), ("1900..", (1900, None)), ("..1950", (None, 1950)), ("1931", (1931, 1931))],
+    [
+        ("1900..1950", (1900, 1950)),
+        ("1950..1900", (1900, 1950)),
+        ("1900..", (1900, None)),
+        ("..1950", (None, 1950)),
+        ("1931", (1931, 1931)),
+    ],
 )
 def test_year_forms(raw, expected):
     state, notices = BrowseState.from_params({"year": raw})
@@ -148,8 +164,14 @@ def test_state_to_filter_selects_what_it_says(engine):
         assert m["country"] == "Kenya" and m["family"] in ("Corvidae", "Canidae")
         assert 1900 <= m["year"] <= 2000 and m["decimalLatitude"] is not None
     everything = engine.get(range(12))
-    expected = [h for h in everything if h.metadata["country"] == "Kenya" and h.metadata["family"] in ("Corvidae", "Canidae")
-                and 1900 <= h.metadata["year"] <= 2000 and h.metadata["decimalLatitude"] is not None]
+    expected = [
+        h
+        for h in everything
+        if h.metadata["country"] == "Kenya"
+        and h.metadata["family"] in ("Corvidae", "Canidae")
+        and 1900 <= h.metadata["year"] <= 2000
+        and h.metadata["decimalLatitude"] is not None
+    ]
     assert sorted(h.id for h in result.hits) == sorted(h.id for h in expected)
     assert result.candidates == len(expected)
 
@@ -230,7 +252,16 @@ def test_cards_facets_chart_and_map(engine):
     bad = Hit(1, 0.0, "/x", {"decimalLatitude": 95.0, "decimalLongitude": 10.0})
     assert browse.map_points([bad]) == []
     rows = browse.result_rows(hits[:2])
-    assert set(rows[0]) >= {"id", "score", "scientificName", "rank", "catalogNumber", "institutionCode", "date", "media"}
+    assert set(rows[0]) >= {
+        "id",
+        "score",
+        "scientificName",
+        "rank",
+        "catalogNumber",
+        "institutionCode",
+        "date",
+        "media",
+    }
 
 
 def test_facet_counts_of_a_filter_in_use_ignore_that_filter(engine):
@@ -268,7 +299,16 @@ def test_other_images_of_the_same_specimen(engine):
     assert [h.metadata["catalogNumber"] for h in others] == ["MUS-004"]
 
 
-@pytest.mark.parametrize("n, page, expected", [(0, 1, (0, 0, 1, 1)), (50, 1, (0, 24, 1, 3)), (50, 3, (48, 50, 3, 3)), (50, 9, (48, 50, 3, 3)), (24, 0, (0, 24, 1, 1))])
+@pytest.mark.parametrize(
+    "n, page, expected",
+    [
+        (0, 1, (0, 0, 1, 1)),
+        (50, 1, (0, 24, 1, 3)),
+        (50, 3, (48, 50, 3, 3)),
+        (50, 9, (48, 50, 3, 3)),
+        (24, 0, (0, 24, 1, 1)),
+    ],
+)
 def test_page_bounds(n, page, expected):
     assert browse.page_bounds(n, page) == expected
 
@@ -287,8 +327,13 @@ def test_export_has_the_columns_and_the_query(engine):
     state = BrowseState(q="Corvidae").with_values("country", ["Kenya", "Côte d'Ivoire"])
     state = replace(state, year=(1900, None))
     result = browse.run_search(engine, state)
-    data = browse.export_csv(result.hits, state, collection="/c/app.coll", interpretation=result.interpretation,
-                             now=dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc))
+    data = browse.export_csv(
+        result.hits,
+        state,
+        collection="/c/app.coll",
+        interpretation=result.interpretation,
+        now=dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
+    )
     comments, rows = read_export(data)
     assert comments[0] == "bioclip-search export"
     assert "query: text: Corvidae" in comments
@@ -309,7 +354,17 @@ def test_export_has_the_columns_and_the_query(engine):
 
 def test_export_neutralises_spreadsheet_formulas_and_keeps_awkward_text():
     hits = [
-        Hit(1, 0.5, "/x/a.png", {"scientificName": "=HYPERLINK(\"http://evil\")", "catalogNumber": "-1.5", "occurrenceID": 'a,"b"\nc', "license": "@x"}),
+        Hit(
+            1,
+            0.5,
+            "/x/a.png",
+            {
+                "scientificName": '=HYPERLINK("http://evil")',
+                "catalogNumber": "-1.5",
+                "occurrenceID": 'a,"b"\nc',
+                "license": "@x",
+            },
+        ),
     ]
     state = BrowseState(q='line\nbreak "quoted"')
     comments, rows = read_export(browse.export_csv(hits, state))
@@ -398,7 +453,9 @@ def test_most_likely_taxa_at_a_rank_are_cached(engine, coll, monkeypatch):
 
     calls = []
     original = ZeroShotClassifier._embed_labels
-    monkeypatch.setattr(ZeroShotClassifier, "_embed_labels", lambda self: calls.append(len(self.labels)) or original(self))
+    monkeypatch.setattr(
+        ZeroShotClassifier, "_embed_labels", lambda self: calls.append(len(self.labels)) or original(self)
+    )
     predictor = browse.TaxaPredictor(engine)
     vec = engine.embed_image(coll.image_path(0))
     species = predictor.predict(vec, "species", k=10)
@@ -427,8 +484,13 @@ def test_most_likely_taxa_are_rebuilt_for_a_new_generation(tmp_path, tiny_model_
     vec = engine.embed_image(c.image_path(0))
     assert len(predictor.predict(vec, "species", k=10)) == 4
     Image.new("RGB", (64, 64), (1, 2, 3)).save(c.images / "other" / "new.png")
-    build(c.path, [FolderSource(c.images, labels=c.labels)], model_name=c.model_source, device="cpu",
-          options=BuildOptions(build_index=False, workers=0))
+    build(
+        c.path,
+        [FolderSource(c.images, labels=c.labels)],
+        model_name=c.model_source,
+        device="cpu",
+        options=BuildOptions(build_index=False, workers=0),
+    )
     assert engine.refresh()
     predictor.predict(vec, "species")
     assert predictor.builds == 2
@@ -443,7 +505,7 @@ def test_collection_overview(engine, coll):
     assert o["failures_by_reason"] == [("not-an-image", 1)]
     assert o["model"] == coll.model_source and o["dimension"] == 64
     assert [r[0] for r in o["ranks"]] == list(browse.RANKS)
-    assert dict((r, n) for r, n, _ in o["ranks"])["family"] == 12
+    assert {r: n for r, n, _ in o["ranks"]}["family"] == 12
     assert o["sources"] == [(str(coll.images), 12)]
     assert o["index"]
     assert "revision" in o and "preprocess" in o

@@ -17,7 +17,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from test_app_fixtures import build_app_collection
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -64,12 +63,27 @@ def server(tmp_path_factory, tiny_model_dir):
     env = dict(os.environ, HF_HUB_OFFLINE="1", BIOCLIP_SEARCH_THREADS="1")
     env.pop("BIOCLIP_SEARCH_COLLECTIONS", None)  # the collection comes as bioclip-app passes it
     env.pop("BIOCLIP_SEARCH_DEVICE", None)
-    log = open(base / "streamlit.log", "wb")
+    log = open(base / "streamlit.log", "wb")  # noqa: SIM115 - the server writes to it until the fixture ends
     cmd = [
-        sys.executable, "-m", "streamlit", "run", str(APP),
-        "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
-        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-        "--", str(coll.path), "--device", "cpu",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP),
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--",
+        str(coll.path),
+        "--device",
+        "cpu",
     ]
     proc = subprocess.Popen(cmd, cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -77,7 +91,9 @@ def server(tmp_path_factory, tiny_model_dir):
         deadline = time.monotonic() + WAIT
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited with {proc.returncode}: {(base / 'streamlit.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"streamlit exited with {proc.returncode}: {(base / 'streamlit.log').read_text()[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
                     if resp.read().strip() == b"ok":
@@ -106,9 +122,16 @@ def driver(server, tmp_path_factory):
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-        "--window-size=1400,1000", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
     ):
         opts.add_argument(flag)
     drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
@@ -199,7 +222,11 @@ def test_search_upload_filter_and_more_like_this_in_chromium(server, driver, art
 
         # more like this on the first result
         first = expected.id
-        buttons = [b for b in drv.find_elements(By.CSS_SELECTOR, '[data-testid="stButton"] button') if b.text == "More like this"]
+        buttons = [
+            b
+            for b in drv.find_elements(By.CSS_SELECTOR, '[data-testid="stButton"] button')
+            if b.text == "More like this"
+        ]
         buttons[0].click()
         wait_for_text(drv, f"Searching for: images similar to image {first}")
         wait_idle(drv)
@@ -216,7 +243,9 @@ def test_search_upload_filter_and_more_like_this_in_chromium(server, driver, art
         assert "Traceback" not in drv.find_element(By.TAG_NAME, "body").text
 
         # the detail view of that result, and the collection page
-        [b for b in drv.find_elements(By.CSS_SELECTOR, '[data-testid="stButton"] button') if b.text == "Details"][0].click()
+        [b for b in drv.find_elements(By.CSS_SELECTOR, '[data-testid="stButton"] button') if b.text == "Details"][
+            0
+        ].click()
         wait_for_text(drv, "Rights holder")
         wait_for_text(drv, "Similar images")
         wait_idle(drv)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from imagegen import make_folder
+
 from indexer import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,8 +52,22 @@ def built(tmp_path_factory, tiny_model_source):
     col = tmp / "col"
     result = CliRunner().invoke(
         cli.index_main,
-        ["build", str(folder), "--labels", str(folder / "labels.csv"), "--out", str(col),
-         "--model", tiny_model_source, "--device", "cpu", "--batch-size", "4", "--workers", "0"],
+        [
+            "build",
+            str(folder),
+            "--labels",
+            str(folder / "labels.csv"),
+            "--out",
+            str(col),
+            "--model",
+            tiny_model_source,
+            "--device",
+            "cpu",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+        ],
     )
     assert result.exit_code == 0, result.output
     return col, folder, result.output
@@ -141,5 +155,8 @@ def test_build_errors_are_messages(tmp_path, built, tiny_model_source):
     assert r.exit_code == 1 and "cannot be mixed" in r.output
     bad = tmp_path / "labels.csv"
     bad.write_text("name,scientificName\nx.jpg,Corvus corax\n")
-    r = CliRunner().invoke(cli.index_main, ["build", str(folder), "--labels", str(bad), "--out", str(tmp_path / "c2"), "--model", tiny_model_source])
+    r = CliRunner().invoke(
+        cli.index_main,
+        ["build", str(folder), "--labels", str(bad), "--out", str(tmp_path / "c2"), "--model", tiny_model_source],
+    )
     assert r.exit_code == 1 and "no path column" in r.output and str(bad) in r.output

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from indexer.collection import Collection, FORMAT_VERSION
+from indexer.collection import FORMAT_VERSION, Collection
 from indexer.errors import CollectionError, CollectionLockedError, CollectionNotFoundError, FormatVersionError
 
 
@@ -62,7 +62,9 @@ def test_retired_ids_disappear_and_are_never_reused(col):
 
 def test_failures_latest_per_key_and_cleared_by_success(col):
     with col.writer() as w:
-        w.record_failures(pa.table({"key": ["x", "y"], "reason": ["truncated", "http-500"], "stage": ["decode", "fetch"]}))
+        w.record_failures(
+            pa.table({"key": ["x", "y"], "reason": ["truncated", "http-500"], "stage": ["decode", "fetch"]})
+        )
         w.commit()
         w.record_failures(pa.table({"key": ["y"], "reason": ["http-404"], "stage": ["fetch"]}))
         w.commit()
@@ -76,7 +78,13 @@ def test_failures_latest_per_key_and_cleared_by_success(col):
 def test_metadata_values_that_do_not_parse_become_null_without_losing_the_row(col):
     with col.writer() as w:
         w.add(
-            pa.table({"key": ["a", "b", "c"], "year": ["1950", "circa 1900", " 2001 "], "decimalLatitude": ["-1.5", "N/A", None]}),
+            pa.table(
+                {
+                    "key": ["a", "b", "c"],
+                    "year": ["1950", "circa 1900", " 2001 "],
+                    "decimalLatitude": ["-1.5", "N/A", None],
+                }
+            ),
             _unit(3, 8, 0),
         )
         w.commit()

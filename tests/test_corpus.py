@@ -11,14 +11,14 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from imagegen import picture
+from PIL import Image
+from test_decode import encode, png_bomb, scene, synthetic_jpeg, with_orientation
+
 from indexer.collection import Collection
 from indexer.engine import SearchEngine
 from indexer.pipeline import BuildOptions, build
 from indexer.sources import FolderSource
-from test_decode import encode, png_bomb, scene, synthetic_jpeg, with_orientation
 
 EXPECTED_FAILURES = {
     "truncated.jpg": "truncated",
@@ -83,7 +83,10 @@ def test_every_kind_of_file_is_indexed_or_recorded(tmp_path, tiny_model_source):
     ok = _corpus(root)
     col = tmp_path / "col"
     report = build(
-        col, [FolderSource(root)], model_name=tiny_model_source, device="cpu",
+        col,
+        [FolderSource(root)],
+        model_name=tiny_model_source,
+        device="cpu",
         options=BuildOptions(workers=1, max_pixels=3_000_000 * 100, batch_size=4),
     )
     # big-for-the-limit.png is only too big under a lower limit: a second collection checks that.
@@ -109,7 +112,10 @@ def test_every_kind_of_file_is_indexed_or_recorded(tmp_path, tiny_model_source):
     assert os.path.basename(hit.location) == "exif-rotated.jpg" and hit.score > 0.995
 
     low = build(
-        tmp_path / "col-low", [FolderSource(root)], model_name=tiny_model_source, device="cpu",
+        tmp_path / "col-low",
+        [FolderSource(root)],
+        model_name=tiny_model_source,
+        device="cpu",
         options=BuildOptions(workers=0, max_pixels=2_000_000, batch_size=4),
     )
     assert low.failed_by_reason.get("too-many-pixels") == 3  # bomb, big-for-the-limit, herbarium sheet
@@ -133,8 +139,23 @@ def test_unreadable_file_is_recorded_as_permission_denied(tmp_path, tiny_model_s
     picture(2).save(root / "secret.png")
     os.chmod(root / "secret.png", 0o000)
     col = tmp_path / "col"
-    cmd = [*prefix, sys.executable, "-c", "from indexer.cli import index_main; index_main()", "build", str(root),
-           "--out", str(col), "--model", tiny_model_source, "--device", "cpu", "--workers", "0", "--json"]
+    cmd = [
+        *prefix,
+        sys.executable,
+        "-c",
+        "from indexer.cli import index_main; index_main()",
+        "build",
+        str(root),
+        "--out",
+        str(col),
+        "--model",
+        tiny_model_source,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--json",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr
@@ -148,8 +169,13 @@ def test_unreadable_file_is_recorded_as_permission_denied(tmp_path, tiny_model_s
 
 def test_the_real_camera_trap_variants(shared_data, tmp_path, tiny_model_source):
     src = shared_data / "images-cameratrap-speciesnet"
-    build(tmp_path / "col", [FolderSource(src, labels=src / "labels.csv")], model_name=tiny_model_source,
-          device="cpu", options=BuildOptions(workers=1))
+    build(
+        tmp_path / "col",
+        [FolderSource(src, labels=src / "labels.csv")],
+        model_name=tiny_model_source,
+        device="cpu",
+        options=BuildOptions(workers=1),
+    )
     engine = SearchEngine.open(tmp_path / "col")
     failed = {os.path.basename(f["location"]): f["reason"] for f in engine.failures()}
     assert failed == {"african_elephants_truncated_file.jpg": "truncated"}

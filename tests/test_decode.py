@@ -117,7 +117,7 @@ def synthetic_jpeg(width: int, height: int) -> bytes:
     sos = bytes([3, 1, 0x00, 2, 0x00, 3, 0x00, 0, 63, 0])
     # MCU = Y (DC diff +32 or -32: '01' + 6 bits, then EOB '00') + Cb and Cr ('00' DC, '00' EOB):
     # 18 bits; a bright/dark pair 36 bits; two pairs 72 bits = 9 whole bytes, repeated.
-    pair = "01" "100000" "00" "0000" "0000" + "01" "011111" "00" "0000" "0000"
+    pair = "011000000000000000" + "010111110000000000"
     mcus = -(-width // 8) * -(-height // 8)
     n_pairs, odd = divmod(mcus, 2)
     body = int(pair * 2, 2).to_bytes(9, "big") * (n_pairs // 2)
@@ -127,8 +127,13 @@ def synthetic_jpeg(width: int, height: int) -> bytes:
         body += int(tail, 2).to_bytes(len(tail) // 8, "big")
     body = body.replace(b"\xff", b"\xff\x00")  # byte stuffing
     return (
-        b"\xff\xd8" + segment(0xDB, dqt) + segment(0xC0, sof) + segment(0xC4, dht) + segment(0xDA, sos)
-        + body + b"\xff\xd9"
+        b"\xff\xd8"
+        + segment(0xDB, dqt)
+        + segment(0xC0, sof)
+        + segment(0xC4, dht)
+        + segment(0xDA, sos)
+        + body
+        + b"\xff\xd9"
     )
 
 
@@ -209,7 +214,7 @@ def test_decompression_bomb_gif_rejected_from_header():
 def test_bomb_leaves_pillow_limit_alone():
     before = Image.MAX_IMAGE_PIXELS
     reason_of(png_bomb(100_000, 100_000))
-    assert Image.MAX_IMAGE_PIXELS == before
+    assert before == Image.MAX_IMAGE_PIXELS
 
 
 def test_max_pixels_is_configurable(photo):
@@ -674,7 +679,10 @@ def test_herbarium_sheet_20000_by_15000_jpeg(tmp_path):
     path.write_bytes(synthetic_jpeg(20_000, 15_000))
     proc = subprocess.run(
         [sys.executable, "-c", _SHEET_SCRIPT, str(path)],
-        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from imagegen import make_folder
+
 from indexer.collection import Collection
 
 pytestmark = pytest.mark.slow
@@ -32,10 +32,27 @@ N_IMAGES = 240
 
 def _build_cmd(folder: Path, col: Path, model_source: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-c", "from indexer.cli import index_main; index_main()",
-        "build", str(folder), "--labels", str(folder / "labels.csv"), "--out", str(col),
-        "--model", model_source, "--device", "cpu", "--batch-size", "4", "--commit-every", "8",
-        "--workers", "1", "--no-progress", *extra,
+        sys.executable,
+        "-c",
+        "from indexer.cli import index_main; index_main()",
+        "build",
+        str(folder),
+        "--labels",
+        str(folder / "labels.csv"),
+        "--out",
+        str(col),
+        "--model",
+        model_source,
+        "--device",
+        "cpu",
+        "--batch-size",
+        "4",
+        "--commit-every",
+        "8",
+        "--workers",
+        "1",
+        "--no-progress",
+        *extra,
     ]
 
 
@@ -66,7 +83,9 @@ def _generation(col: Path) -> int:
 def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tmp_path, tiny_model_source):
     folder = make_folder(tmp_path / "imgs", N_IMAGES)
     ref = tmp_path / "ref"
-    done = subprocess.run(_build_cmd(folder, ref, tiny_model_source), env=_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        _build_cmd(folder, ref, tiny_model_source), env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     expected = _state(ref)
     assert len(expected) == N_IMAGES
@@ -74,8 +93,10 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tm
     col = tmp_path / "col"
     rng = random.Random(1234)
     kills = 0
-    for attempt in range(6):
-        proc = subprocess.Popen(_build_cmd(folder, col, tiny_model_source), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _attempt in range(6):
+        proc = subprocess.Popen(
+            _build_cmd(folder, col, tiny_model_source), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         start_gen = _generation(col)
         target = start_gen + rng.randint(1, 4)
         deadline = time.monotonic() + 120
@@ -93,7 +114,9 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tm
             state = _state(col)
             assert set(state) <= set(expected)
     assert kills >= 3, "the runs ended before they could be killed; make the test's work longer"
-    final = subprocess.run(_build_cmd(folder, col, tiny_model_source), env=_env(), capture_output=True, text=True, timeout=600)
+    final = subprocess.run(
+        _build_cmd(folder, col, tiny_model_source), env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert final.returncode == 0, final.stderr
     got = _state(col)
     assert set(got) == set(expected)
@@ -136,10 +159,16 @@ def test_a_reader_process_is_never_blocked_and_sees_the_count_grow(tmp_path, tin
     col = tmp_path / "col"
     stop = tmp_path / "stop"
     reader = subprocess.Popen(
-        [sys.executable, "-c", READER, str(col), str(stop)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", READER, str(col), str(stop)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
-        writer = subprocess.run(_build_cmd(folder, col, tiny_model_source), env=_env(), capture_output=True, text=True, timeout=600)
+        writer = subprocess.run(
+            _build_cmd(folder, col, tiny_model_source), env=_env(), capture_output=True, text=True, timeout=600
+        )
         assert writer.returncode == 0, writer.stderr
         # Let the reader see the final state, then stop it.
         time.sleep(1.5)

@@ -39,7 +39,16 @@ SPECIMENS = [
 LINEAGE = {
     "occ-1": ("Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae", "Felis", "catus", "Felis catus"),
     "occ-2": ("Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae", "Felis", "catus", "Felis catus"),
-    "occ-3": ("Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae", "Leopardus", "pardalis", "Leopardus pardalis"),
+    "occ-3": (
+        "Animalia",
+        "Chordata",
+        "Mammalia",
+        "Carnivora",
+        "Felidae",
+        "Leopardus",
+        "pardalis",
+        "Leopardus pardalis",
+    ),
     "occ-4": ("Animalia", "Chordata", "Mammalia", "Carnivora", "Ursidae", "Ursus", "americanus", "Ursus americanus"),
     "occ-5": ("Animalia", "Chordata", "Mammalia", "Carnivora", "Canidae", "Canis", "familiaris", "Canis familiaris"),
 }
@@ -68,8 +77,21 @@ def media_server(tmp_path):
 
 
 def _archive(path: Path, base_url: str) -> Path:
-    occ_terms = ["catalogNumber", "institutionCode", "basisOfRecord", "kingdom", "phylum", "class", "order",
-                 "family", "genus", "specificEpithet", "scientificName", "country", "year"]
+    occ_terms = [
+        "catalogNumber",
+        "institutionCode",
+        "basisOfRecord",
+        "kingdom",
+        "phylum",
+        "class",
+        "order",
+        "family",
+        "genus",
+        "specificEpithet",
+        "scientificName",
+        "country",
+        "year",
+    ]
     occ = io.StringIO()
     w = csv.writer(occ, delimiter="\t", lineterminator="\n")
     w.writerow(["id", *occ_terms])
@@ -128,7 +150,7 @@ def test_dwca_with_remote_media_indexes_and_finds_the_right_specimens(tmp_path, 
     result = engine.search("felis catus", k=5, filters=Filter.of(Condition("taxon", "=", "felis catus")))
     assert sorted(h.get("catalogNumber") for h in result.hits) == ["NHMUK 1001", "NHMUK 1002"]
     # The image of each specimen, searched by its pixels, finds that specimen first.
-    for oid, cat, rel, lic in SPECIMENS:
+    for _oid, cat, rel, lic in SPECIMENS:
         hit = engine.search(image=SAMPLE / "images" / rel, k=1).hits[0]
         assert (hit.get("catalogNumber"), hit.get("license")) == (cat, lic)
 

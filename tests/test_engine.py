@@ -31,13 +31,35 @@ N = 120
 
 
 def rows_for(start: int, n: int) -> pa.Table:
-    cols: dict[str, list] = {c: [] for c in ("key", "location", "kingdom", "phylum", "class", "order", "family", "genus",
-                                             "specificEpithet", "scientificName", "vernacularName", "country", "year",
-                                             "recordID", "catalogNumber", "institutionCode", "decimalLatitude", "decimalLongitude")}
+    cols: dict[str, list] = {
+        c: []
+        for c in (
+            "key",
+            "location",
+            "kingdom",
+            "phylum",
+            "class",
+            "order",
+            "family",
+            "genus",
+            "specificEpithet",
+            "scientificName",
+            "vernacularName",
+            "country",
+            "year",
+            "recordID",
+            "catalogNumber",
+            "institutionCode",
+            "decimalLatitude",
+            "decimalLongitude",
+        )
+    }
     for i in range(start, start + n):
         # Morus bassanus (gannets) outnumber Morus alba: the ambiguous "Morus" means the gannets first
         t = TAXA[4] if i % 9 == 0 else TAXA[i % len(TAXA)]
-        for col, v in zip(("kingdom", "phylum", "class", "order", "family", "genus", "specificEpithet", "vernacularName"), t):
+        for col, v in zip(
+            ("kingdom", "phylum", "class", "order", "family", "genus", "specificEpithet", "vernacularName"), t
+        ):
             cols[col].append(v)
         cols["scientificName"].append(f"{t[5]} {t[6]}")
         cols["key"].append(f"img-{i}")
@@ -75,7 +97,7 @@ def coll(tmp_path_factory, model):
     with c.writer() as w:
         w.add(rows_for(0, N // 2), vecs[: N // 2])
         w.commit()
-        w.add(rows_for(N // 2, N // 2), vecs[N // 2:])
+        w.add(rows_for(N // 2, N // 2), vecs[N // 2 :])
         w.commit()
         update_index(w)
     stored = Collection.open(path).snapshot().load_vectors()[1]  # float16 round trip
@@ -99,7 +121,10 @@ def brute(stored, q, allowed=None, exclude=()):
 def test_a_taxon_name_is_expanded_to_bioclips_taxonomic_text(engine, model):
     r = engine.search("corvus CORAX", k=3)
     assert r.taxon.name == "Corvus corax"
-    assert r.prompt == "a photo of Animalia Chordata Aves Passeriformes Corvidae Corvus corax with common name common raven."
+    assert (
+        r.prompt
+        == "a photo of Animalia Chordata Aves Passeriformes Corvidae Corvus corax with common name common raven."
+    )
     assert r.interpretation == f'species Corvus corax, as "{r.prompt}"'
     np.testing.assert_allclose(r.query_vector, model.encode_texts([r.prompt]), atol=1e-6)
     assert engine.search("Common Raven", k=1).prompt == r.prompt
@@ -112,7 +137,9 @@ def test_an_ambiguous_name_says_so_and_lists_the_candidates(engine):
     r = engine.search("Morus", k=3)
     assert r.taxon.describe() == "genus Morus (Animalia, Sulidae)"  # more images
     assert [m.describe() for m in r.alternatives] == ["genus Morus (Plantae, Moraceae)"]
-    assert any("names several taxa" in n and "Plantae" in n and "Sulidae" in n and "'Moraceae Morus'" in n for n in r.notices)
+    assert any(
+        "names several taxa" in n and "Plantae" in n and "Sulidae" in n and "'Moraceae Morus'" in n for n in r.notices
+    )
     chosen = engine.search("Moraceae Morus", k=3)
     assert chosen.taxon.describe() == "genus Morus (Plantae, Moraceae)" and chosen.notices == []
 

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from imagegen import make_folder, picture
+
 from indexer import cli
 from indexer.collection import Collection
 from indexer.engine import SearchEngine
@@ -22,8 +22,23 @@ def col(tmp_path_factory, tiny_model_source):
     tmp = tmp_path_factory.mktemp("search-cli")
     folder = make_folder(tmp / "imgs", 20)
     path = tmp / "col"
-    r = CliRunner().invoke(cli.index_main, ["build", str(folder), "--labels", str(folder / "labels.csv"), "--out", str(path),
-                                            "--model", tiny_model_source, "--device", "cpu", "--workers", "0"])
+    r = CliRunner().invoke(
+        cli.index_main,
+        [
+            "build",
+            str(folder),
+            "--labels",
+            str(folder / "labels.csv"),
+            "--out",
+            str(path),
+            "--model",
+            tiny_model_source,
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ],
+    )
     assert r.exit_code == 0, r.output
     picture(777).save(tmp / "photo.jpg")
     return path, folder, tmp / "photo.jpg"
@@ -44,8 +59,22 @@ def test_a_combined_query_equals_the_python_api(col):
     engine = SearchEngine.open(path, refresh_interval=None)
     want = engine.search(query=Term.text("Corvus") + Term.image(str(photo)) + Term.id(3) - Term.text("juvenile"), k=5)
     assert got == [h.id for h in want.hits] and 3 not in got
-    same = ids_of(run(path, "--term", "text=Corvus", "--term", f"image:1={photo}", "--term", "id=3",
-                      "--term", "text:-1=juvenile", "--k", 5, "--json"))
+    same = ids_of(
+        run(
+            path,
+            "--term",
+            "text=Corvus",
+            "--term",
+            f"image:1={photo}",
+            "--term",
+            "id=3",
+            "--term",
+            "text:-1=juvenile",
+            "--k",
+            5,
+            "--json",
+        )
+    )
     assert same == got
 
 
@@ -56,14 +85,31 @@ def test_term_weights_and_vector_files(col, tmp_path):
     np.save(tmp_path / "q.npy", stored)
     got = ids_of(run(path, "--term", f"vector={tmp_path / 'q.npy'}", "--k", 1, "--json"))
     assert got == [5]
-    heavy = ids_of(run(path, "--term", "text:3=Corvus", "--term", f"vector:0.1={tmp_path / 'q.npy'}", "--k", 3, "--json"))
+    heavy = ids_of(
+        run(path, "--term", "text:3=Corvus", "--term", f"vector:0.1={tmp_path / 'q.npy'}", "--k", 3, "--json")
+    )
     assert heavy == [h.id for h in engine.search(query=3 * Term.text("Corvus") + Term.vector(stored, 0.1), k=3).hits]
 
 
 def test_filters_sets_ranges_and_taxa(col):
     path, _, _ = col
-    out = run(path, "bird", "--where", "country=kenya", "--where", "country=Sweden", "--where", "year=1900..1950",
-              "--taxon", "Corvidae", "--taxon", "Felidae", "--k", 20, "--json")
+    out = run(
+        path,
+        "bird",
+        "--where",
+        "country=kenya",
+        "--where",
+        "country=Sweden",
+        "--where",
+        "year=1900..1950",
+        "--taxon",
+        "Corvidae",
+        "--taxon",
+        "Felidae",
+        "--k",
+        20,
+        "--json",
+    )
     hits = json.loads(out.stdout)
     assert hits and all(h["country"] in ("Kenya", "Sweden") and 1900 <= h["year"] <= 1950 for h in hits)
     assert all(h["family"] in ("Corvidae", "Felidae") for h in hits)
@@ -78,7 +124,13 @@ def test_grouping_table_and_csv(col):
     assert table.exit_code == 0, table.output
     assert "in its group: id" in table.stdout  # every picture is "similar" at -1: one group holds the rest
     assert "grouped by similarity >= -1" in table.stderr
-    rows = list(csv.DictReader(io.StringIO(run(path, "--id", 4, "--group", "similar", "--group-similarity", "-1", "--format", "csv").stdout)))
+    rows = list(
+        csv.DictReader(
+            io.StringIO(
+                run(path, "--id", 4, "--group", "similar", "--group-similarity", "-1", "--format", "csv").stdout
+            )
+        )
+    )
     assert len(rows) == 1 and len(rows[0]["group"].split()) == 18
     plain = list(csv.DictReader(io.StringIO(run(path, "Corvidae", "--group", "record", "--format", "csv").stdout)))
     assert len(plain) == 10 and "group" not in plain[0]  # catalogue numbers are all different: no groups
@@ -139,6 +191,16 @@ def test_notices_go_to_stderr_and_json_stays_clean(col, tiny_model_source):
 
 def test_help_shows_examples_of_every_query_type():
     out = CliRunner().invoke(cli.search_main, ["--help"]).output
-    for needle in ('"Corvus corax"', "--image query.jpg", "--id 42", "--minus juvenile", "--term text:-0.5=juvenile",
-                   "--where country=Kenya", "year=1900..1950", "--group record", "--fields", "FIELD~TEXT"):
+    for needle in (
+        '"Corvus corax"',
+        "--image query.jpg",
+        "--id 42",
+        "--minus juvenile",
+        "--term text:-0.5=juvenile",
+        "--where country=Kenya",
+        "year=1900..1950",
+        "--group record",
+        "--fields",
+        "FIELD~TEXT",
+    ):
         assert needle in out, needle

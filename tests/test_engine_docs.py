@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from imagegen import make_folder, picture
+
 from indexer import cli
 from indexer.pipeline import BuildOptions, build
 from indexer.sources import FolderSource
@@ -36,8 +36,12 @@ def photos(tmp_path_factory, tiny_model_source):
     root = tmp_path_factory.mktemp("readme")
     folder = make_folder(root / "images", 60)
     model = load_model(tiny_model_source, device="cpu")
-    build(root / "photos.collection", [FolderSource(folder, labels=folder / "labels.csv")], model=model,
-          options=BuildOptions(workers=0))
+    build(
+        root / "photos.collection",
+        [FolderSource(folder, labels=folder / "labels.csv")],
+        model=model,
+        options=BuildOptions(workers=0),
+    )
     picture(1001).save(root / "query.jpg")
     picture(1002).save(root / "photo.jpg")
     return root

@@ -35,7 +35,9 @@ N, D, SPECIES, QUERIES = 20_000, 64, 200, 40
 SELECTIVITIES = (0.001, 0.01, 0.1, 0.5)
 
 
-def clustered(rng: np.random.Generator, n: int, centres: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def clustered(
+    rng: np.random.Generator, n: int, centres: np.ndarray, probs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     labels = rng.choice(len(centres), size=n, p=probs)
     x = centres[labels] + 0.45 * rng.standard_normal((n, centres.shape[1])).astype(np.float32)
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels
@@ -51,15 +53,17 @@ def data(tmp_path_factory):
     vecs, labels = clustered(rng, N, centres, probs)
     queries, _ = clustered(rng, QUERIES, centres, probs)
     years = 1000 + rng.permutation(N) % 1000  # every year 1000..1999 twenty times
-    rows = pa.table({
-        "key": [f"k{i}" for i in range(N)],
-        "location": [f"/x/{i}.jpg" for i in range(N)],
-        "kingdom": ["Animalia"] * N,
-        "family": [f"Family{s // 5}" for s in labels],
-        "genus": [f"Genus{s // 5}" for s in labels],
-        "specificEpithet": [f"sp{s}" for s in labels],
-        "year": years.astype(str).tolist(),
-    })
+    rows = pa.table(
+        {
+            "key": [f"k{i}" for i in range(N)],
+            "location": [f"/x/{i}.jpg" for i in range(N)],
+            "kingdom": ["Animalia"] * N,
+            "family": [f"Family{s // 5}" for s in labels],
+            "genus": [f"Genus{s // 5}" for s in labels],
+            "specificEpithet": [f"sp{s}" for s in labels],
+            "year": years.astype(str).tolist(),
+        }
+    )
     return vecs, labels, years, queries, probs, rows
 
 
@@ -69,7 +73,7 @@ def build(tmp_path, data, factory, recall_target=0.97):
     c = Collection.create(tmp_path / factory.replace(",", "_"), model, dimension=D)
     with c.writer() as w:
         for start in range(0, N, 5000):
-            w.add(rows.slice(start, 5000), vecs[start:start + 5000])
+            w.add(rows.slice(start, 5000), vecs[start : start + 5000])
             w.commit()
         entry = update_index(w, factory=factory, recall_target=recall_target)
     assert entry["factory"] == factory
@@ -106,13 +110,19 @@ def indexed(tmp_path_factory, data):
 
 
 HNSW_CONCENTRATED = pytest.mark.xfail(
-    reason="ann: HNSW's filtered graph search misses region-concentrated filters (0.59 at 10%, 0.63 at 50%)", strict=False
+    reason="ann: HNSW's filtered graph search misses region-concentrated filters (0.59 at 10%, 0.63 at 50%)",
+    strict=False,
 )
 
 
 @pytest.mark.parametrize(
     "factory, kind",
-    [("IVF128,Flat", "taxon"), ("IVF128,Flat", "year"), ("HNSW32", "year"), pytest.param("HNSW32", "taxon", marks=HNSW_CONCENTRATED)],
+    [
+        ("IVF128,Flat", "taxon"),
+        ("IVF128,Flat", "year"),
+        ("HNSW32", "year"),
+        pytest.param("HNSW32", "taxon", marks=HNSW_CONCENTRATED),
+    ],
 )
 def test_filtered_recall_through_the_engine(indexed, data, factory, kind, monkeypatch):
     monkeypatch.setattr(ann, "FILTER_EXACT_MAX_FLOATS", int(0.008 * N * D))

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import email.utils
 import io
 import os
 import tarfile
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -88,9 +87,9 @@ class _Server:
         h.wfile.write(body)
 
     def respond(self, h, path: str, n: int) -> None:
-        if path.startswith("http://museum.invalid/"):  # asked as a proxy
-            self.send(h, 200, JPEG)
-        elif path.startswith("/img/") or path.startswith("/count/"):
+        if (
+            path.startswith("http://museum.invalid/") or path.startswith("/img/") or path.startswith("/count/")
+        ):  # asked as a proxy
             self.send(h, 200, JPEG)
         elif path == "/404":
             self.send(h, 404, b"nope", "text/plain")
@@ -148,7 +147,16 @@ class _Server:
             self.send(h, 404, b"", "text/plain")
 
 
-_PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY")
+_PROXY_VARS = (
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -166,7 +174,9 @@ def server():
 
 
 def _config(tmp_path, **kw) -> DownloadConfig:
-    defaults = dict(cache_dir=tmp_path / "cache", concurrency=4, per_host=4, timeout=2.0, retries=2, backoff=0.01, max_backoff=5.0)
+    defaults = dict(
+        cache_dir=tmp_path / "cache", concurrency=4, per_host=4, timeout=2.0, retries=2, backoff=0.01, max_backoff=5.0
+    )
     defaults.update(kw)
     return DownloadConfig(**defaults)
 
@@ -185,8 +195,8 @@ def test_success_is_cached_file_with_the_body(server, tmp_path):
     url = server.url("/img/a.jpg")
     out = _fetch(tmp_path, [url])
     path = out[url]
-    assert isinstance(path, str) and open(path, "rb").read() == JPEG
-    assert not [p for p in (tmp_path / "cache").rglob(".part-*")], "no temporary file left behind"
+    assert isinstance(path, str) and Path(path).read_bytes() == JPEG
+    assert not list((tmp_path / "cache").rglob(".part-*")), "no temporary file left behind"
 
 
 def test_404_is_not_retried(server, tmp_path):

@@ -17,22 +17,95 @@ from indexer.taxonomy import Taxonomy
 
 ROWS = [
     # id, scientificName, genus, epithet, family, country, year, lat, lon, institution, extra
-    dict(id=0, scientificName="Corvus corax", genus="Corvus", specificEpithet="corax", family="Corvidae", vernacularName="common raven",
-         country="Kenya", year=1900, eventDate="1900-05-01", decimalLatitude=-1.0, decimalLongitude=36.0, institutionCode="NHM", basisOfRecord="PreservedSpecimen",
-         typeStatus="holotype", license="CC-BY-4.0", extra={"elevation": "1200", "preparations": "skin"}),
-    dict(id=1, scientificName="Corvus corone", genus="Corvus", specificEpithet="corone", family="Corvidae", country="kenya", year=1949, eventDate="1949-12-31T10:00",
-         institutionCode="MNHN", basisOfRecord="PreservedSpecimen", license="CC0-1.0", extra={"elevation": "900", "preparations": "skeleton"}),
-    dict(id=2, scientificName="Pica pica", genus="Pica", specificEpithet="pica", family="Corvidae", country="Tanzania", year=1950, eventDate="1950-12-05",
-         decimalLatitude=-6.0, decimalLongitude=35.0, institutionCode="NHM", basisOfRecord="HumanObservation", extra={"elevation": "n/a"}),
-    dict(id=3, scientificName="Felis catus", genus="Felis", specificEpithet="catus", family="Felidae", country="Sweden", year=2001,
-         institutionCode="NRM", basisOfRecord="MachineObservation", typeStatus="paratype", extra={}),
-    dict(id=4, scientificName="Corvus corax Linnaeus, 1758", family="Corvidae", country=None, year=None, institutionCode="NHM",
-         locality="O'Brien's \"farm\" 100%_sure", extra={"elevation": "3000"}),
-    dict(id=5, scientificName="Rosa canina", genus="Rosa", specificEpithet="canina", family="Rosaceae", country="United Kingdom", year=1875,
-         decimalLatitude=51.5, decimalLongitude=-0.1, institutionCode="K", locality="Kew; DROP TABLE images; --"),
+    dict(
+        id=0,
+        scientificName="Corvus corax",
+        genus="Corvus",
+        specificEpithet="corax",
+        family="Corvidae",
+        vernacularName="common raven",
+        country="Kenya",
+        year=1900,
+        eventDate="1900-05-01",
+        decimalLatitude=-1.0,
+        decimalLongitude=36.0,
+        institutionCode="NHM",
+        basisOfRecord="PreservedSpecimen",
+        typeStatus="holotype",
+        license="CC-BY-4.0",
+        extra={"elevation": "1200", "preparations": "skin"},
+    ),
+    dict(
+        id=1,
+        scientificName="Corvus corone",
+        genus="Corvus",
+        specificEpithet="corone",
+        family="Corvidae",
+        country="kenya",
+        year=1949,
+        eventDate="1949-12-31T10:00",
+        institutionCode="MNHN",
+        basisOfRecord="PreservedSpecimen",
+        license="CC0-1.0",
+        extra={"elevation": "900", "preparations": "skeleton"},
+    ),
+    dict(
+        id=2,
+        scientificName="Pica pica",
+        genus="Pica",
+        specificEpithet="pica",
+        family="Corvidae",
+        country="Tanzania",
+        year=1950,
+        eventDate="1950-12-05",
+        decimalLatitude=-6.0,
+        decimalLongitude=35.0,
+        institutionCode="NHM",
+        basisOfRecord="HumanObservation",
+        extra={"elevation": "n/a"},
+    ),
+    dict(
+        id=3,
+        scientificName="Felis catus",
+        genus="Felis",
+        specificEpithet="catus",
+        family="Felidae",
+        country="Sweden",
+        year=2001,
+        institutionCode="NRM",
+        basisOfRecord="MachineObservation",
+        typeStatus="paratype",
+        extra={},
+    ),
+    dict(
+        id=4,
+        scientificName="Corvus corax Linnaeus, 1758",
+        family="Corvidae",
+        country=None,
+        year=None,
+        institutionCode="NHM",
+        locality="O'Brien's \"farm\" 100%_sure",
+        extra={"elevation": "3000"},
+    ),
+    dict(
+        id=5,
+        scientificName="Rosa canina",
+        genus="Rosa",
+        specificEpithet="canina",
+        family="Rosaceae",
+        country="United Kingdom",
+        year=1875,
+        decimalLatitude=51.5,
+        decimalLongitude=-0.1,
+        institutionCode="K",
+        locality="Kew; DROP TABLE images; --",
+    ),
 ]
-RANK_COLS = {"Corvidae": ("Animalia", "Chordata", "Aves", "Passeriformes"), "Felidae": ("Animalia", "Chordata", "Mammalia", "Carnivora"),
-             "Rosaceae": ("Plantae", "Tracheophyta", "Magnoliopsida", "Rosales")}
+RANK_COLS = {
+    "Corvidae": ("Animalia", "Chordata", "Aves", "Passeriformes"),
+    "Felidae": ("Animalia", "Chordata", "Mammalia", "Carnivora"),
+    "Rosaceae": ("Plantae", "Tracheophyta", "Magnoliopsida", "Rosales"),
+}
 EXTRA_KEYS = ("elevation", "preparations")
 
 
@@ -42,8 +115,16 @@ def con():
     cols: dict[str, list] = {f.name: [] for f in schema}
     for r in ROWS:
         ranks = RANK_COLS[r["family"]]
-        full = {"kingdom": ranks[0], "phylum": ranks[1], "class": ranks[2], "order": ranks[3], "key": f"k{r['id']}",
-                "location": f"/img/{r['id']}.jpg", "indexed_at": dt.datetime(2024, 1, 1 + r["id"]), **r}
+        full = {
+            "kingdom": ranks[0],
+            "phylum": ranks[1],
+            "class": ranks[2],
+            "order": ranks[3],
+            "key": f"k{r['id']}",
+            "location": f"/img/{r['id']}.jpg",
+            "indexed_at": dt.datetime(2024, 1, 1 + r["id"]),
+            **r,
+        }
         full["extra"] = json.dumps(r["extra"]) if r.get("extra") is not None else None
         for f in schema:
             cols[f.name].append(full.get(f.name))
@@ -69,45 +150,45 @@ def ids(con, flt, taxonomy=None):
 @pytest.mark.parametrize(
     "where, expected",
     [
-        (["country=Kenya"], [0, 1]),                                  # any case
-        (["COUNTRY=KENYA"], [0, 1]),                                  # field names any case too
-        (["country=Kenya", "country=Tanzania"], [0, 1, 2]),           # repeated = is a set
-        (["country!=Kenya"], [2, 3, 4, 5]),                           # != keeps missing values
-        (["country!=Kenya", "country!=Sweden"], [2, 4, 5]),           # none of them
+        (["country=Kenya"], [0, 1]),  # any case
+        (["COUNTRY=KENYA"], [0, 1]),  # field names any case too
+        (["country=Kenya", "country=Tanzania"], [0, 1, 2]),  # repeated = is a set
+        (["country!=Kenya"], [2, 3, 4, 5]),  # != keeps missing values
+        (["country!=Kenya", "country!=Sweden"], [2, 4, 5]),  # none of them
         (["year<1950"], [0, 1, 5]),
         (["year>=1950"], [2, 3]),
         (["year>1900", "year<=1950"], [1, 2]),
-        (["year=1900..1950"], [0, 1, 2]),                             # inclusive range
+        (["year=1900..1950"], [0, 1, 2]),  # inclusive range
         (["year=..1899"], [5]),
         (["year=2000.."], [3]),
         (["year=1949"], [1]),
         (["year=1949.0"], [1]),
         (["decimalLatitude<0"], [0, 2]),
-        (["lat>50"], [5]),                                            # a Darwin Core alias
+        (["lat>50"], [5]),  # a Darwin Core alias
         (["has_coordinates=true"], [0, 2, 5]),
         (["has_coordinates=no"], [1, 3, 4]),
         (["has_coordinates!=true"], [1, 3, 4]),
-        (["typeStatus="], [1, 2, 4, 5]),                              # not given
-        (["typeStatus!="], [0, 3]),                                   # given
-        (["typeStatus~type"], [0, 3]),                                # contains, any case
+        (["typeStatus="], [1, 2, 4, 5]),  # not given
+        (["typeStatus!="], [0, 3]),  # given
+        (["typeStatus~type"], [0, 3]),  # contains, any case
         (["basisOfRecord=preservedspecimen", "institutionCode=NHM"], [0]),
         (["license=cc0-1.0"], [1]),
         (["collectionCode="], [0, 1, 2, 3, 4, 5]),
         (["scientificName~corvus"], [0, 1, 4]),
-        (["locality~100%_"], [4]),                                    # % and _ are characters, not patterns
-        (["locality~O'Brien's \"farm\""], [4]),                       # quotes are characters
-        (["locality=Kew; DROP TABLE images; --"], [5]),               # SQL is a value
+        (["locality~100%_"], [4]),  # % and _ are characters, not patterns
+        (["locality~O'Brien's \"farm\""], [4]),  # quotes are characters
+        (["locality=Kew; DROP TABLE images; --"], [5]),  # SQL is a value
         (["locality=' OR 1=1 --"], []),
-        (["elevation>=1000"], [0, 4]),                                # extra key: numeric range
-        (["extra.elevation<1000"], [1]),                              # "n/a" is not a number: no match
-        (["preparations=SKIN"], [0]),                                 # extra key: equality any case
+        (["elevation>=1000"], [0, 4]),  # extra key: numeric range
+        (["extra.elevation<1000"], [1]),  # "n/a" is not a number: no match
+        (["preparations=SKIN"], [0]),  # extra key: equality any case
         (["preparations!=skin"], [1, 2, 3, 4, 5]),
         (["preparations~ske"], [1]),
         (["indexed_at>=2024-01-04"], [3, 4, 5]),
-        (["indexed_at=2024-01-02..2024-01-04"], [1, 2, 3]),            # a range of dates
+        (["indexed_at=2024-01-02..2024-01-04"], [1, 2, 3]),  # a range of dates
         (["indexed_at=2024-01-05.."], [4, 5]),
-        (["eventDate=1900-01-01..1949-12-31"], [0, 1]),              # text dates: the end day is whole
-        (["eventDate<=1950-12"], [0, 1, 2]),                          # ...and a month
+        (["eventDate=1900-01-01..1949-12-31"], [0, 1]),  # text dates: the end day is whole
+        (["eventDate<=1950-12"], [0, 1, 2]),  # ...and a month
         (["eventDate=1950.."], [2]),
         (["id<2"], [0, 1]),
     ],
@@ -130,8 +211,10 @@ def test_random_text_values_round_trip(con):
     alphabet = "aZ '\"%_;\\-()*?$é漢\t"
     c = duckdb.connect(":memory:")
     values = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(60)]
-    c.execute("CREATE TABLE images AS SELECT * FROM (SELECT unnest(range(60)) AS id, unnest($v) AS locality)", {"v": values})
-    for i, v in enumerate(values):
+    c.execute(
+        "CREATE TABLE images AS SELECT * FROM (SELECT unnest(range(60)) AS id, unnest($v) AS locality)", {"v": values}
+    )
+    for v in values:
         sql, params, _ = Filter.where("locality", "=", v).to_sql()
         got = {r[0] for r in c.execute(f"SELECT id FROM images WHERE {sql}", params).fetchall()}
         assert got == {j for j, w in enumerate(values) if w.lower() == v.lower()}, v
@@ -209,8 +292,8 @@ def test_filters_are_hashable_values_for_caching():
     [
         ("country=Kenya", Condition("country", "=", "Kenya")),
         ("  country == Kenya ", Condition("country", "=", "Kenya")),
-        ("locality=a=b", Condition("locality", "=", "a=b")),          # everything after the operator
-        ('country="Kenya"', Condition("country", "=", '"Kenya"')),    # quotes are kept: a value is a value
+        ("locality=a=b", Condition("locality", "=", "a=b")),  # everything after the operator
+        ('country="Kenya"', Condition("country", "=", '"Kenya"')),  # quotes are kept: a value is a value
         ("year>=1900", Condition("year", ">=", "1900")),
         ("year=1900..1950", Condition("year", "between", ("1900", "1950"))),
         ("catalogNumber=A..B", Condition("catalogNumber", "=", "A..B")),  # not numbers: not a range
@@ -226,9 +309,9 @@ def test_parse_where(item, cond):
 
 def test_taxon_filters_select_everything_below(con, taxonomy):
     assert ids(con, {"taxon": "Corvidae"}, taxonomy)[0] == [0, 1, 2, 4]
-    assert ids(con, {"taxon": "corvus"}, taxonomy)[0] == [0, 1, 4]           # genus, any case
-    assert ids(con, {"taxon": "Corvus corax"}, taxonomy)[0] == [0, 4]        # row 4 has only a scientific name
-    assert ids(con, {"taxon": "common raven"}, taxonomy)[0] == [0, 4]        # vernacular
+    assert ids(con, {"taxon": "corvus"}, taxonomy)[0] == [0, 1, 4]  # genus, any case
+    assert ids(con, {"taxon": "Corvus corax"}, taxonomy)[0] == [0, 4]  # row 4 has only a scientific name
+    assert ids(con, {"taxon": "common raven"}, taxonomy)[0] == [0, 4]  # vernacular
     assert ids(con, {"taxon": "Aves"}, taxonomy)[0] == [0, 1, 2, 4]
     assert ids(con, {"taxon": ["Felidae", "Rosa"]}, taxonomy)[0] == [3, 5]
     assert ids(con, ["taxon!=Corvidae"], taxonomy)[0] == [3, 5]

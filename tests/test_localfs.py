@@ -10,8 +10,9 @@ import shutil
 import stat
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import pytest
 
@@ -132,8 +133,19 @@ def require_enforced_permissions(folder: Path) -> None:
 
 def test_walk_is_recursive_sorted_and_filters_extensions(tmp_path):
     # Created in reverse order: the result must not depend on creation or directory order.
-    for rel in ["z.GIF", "c.JPEG", "b/2.jpg", "a/z/3.tif", "a/1.PNG", "notes.txt", "a/readme.md", "d/e.WebP",
-                "x.bmp", "y.tiff", "w.jpg.txt"]:
+    for rel in [
+        "z.GIF",
+        "c.JPEG",
+        "b/2.jpg",
+        "a/z/3.tif",
+        "a/1.PNG",
+        "notes.txt",
+        "a/readme.md",
+        "d/e.WebP",
+        "x.bmp",
+        "y.tiff",
+        "w.jpg.txt",
+    ]:
         make(tmp_path, rel)
     result = walk(tmp_path)
     assert all(isinstance(r, FileEntry) for r in result)
@@ -172,8 +184,18 @@ def test_custom_extensions_any_case_with_or_without_dot(tmp_path):
 
 
 def test_hidden_files_and_macos_junk_are_skipped(tmp_path):
-    for rel in ["keep.jpg", ".hidden.jpg", "._keep.jpg", ".git/objects/x.png", "__MACOSX/._keep.jpg",
-                "__MACOSX/sub/real-looking.jpg", "sub/.DS_Store", "sub/._a.jpg", "sub/a.jpg", ".thumbs/t.jpg"]:
+    for rel in [
+        "keep.jpg",
+        ".hidden.jpg",
+        "._keep.jpg",
+        ".git/objects/x.png",
+        "__MACOSX/._keep.jpg",
+        "__MACOSX/sub/real-looking.jpg",
+        "sub/.DS_Store",
+        "sub/._a.jpg",
+        "sub/a.jpg",
+        ".thumbs/t.jpg",
+    ]:
         make(tmp_path, rel)
     assert relpaths(walk(tmp_path)) == ["keep.jpg", "sub/a.jpg"]
 
@@ -322,8 +344,13 @@ def test_non_utf8_folder_name(tmp_path):
 @pytest.mark.parametrize(
     "name",
     [
-        "/data/photos/IMG_0001.JPG", "/d/Épervier d'Europe/ßø.png", "/d/100%.jpg", "/d/a%E9.jpg", "/d/%25%",
-        "/d/日本.tif", "",
+        "/data/photos/IMG_0001.JPG",
+        "/d/Épervier d'Europe/ßø.png",
+        "/d/100%.jpg",
+        "/d/a%E9.jpg",
+        "/d/%25%",
+        "/d/日本.tif",
+        "",
     ],
 )
 def test_ordinary_paths_are_unchanged(name):
@@ -351,8 +378,23 @@ def test_escaped_forms(raw, text):
 def test_random_bytes_round_trip():
     """Seeded property test: any file name bytes -> UTF-8 text -> the same bytes; distinct in, distinct out."""
     rng = random.Random(20240601)
-    alphabet = [b"%", b"%%", b"a", b"/", b"E9", b"%%25", b"\xe9", b"\xff", b"\x80", b"\xc3\xa9", b"\xe6\x97\xa5",
-                b"\xf0\x9f\x90\x9f", b"\xc3", b"\xed\xb2\x80", b" "]
+    alphabet = [
+        b"%",
+        b"%%",
+        b"a",
+        b"/",
+        b"E9",
+        b"%%25",
+        b"\xe9",
+        b"\xff",
+        b"\x80",
+        b"\xc3\xa9",
+        b"\xe6\x97\xa5",
+        b"\xf0\x9f\x90\x9f",
+        b"\xc3",
+        b"\xed\xb2\x80",
+        b" ",
+    ]
     seen: dict[str, bytes] = {}
     for _ in range(3000):
         if rng.random() < 0.5:

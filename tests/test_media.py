@@ -11,10 +11,10 @@ import threading
 
 import pytest
 from PIL import Image
+from test_app_fixtures import build_app_collection, picture_bytes
 
 from indexer.engine import Hit
 from indexer.media import MediaLibrary, is_within, source_roots
-from test_app_fixtures import build_app_collection, picture_bytes
 
 
 @pytest.fixture(scope="module")
@@ -237,8 +237,13 @@ def test_a_source_named_otherwise_gets_the_folder_its_images_share(tmp_path, tin
     (folder / "y").mkdir()
     (folder / "x" / "1.png").write_bytes(picture_bytes(1))
     (folder / "y" / "2.png").write_bytes(picture_bytes(2))
-    build(tmp_path / "c", [FolderSource(folder, name="sample")], model_name=f"local-dir:{tiny_model_dir}",
-          device="cpu", options=BuildOptions(build_index=False, workers=0))
+    build(
+        tmp_path / "c",
+        [FolderSource(folder, name="sample")],
+        model_name=f"local-dir:{tiny_model_dir}",
+        device="cpu",
+        options=BuildOptions(build_index=False, workers=0),
+    )
     engine = SearchEngine.open(tmp_path / "c", device="cpu")
     assert source_roots(engine) == {"sample": (str(folder),)}
     lib = MediaLibrary.for_engine(engine)
@@ -263,8 +268,13 @@ def test_a_source_added_later_is_served_after_the_engine_moves_on(tmp_path, tiny
     engine = SearchEngine.open(tmp_path / "c", device="cpu", refresh_interval=None)
     lib = MediaLibrary.for_engine(engine)
     assert set(lib.roots) == {str(first)}
-    build(tmp_path / "c", [FolderSource(first), FolderSource(second)], model_name=f"local-dir:{tiny_model_dir}",
-          device="cpu", options=opts)
+    build(
+        tmp_path / "c",
+        [FolderSource(first), FolderSource(second)],
+        model_name=f"local-dir:{tiny_model_dir}",
+        device="cpu",
+        options=opts,
+    )
     assert engine.refresh()
     (new,) = [h for h in engine.get(range(5)) if h.location.endswith("2.png")]
     assert isinstance(lib.thumbnail(new), bytes)

@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 import pytest
+from imagegen import make_folder, picture
 from PIL import Image
 
-from imagegen import make_folder, picture
 from indexer.collection import Collection
 from indexer.engine import SearchEngine
 from indexer.errors import ModelMismatchError
@@ -136,7 +136,7 @@ def test_edited_labels_update_metadata_without_encoding(tmp_path, model):
     r = _build(tmp_path / "col", folder, model)
     assert r.metadata_updated == 1 and r.encoded == 0
     con = Collection.open(tmp_path / "col").snapshot().connect()
-    assert con.execute('SELECT count(*) FROM images WHERE "catalogNumber" = \'CAT-3-FIXED\'').fetchall()[0][0] == 1
+    assert con.execute("SELECT count(*) FROM images WHERE \"catalogNumber\" = 'CAT-3-FIXED'").fetchall()[0][0] == 1
     assert con.execute("SELECT count(*) FROM images").fetchall()[0][0] == 5
 
 
@@ -253,6 +253,5 @@ def test_a_locked_collection_is_refused_before_the_model_loads(tmp_path, model, 
         raise AssertionError("the model was loaded before the lock was taken")
 
     monkeypatch.setattr(pipeline, "load_collection_model", no_loading)
-    with Collection.open(tmp_path / "col").writer():
-        with pytest.raises(CollectionLockedError, match="another indexer"):
-            build(tmp_path / "col", [FolderSource(folder)], options=BuildOptions(workers=0))
+    with Collection.open(tmp_path / "col").writer(), pytest.raises(CollectionLockedError, match="another indexer"):
+        build(tmp_path / "col", [FolderSource(folder)], options=BuildOptions(workers=0))

@@ -12,8 +12,8 @@ import tempfile
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from imagegen import make_folder, picture
+
 from indexer.collection import Collection
 from indexer.engine import SearchEngine
 from indexer.pipeline import BuildOptions, build
@@ -101,10 +101,14 @@ def test_ray_build_equals_local_build(tmp_path, ray_cluster, model):
     for loc, v in a.items():
         cos = float(v @ b[loc] / (np.linalg.norm(v) * np.linalg.norm(b[loc])))
         assert cos >= 0.9999, (loc, cos)
-    assert _failures(tmp_path / "ray", model) == _failures(tmp_path / "local", model) == {
-        "truncated.jpg": "truncated",
-        "notes.jpg": "not-an-image",
-    }
+    assert (
+        _failures(tmp_path / "ray", model)
+        == _failures(tmp_path / "local", model)
+        == {
+            "truncated.jpg": "truncated",
+            "notes.jpg": "not-an-image",
+        }
+    )
     # Metadata travels with the right vector: the same rows, labels included.
     con_a = Collection.open(tmp_path / "local").snapshot().connect()
     con_b = Collection.open(tmp_path / "ray").snapshot().connect()
@@ -217,8 +221,7 @@ def test_an_encoder_error_returns_the_batch_as_failures(model):
     assert list(out["stage"]) == ["encode", "decode", "encode"]
     assert list(out["reason"]) == ["worker-crashed", "truncated", "worker-crashed"]
     assert "ValueError" in out["detail"][0] and out["detail"][1] == "cut short"
-    good = enc({**batch, "ok": np.array([True, False, True]),
-                "tensor": np.zeros((3, 3, 224, 224), np.float32)})
+    good = enc({**batch, "ok": np.array([True, False, True]), "tensor": np.zeros((3, 3, 224, 224), np.float32)})
     assert good["ok"].tolist() == [True, False, True]
     np.testing.assert_allclose(np.linalg.norm(good["vector"][[0, 2]], axis=1), 1.0, atol=1e-5)
 

@@ -27,7 +27,9 @@ OCC = DWC + "Occurrence"
 # -- building archives -------------------------------------------------------------------------
 
 
-def entity(tag, row_type, files, fields, *, id_index=0, sep="\\t", quote="", header=1, encoding="UTF-8", extra_attrs=""):
+def entity(
+    tag, row_type, files, fields, *, id_index=0, sep="\\t", quote="", header=1, encoding="UTF-8", extra_attrs=""
+):
     """XML for a <core>/<extension>; ``fields`` is [(index or None, term, default or None)]."""
     locs = "".join(f"<location>{f}</location>" for f in files)
     id_tag = "id" if tag == "core" else "coreid"
@@ -102,24 +104,37 @@ OCC_FIELDS = [
 
 
 def occurrence_with_multimedia(kind="folder", **kw) -> dict[str, str]:
-    core = tsv([
-        ["id", "occurrenceID", "catalogNumber", "scientificName", "license", "habitat"],
-        ["1", "urn:occ:1", "CAT-1", "Corvus corax", "CC0", "cliff"],
-        ["2", "urn:occ:2", "CAT-2", "Pica pica", "CC0", ""],
-        ["3", "urn:occ:3", "CAT-3", "Turdus merula", "CC0", "garden"],
-    ])
-    media = tsv([
-        ["coreid", "identifier", "type", "format", "license", "rightsHolder", "title"],
-        ["1", "https://img.example.org/1a.jpg", "StillImage", "image/jpeg", "CC BY 4.0", "Museum", "dorsal"],
-        ["1", "https://img.example.org/1b.jpg", "http://purl.org/dc/dcmitype/StillImage", "", "", "", "ventral"],
-        ["2", "https://img.example.org/2.mp3", "Sound", "audio/mpeg", "", "", ""],
-        ["2", "https://img.example.org/2.jpg", "StillImage", "image/jpeg", "", "", ""],
-    ])
-    mm_fields = [(1, DC + "identifier", None), (2, DC + "type", None), (3, DC + "format", None),
-                 (4, DC + "license", None), (5, DC + "rightsHolder", None), (6, DC + "title", None)]
+    core = tsv(
+        [
+            ["id", "occurrenceID", "catalogNumber", "scientificName", "license", "habitat"],
+            ["1", "urn:occ:1", "CAT-1", "Corvus corax", "CC0", "cliff"],
+            ["2", "urn:occ:2", "CAT-2", "Pica pica", "CC0", ""],
+            ["3", "urn:occ:3", "CAT-3", "Turdus merula", "CC0", "garden"],
+        ]
+    )
+    media = tsv(
+        [
+            ["coreid", "identifier", "type", "format", "license", "rightsHolder", "title"],
+            ["1", "https://img.example.org/1a.jpg", "StillImage", "image/jpeg", "CC BY 4.0", "Museum", "dorsal"],
+            ["1", "https://img.example.org/1b.jpg", "http://purl.org/dc/dcmitype/StillImage", "", "", "", "ventral"],
+            ["2", "https://img.example.org/2.mp3", "Sound", "audio/mpeg", "", "", ""],
+            ["2", "https://img.example.org/2.jpg", "StillImage", "image/jpeg", "", "", ""],
+        ]
+    )
+    mm_fields = [
+        (1, DC + "identifier", None),
+        (2, DC + "type", None),
+        (3, DC + "format", None),
+        (4, DC + "license", None),
+        (5, DC + "rightsHolder", None),
+        (6, DC + "title", None),
+    ]
     return {
-        "meta.xml": meta(entity("core", OCC, ["occurrence.txt"], OCC_FIELDS),
-                         entity("extension", GBIF_MM, ["multimedia.txt"], mm_fields), metadata="eml.xml"),
+        "meta.xml": meta(
+            entity("core", OCC, ["occurrence.txt"], OCC_FIELDS),
+            entity("extension", GBIF_MM, ["multimedia.txt"], mm_fields),
+            metadata="eml.xml",
+        ),
         "occurrence.txt": core,
         "multimedia.txt": media,
         "eml.xml": "<eml/>",
@@ -139,7 +154,12 @@ def test_occurrence_core_with_gbif_multimedia(tmp_path, kind):
     a = by_url["https://img.example.org/1a.jpg"]
     assert a["key"] == f"{os.path.abspath(path)}#1#https://img.example.org/1a.jpg"
     assert a["location"] == "https://img.example.org/1a.jpg"
-    assert (a["recordID"], a["occurrenceID"], a["catalogNumber"], a["scientificName"]) == ("1", "urn:occ:1", "CAT-1", "Corvus corax")
+    assert (a["recordID"], a["occurrenceID"], a["catalogNumber"], a["scientificName"]) == (
+        "1",
+        "urn:occ:1",
+        "CAT-1",
+        "Corvus corax",
+    )
     assert a["license"] == "CC BY 4.0" and a["rightsHolder"] == "Museum"  # the media row's own
     assert a["mediaFormat"] == "image/jpeg"
     assert extra(a) == {"habitat": "cliff", "media:title": "dorsal", "media:type": "StillImage"}
@@ -161,19 +181,39 @@ def test_name_makes_keys_independent_of_the_file_name(tmp_path):
 
 
 def test_audubon_core_media(tmp_path):
-    ac_fields = [(1, AC + "accessURI", None), (2, "http://purl.org/dc/elements/1.1/type", None), (3, DC + "type", None),
-                 (4, "http://purl.org/dc/elements/1.1/format", None), (5, XMP + "WebStatement", None),
-                 (6, XMP + "Owner", None), (7, DC + "identifier", None), (8, DC + "description", None)]
+    ac_fields = [
+        (1, AC + "accessURI", None),
+        (2, "http://purl.org/dc/elements/1.1/type", None),
+        (3, DC + "type", None),
+        (4, "http://purl.org/dc/elements/1.1/format", None),
+        (5, XMP + "WebStatement", None),
+        (6, XMP + "Owner", None),
+        (7, DC + "identifier", None),
+        (8, DC + "description", None),
+    ]
     files = {
-        "meta.xml": meta(entity("core", OCC, ["occ.txt"], OCC_FIELDS[:3]),
-                         entity("extension", AC + "Multimedia", ["ac.txt"], ac_fields)),
+        "meta.xml": meta(
+            entity("core", OCC, ["occ.txt"], OCC_FIELDS[:3]),
+            entity("extension", AC + "Multimedia", ["ac.txt"], ac_fields),
+        ),
         "occ.txt": tsv([["id", "occurrenceID", "catalogNumber", "scientificName"], ["o1", "u1", "C1", "Bufo bufo"]]),
-        "ac.txt": tsv([
-            ["coreid", "accessURI", "dctype", "type", "format", "web", "owner", "identifier", "desc"],
-            ["o1", "https://ac.example.org/a.jpg", "StillImage", "http://purl.org/dc/dcmitype/StillImage", "image/jpeg",
-             "https://creativecommons.org/licenses/by/4.0/", "Jane Doe", "media-17", "head"],
-            ["o1", "https://ac.example.org/a.mp4", "MovingImage", "", "video/mp4", "", "", "media-18", ""],
-        ]),
+        "ac.txt": tsv(
+            [
+                ["coreid", "accessURI", "dctype", "type", "format", "web", "owner", "identifier", "desc"],
+                [
+                    "o1",
+                    "https://ac.example.org/a.jpg",
+                    "StillImage",
+                    "http://purl.org/dc/dcmitype/StillImage",
+                    "image/jpeg",
+                    "https://creativecommons.org/licenses/by/4.0/",
+                    "Jane Doe",
+                    "media-17",
+                    "head",
+                ],
+                ["o1", "https://ac.example.org/a.mp4", "MovingImage", "", "video/mp4", "", "", "media-18", ""],
+            ]
+        ),
     }
     src = DwcaSource(write_archive(tmp_path, files))
     (row,) = rows_of(src)
@@ -184,19 +224,41 @@ def test_audubon_core_media(tmp_path):
 
 
 def test_eol_media_extension_keeps_images_skips_text(tmp_path):
-    eol_fields = [(0, DC + "identifier", None), (1, DWC + "taxonID", None), (2, DC + "type", None), (3, DC + "format", None),
-                  (4, AC + "accessURI", None), (5, XMP + "UsageTerms", None), (6, XMP + "Owner", None)]
+    eol_fields = [
+        (0, DC + "identifier", None),
+        (1, DWC + "taxonID", None),
+        (2, DC + "type", None),
+        (3, DC + "format", None),
+        (4, AC + "accessURI", None),
+        (5, XMP + "UsageTerms", None),
+        (6, XMP + "Owner", None),
+    ]
     files = {
         "meta.xml": meta(
-            entity("core", DWC + "Taxon", ["taxa.txt"], [(0, DWC + "taxonID", None), (1, DWC + "scientificName", None), (2, DWC + "family", None)]),
-            entity("extension", "http://eol.org/schema/media/Document", ["media.txt"], eol_fields, id_index=1)),
+            entity(
+                "core",
+                DWC + "Taxon",
+                ["taxa.txt"],
+                [(0, DWC + "taxonID", None), (1, DWC + "scientificName", None), (2, DWC + "family", None)],
+            ),
+            entity("extension", "http://eol.org/schema/media/Document", ["media.txt"], eol_fields, id_index=1),
+        ),
         "taxa.txt": tsv([["id", "name", "family"], ["t1", "Draposa atropalpis", "Lycosidae"]]),
-        "media.txt": tsv([
-            ["id", "taxon", "type", "format", "url", "terms", "owner"],
-            ["m1.text", "t1", "http://purl.org/dc/dcmitype/Text", "text/html", "", "Public Domain", ""],
-            ["m2.fig", "t1", "http://purl.org/dc/dcmitype/StillImage", "image/png", "https://eol.example.org/fig2.png",
-             "http://creativecommons.org/licenses/by/3.0/", "Plazi"],
-        ]),
+        "media.txt": tsv(
+            [
+                ["id", "taxon", "type", "format", "url", "terms", "owner"],
+                ["m1.text", "t1", "http://purl.org/dc/dcmitype/Text", "text/html", "", "Public Domain", ""],
+                [
+                    "m2.fig",
+                    "t1",
+                    "http://purl.org/dc/dcmitype/StillImage",
+                    "image/png",
+                    "https://eol.example.org/fig2.png",
+                    "http://creativecommons.org/licenses/by/3.0/",
+                    "Plazi",
+                ],
+            ]
+        ),
     }
     src = DwcaSource(write_archive(tmp_path, files, "zip"))
     (row,) = rows_of(src)
@@ -212,13 +274,15 @@ def test_associated_media_fallback_and_splitting(tmp_path):
     mm = [(1, DC + "identifier", None)]
     files = {
         "meta.xml": meta(entity("core", OCC, ["occ.txt"], fields), entity("extension", GBIF_MM, ["mm.txt"], mm)),
-        "occ.txt": tsv([
-            ["id", "name", "associatedMedia"],
-            ["1", "A a", "https://x.org/1.jpg | https://x.org/2.jpg;https://x.org/3.jpg"],
-            ["2", "B b", "https://x.org/4.jpg, https://x.org/iiif/full/,200/0/default.jpg https://x.org/5.jpg"],
-            ["3", "C c", "https://x.org/ignored.jpg"],  # has an extension media row: associatedMedia unused
-            ["4", "D d", ""],
-        ]),
+        "occ.txt": tsv(
+            [
+                ["id", "name", "associatedMedia"],
+                ["1", "A a", "https://x.org/1.jpg | https://x.org/2.jpg;https://x.org/3.jpg"],
+                ["2", "B b", "https://x.org/4.jpg, https://x.org/iiif/full/,200/0/default.jpg https://x.org/5.jpg"],
+                ["3", "C c", "https://x.org/ignored.jpg"],  # has an extension media row: associatedMedia unused
+                ["4", "D d", ""],
+            ]
+        ),
         "mm.txt": tsv([["coreid", "identifier"], ["3", "https://x.org/ext.jpg"]]),
     }
     src = DwcaSource(write_archive(tmp_path, files))
@@ -226,37 +290,58 @@ def test_associated_media_fallback_and_splitting(tmp_path):
     for r in rows_of(src):
         urls[r["recordID"]].append(r["location"])
     assert sorted(urls["1"]) == ["https://x.org/1.jpg", "https://x.org/2.jpg", "https://x.org/3.jpg"]
-    assert sorted(urls["2"]) == ["https://x.org/4.jpg", "https://x.org/5.jpg", "https://x.org/iiif/full/,200/0/default.jpg"]
+    assert sorted(urls["2"]) == [
+        "https://x.org/4.jpg",
+        "https://x.org/5.jpg",
+        "https://x.org/iiif/full/,200/0/default.jpg",
+    ]
     assert urls["3"] == ["https://x.org/ext.jpg"]
     assert src.report["records_without_media"] == 1
 
 
 def test_taxon_core_with_occurrence_extension(tmp_path):
     taxon = [(0, DWC + "taxonID", None), (1, DWC + "scientificName", None), (2, DWC + "kingdom", None)]
-    occ = [(0, DWC + "occurrenceID", None), (2, DWC + "catalogNumber", None), (3, DWC + "country", None), (4, DWC + "scientificName", None)]
+    occ = [
+        (0, DWC + "occurrenceID", None),
+        (2, DWC + "catalogNumber", None),
+        (3, DWC + "country", None),
+        (4, DWC + "scientificName", None),
+    ]
     mm = [(1, DC + "identifier", None), (2, DWC + "occurrenceID", None)]
     files = {
         "meta.xml": meta(
             entity("core", DWC + "Taxon", ["taxa.txt"], taxon),
             entity("extension", OCC, ["occ.txt"], occ, id_index=1),
-            entity("extension", GBIF_MM, ["mm.txt"], mm)),
-        "taxa.txt": tsv([["id", "name", "kingdom"], ["t1", "Corvus corax", "Animalia"], ["t2", "Pica pica", "Animalia"]]),
-        "occ.txt": tsv([
-            ["occ", "taxon", "cat", "country", "name"],
-            ["o1", "t1", "C-1", "NO", "Corvus corax corax"],
-            ["o2", "t1", "C-2", "SE", ""],
-            ["o3", "t2", "C-3", "DK", ""],
-        ]),
-        "mm.txt": tsv([
-            ["taxon", "url", "occ"],
-            ["t1", "https://m.org/o2.jpg", "o2"],   # names its occurrence
-            ["t1", "https://m.org/t1.jpg", ""],     # t1 has two occurrences: none is chosen
-            ["t2", "https://m.org/t2.jpg", ""],     # t2 has one: it is the one
-        ]),
+            entity("extension", GBIF_MM, ["mm.txt"], mm),
+        ),
+        "taxa.txt": tsv(
+            [["id", "name", "kingdom"], ["t1", "Corvus corax", "Animalia"], ["t2", "Pica pica", "Animalia"]]
+        ),
+        "occ.txt": tsv(
+            [
+                ["occ", "taxon", "cat", "country", "name"],
+                ["o1", "t1", "C-1", "NO", "Corvus corax corax"],
+                ["o2", "t1", "C-2", "SE", ""],
+                ["o3", "t2", "C-3", "DK", ""],
+            ]
+        ),
+        "mm.txt": tsv(
+            [
+                ["taxon", "url", "occ"],
+                ["t1", "https://m.org/o2.jpg", "o2"],  # names its occurrence
+                ["t1", "https://m.org/t1.jpg", ""],  # t1 has two occurrences: none is chosen
+                ["t2", "https://m.org/t2.jpg", ""],  # t2 has one: it is the one
+            ]
+        ),
     }
     rows = {r["location"]: r for r in rows_of(DwcaSource(write_archive(tmp_path, files)))}
     o2 = rows["https://m.org/o2.jpg"]
-    assert (o2["occurrenceID"], o2["catalogNumber"], o2["country"], o2["scientificName"]) == ("o2", "C-2", "SE", "Corvus corax")
+    assert (o2["occurrenceID"], o2["catalogNumber"], o2["country"], o2["scientificName"]) == (
+        "o2",
+        "C-2",
+        "SE",
+        "Corvus corax",
+    )
     t1 = rows["https://m.org/t1.jpg"]
     assert t1["occurrenceID"] is None and t1["catalogNumber"] is None and t1["scientificName"] == "Corvus corax"
     t2 = rows["https://m.org/t2.jpg"]
@@ -268,15 +353,26 @@ def test_event_core_with_occurrence_extension_and_associated_media(tmp_path):
     event = [(1, DWC + "eventDate", None), (2, DWC + "locality", None)]
     occ = [(0, DWC + "occurrenceID", None), (2, DWC + "scientificName", None), (3, DWC + "associatedMedia", None)]
     files = {
-        "meta.xml": meta(entity("core", DWC + "Event", ["event.txt"], event),
-                         entity("extension", OCC, ["occ.txt"], occ, id_index=1)),
+        "meta.xml": meta(
+            entity("core", DWC + "Event", ["event.txt"], event), entity("extension", OCC, ["occ.txt"], occ, id_index=1)
+        ),
         "event.txt": tsv([["id", "date", "loc"], ["e1", "2020-05-01", "Trap 7"]]),
-        "occ.txt": tsv([["occ", "event", "name", "media"], ["o1", "e1", "Vulpes vulpes", "https://c.org/fox.jpg"],
-                        ["o2", "e1", "Meles meles", "https://c.org/badger.jpg"]]),
+        "occ.txt": tsv(
+            [
+                ["occ", "event", "name", "media"],
+                ["o1", "e1", "Vulpes vulpes", "https://c.org/fox.jpg"],
+                ["o2", "e1", "Meles meles", "https://c.org/badger.jpg"],
+            ]
+        ),
     }
     rows = {r["location"]: r for r in rows_of(DwcaSource(write_archive(tmp_path, files)))}
     fox = rows["https://c.org/fox.jpg"]
-    assert (fox["scientificName"], fox["occurrenceID"], fox["eventDate"], fox["locality"]) == ("Vulpes vulpes", "o1", "2020-05-01", "Trap 7")
+    assert (fox["scientificName"], fox["occurrenceID"], fox["eventDate"], fox["locality"]) == (
+        "Vulpes vulpes",
+        "o1",
+        "2020-05-01",
+        "Trap 7",
+    )
     assert rows["https://c.org/badger.jpg"]["scientificName"] == "Meles meles"
 
 
@@ -284,23 +380,31 @@ def test_other_extensions_go_into_extra(tmp_path):
     taxon = [(1, DWC + "scientificName", None)]
     vern = [(1, DWC + "vernacularName", None), (2, DC + "language", None)]
     files = {
-        "meta.xml": meta(entity("core", DWC + "Taxon", ["t.txt"], taxon + [(2, DWC + "associatedMedia", None)]),
-                         entity("extension", "http://rs.gbif.org/terms/1.0/VernacularName", ["v.txt"], vern)),
+        "meta.xml": meta(
+            entity("core", DWC + "Taxon", ["t.txt"], taxon + [(2, DWC + "associatedMedia", None)]),
+            entity("extension", "http://rs.gbif.org/terms/1.0/VernacularName", ["v.txt"], vern),
+        ),
         "t.txt": tsv([["id", "name", "media"], ["1", "Struthio camelus", "https://o.org/ostrich.jpg"]]),
         "v.txt": tsv([["id", "name", "lang"], ["1", "ostrich", "en"], ["1", "volstruis", "af"]]),
     }
     (row,) = rows_of(DwcaSource(write_archive(tmp_path, files)))
     assert row["vernacularName"] == "ostrich; volstruis"
     assert sorted(extra(row)["VernacularName"], key=lambda d: d["language"]) == [
-        {"vernacularName": "volstruis", "language": "af"}, {"vernacularName": "ostrich", "language": "en"}]
+        {"vernacularName": "volstruis", "language": "af"},
+        {"vernacularName": "ostrich", "language": "en"},
+    ]
 
 
 # -- the descriptor ----------------------------------------------------------------------------
 
 
 def test_default_values(tmp_path):
-    fields = [(1, DWC + "scientificName", None), (2, DWC + "country", "Belgium"), (None, DWC + "basisOfRecord", "PreservedSpecimen"),
-              (3, DWC + "associatedMedia", None)]
+    fields = [
+        (1, DWC + "scientificName", None),
+        (2, DWC + "country", "Belgium"),
+        (None, DWC + "basisOfRecord", "PreservedSpecimen"),
+        (3, DWC + "associatedMedia", None),
+    ]
     files = {
         "meta.xml": meta(entity("core", OCC, ["o.txt"], fields, header=0)),
         "o.txt": tsv([["1", "A a", "France", "https://d.org/1.jpg"], ["2", "B b", "", "https://d.org/2.jpg"]]),
@@ -312,7 +416,13 @@ def test_default_values(tmp_path):
 
 def test_one_entity_in_several_files_pipe_separated(tmp_path):
     core = entity("core", DWC + "Taxon", ["t1.txt", "t2.txt"], [(0, DWC + "scientificName", None)], id_index=1, sep="|")
-    ext = entity("extension", GBIF_MM, ["m1.txt", "m2.txt"], [(1, DC + "identifier", None), (None, DC + "type", "StillImage")], sep="|")
+    ext = entity(
+        "extension",
+        GBIF_MM,
+        ["m1.txt", "m2.txt"],
+        [(1, DC + "identifier", None), (None, DC + "type", "StillImage")],
+        sep="|",
+    )
     files = {
         "meta.xml": meta(core, ext),
         "t1.txt": "name|id\nA a|1\nB b|2\n",
@@ -321,14 +431,24 @@ def test_one_entity_in_several_files_pipe_separated(tmp_path):
         "m2.txt": "id|url\n3|https://p.org/3.jpg\n2|https://p.org/2.jpg\n",
     }
     rows = rows_of(DwcaSource(write_archive(tmp_path, files)))
-    assert [(r["recordID"], r["scientificName"]) for r in sorted(rows, key=lambda r: r["recordID"])] == [("1", "A a"), ("2", "B b"), ("3", "C c")]
+    assert [(r["recordID"], r["scientificName"]) for r in sorted(rows, key=lambda r: r["recordID"])] == [
+        ("1", "A a"),
+        ("2", "B b"),
+        ("3", "C c"),
+    ]
 
 
 def test_no_quoting_keeps_quote_characters(tmp_path):
     fields = [(1, DWC + "scientificName", None), (2, DWC + "associatedMedia", None)]
     files = {
         "meta.xml": meta(entity("core", OCC, ["o.txt"], fields, quote="")),
-        "o.txt": tsv([["id", "name", "media"], ["1", '"betta" splendens', "https://q.org/1.jpg"], ["2", "'betta' x", "https://q.org/2.jpg"]]),
+        "o.txt": tsv(
+            [
+                ["id", "name", "media"],
+                ["1", '"betta" splendens', "https://q.org/1.jpg"],
+                ["2", "'betta' x", "https://q.org/2.jpg"],
+            ]
+        ),
     }
     names = sorted(r["scientificName"] for r in rows_of(DwcaSource(write_archive(tmp_path, files))))
     assert names == ['"betta" splendens', "'betta' x"]
@@ -340,9 +460,9 @@ def test_quoted_csv_with_newlines_and_json_with_escaped_quotes(tmp_path):
     cell = json.dumps(props).replace('"', '""')
     files = {
         "meta.xml": meta(entity("core", OCC, ["o.csv"], fields, sep=",", quote='"')),
-        "o.csv": 'id,locality,dynamicProperties,associatedMedia\n'
-                 f'1,"Cambridge,\nline two","{cell}",https://n.org/1.jpg\n'
-                 '2,"plain",,https://n.org/2.jpg\n',
+        "o.csv": "id,locality,dynamicProperties,associatedMedia\n"
+        f'1,"Cambridge,\nline two","{cell}",https://n.org/1.jpg\n'
+        '2,"plain",,https://n.org/2.jpg\n',
     }
     rows = {r["recordID"]: r for r in rows_of(DwcaSource(write_archive(tmp_path, files)))}
     assert rows["1"]["locality"] == "Cambridge,\nline two"
@@ -350,7 +470,9 @@ def test_quoted_csv_with_newlines_and_json_with_escaped_quotes(tmp_path):
     assert rows["2"]["locality"] == "plain"
 
 
-@pytest.mark.parametrize("encoding,declared", [("latin-1", "ISO-8859-1"), ("cp1252", "windows-1252"), ("latin-1", "latin1")])
+@pytest.mark.parametrize(
+    "encoding,declared", [("latin-1", "ISO-8859-1"), ("cp1252", "windows-1252"), ("latin-1", "latin1")]
+)
 def test_non_utf8_encodings(tmp_path, encoding, declared):
     text = "Döring “quoted” – €" if encoding == "cp1252" else "Döring, Ïzmir"
     fields = [(1, DWC + "recordedBy", None), (2, DWC + "associatedMedia", None)]
@@ -391,7 +513,9 @@ def test_byte_order_mark_without_header_line(tmp_path):
 
 def test_media_core_id_with_trailing_space_matches(tmp_path):
     files = occurrence_with_multimedia()
-    files["multimedia.txt"] = files["multimedia.txt"].replace("\n3\t", "\n3 \t") + "3 \thttps://img.example.org/3.jpg\t\t\t\t\t\n"
+    files["multimedia.txt"] = (
+        files["multimedia.txt"].replace("\n3\t", "\n3 \t") + "3 \thttps://img.example.org/3.jpg\t\t\t\t\t\n"
+    )
     src = DwcaSource(write_archive(tmp_path, files))
     rows = rows_of(src)
     assert "https://img.example.org/3.jpg" in {r["location"] for r in rows}
@@ -442,7 +566,9 @@ def test_unusable_media_values_become_error_rows(tmp_path):
     (tmp_path / "arch" / "img" / "local.jpg").write_bytes(fake)
     fields = [(1, DC + "identifier", None)]
     files = {
-        "meta.xml": meta(entity("core", OCC, ["o.txt"], OCC_FIELDS[:1]), entity("extension", GBIF_MM, ["m.txt"], fields)),
+        "meta.xml": meta(
+            entity("core", OCC, ["o.txt"], OCC_FIELDS[:1]), entity("extension", GBIF_MM, ["m.txt"], fields)
+        ),
         "o.txt": tsv([["id", "occ"], ["1", "u1"]]),
         "m.txt": tsv([["id", "url"], ["1", "img/local.jpg"], ["1", "ftp://f.org/x.jpg"], ["1", "id42"], ["1", ""]]),
     }
@@ -476,7 +602,9 @@ def test_single_csv_without_meta_xml(tmp_path, where):
     src = DwcaSource(path)
     rows = rows_of(src)
     assert [(r["recordID"], r["scientificName"], r["location"]) for r in rows] == [
-        ("occ-1", "Bufo bufo", "https://s.org/1.jpg"), ("occ-1", "Bufo bufo", "https://s.org/2.jpg")]
+        ("occ-1", "Bufo bufo", "https://s.org/1.jpg"),
+        ("occ-1", "Bufo bufo", "https://s.org/2.jpg"),
+    ]
     assert extra(rows[0])["county"] == "Kent"
     assert src.report["records_without_media"] == 1
 
@@ -486,8 +614,10 @@ def test_batches_are_bounded(tmp_path):
     core = "id\tscientificName\n" + "".join(f"{i}\tSpecies {i % 97}\n" for i in range(n))
     media = "id\tidentifier\n" + "".join(f"{i}\thttps://big.org/{i}.jpg\n" for i in range(n))
     files = {
-        "meta.xml": meta(entity("core", OCC, ["o.txt"], [(1, DWC + "scientificName", None)]),
-                         entity("extension", GBIF_MM, ["m.txt"], [(1, DC + "identifier", None)])),
+        "meta.xml": meta(
+            entity("core", OCC, ["o.txt"], [(1, DWC + "scientificName", None)]),
+            entity("extension", GBIF_MM, ["m.txt"], [(1, DC + "identifier", None)]),
+        ),
         "o.txt": core,
         "m.txt": media,
     }
@@ -518,7 +648,9 @@ def test_malformed_meta_xml(tmp_path):
 
 def test_descriptor_maps_a_column_the_file_lacks(tmp_path):
     files = occurrence_with_multimedia()
-    files["meta.xml"] = files["meta.xml"].replace('index="5" term="http://rs.tdwg.org/dwc/terms/habitat"', 'index="9" term="http://rs.tdwg.org/dwc/terms/habitat"')
+    files["meta.xml"] = files["meta.xml"].replace(
+        'index="5" term="http://rs.tdwg.org/dwc/terms/habitat"', 'index="9" term="http://rs.tdwg.org/dwc/terms/habitat"'
+    )
     _stops(write_archive(tmp_path, files), "column 9", "occurrence.txt")
 
 
@@ -534,7 +666,9 @@ def test_no_meta_and_two_data_files(tmp_path):
 
 def test_unknown_encoding(tmp_path):
     files = occurrence_with_multimedia()
-    files["meta.xml"] = files["meta.xml"].replace('encoding="UTF-8" fieldsTerminatedBy', 'encoding="klingon" fieldsTerminatedBy', 1)
+    files["meta.xml"] = files["meta.xml"].replace(
+        'encoding="UTF-8" fieldsTerminatedBy', 'encoding="klingon" fieldsTerminatedBy', 1
+    )
     _stops(write_archive(tmp_path, files), "klingon")
 
 
@@ -545,8 +679,11 @@ def test_not_an_archive(tmp_path):
 
 
 def test_parse_meta_xml_defaults():
-    d = parse_meta_xml(b'<archive xmlns="http://rs.tdwg.org/dwc/text/"><core rowType="x"><files><location>a</location></files>'
-                       b'<field index="0" term="http://rs.tdwg.org/dwc/terms/genus"/></core></archive>', "w")
+    d = parse_meta_xml(
+        b'<archive xmlns="http://rs.tdwg.org/dwc/text/"><core rowType="x"><files><location>a</location></files>'
+        b'<field index="0" term="http://rs.tdwg.org/dwc/terms/genus"/></core></archive>',
+        "w",
+    )
     assert (d.core.delimiter, d.core.quote, d.core.header_lines, d.core.encoding) == (None, '"', 0, None)
 
 
@@ -573,7 +710,9 @@ def _real_archives():
     if not SHARED_DATA.is_dir():
         return ["(absent)"]
     return sorted(
-        str(p.relative_to(SHARED_DATA)) for d in SHARED_DATA.glob("dwca-*") for p in d.iterdir()
+        str(p.relative_to(SHARED_DATA))
+        for d in SHARED_DATA.glob("dwca-*")
+        for p in d.iterdir()
         if not p.name.endswith((".md", ".sha256", ".rst"))
     )
 
@@ -610,11 +749,17 @@ def test_real_nhm_specimen(shared_data):
         assert r["scientificName"] == "Ornithocheirus" and r["order"] == "Pterosauria" and r["class"] == "Reptilia"
         assert r["license"] == "http://creativecommons.org/licenses/by/4.0/"
         assert r["rightsHolder"] == "The Trustees of the Natural History Museum, London"
-        assert r["location"].startswith("http://www.nhm.ac.uk/services/media-store/asset/") and r["mediaURL"] == r["location"]
+        assert (
+            r["location"].startswith("http://www.nhm.ac.uk/services/media-store/asset/")
+            and r["mediaURL"] == r["location"]
+        )
         assert r["mediaFormat"] is None and r["recordID"] == "779"
         props = json.loads(extra(r)["dynamicProperties"])
         assert props["cataloguedescription"] == 'Very worn vertebra. Old catalogue says "fragments of bone".'
-    assert "http://www.nhm.ac.uk/services/media-store/asset/42c7b32ebb8098e69cb06c712f587025b5a36602/contents/preview" in {r["location"] for r in rows}
+    assert (
+        "http://www.nhm.ac.uk/services/media-store/asset/42c7b32ebb8098e69cb06c712f587025b5a36602/contents/preview"
+        in {r["location"] for r in rows}
+    )
 
 
 def test_real_orphaned_rows_are_counted(shared_data):
@@ -642,7 +787,9 @@ def test_utf8_bom_wins_over_a_latin1_declaration_and_utf16_is_read(tmp_path):
 def test_crlf_line_ends(tmp_path):
     fields = [(1, DWC + "scientificName", None), (2, DWC + "associatedMedia", None)]
     files = {
-        "meta.xml": meta(entity("core", OCC, ["o.csv"], fields, sep=",", quote='"')).replace('linesTerminatedBy="\\n"', 'linesTerminatedBy="\\r\\n"'),
+        "meta.xml": meta(entity("core", OCC, ["o.csv"], fields, sep=",", quote='"')).replace(
+            'linesTerminatedBy="\\n"', 'linesTerminatedBy="\\r\\n"'
+        ),
         "o.csv": 'id,name,media\r\n1,"Bufo, bufo",https://c.org/1.jpg\r\n2,Rana,https://c.org/2.jpg\r\n',
     }
     rows = {r["recordID"]: r for r in rows_of(DwcaSource(write_archive(tmp_path, files)))}

@@ -68,13 +68,15 @@ def test_tsv_with_explicit_path_column(tmp_path):
 
 
 def test_parquet_keeps_types_in_extra(tmp_path):
-    table = pa.table({
-        "url": ["https://a.org/1.jpg", "https://a.org/2.jpg"],
-        "scientificName": ["Apis mellifera", "Bombus terrestris"],
-        "decimalLatitude": [51.5, None],
-        "count": [3, 4],
-        "tags": [["a", "b"], []],
-    })
+    table = pa.table(
+        {
+            "url": ["https://a.org/1.jpg", "https://a.org/2.jpg"],
+            "scientificName": ["Apis mellifera", "Bombus terrestris"],
+            "decimalLatitude": [51.5, None],
+            "count": [3, 4],
+            "tags": [["a", "b"], []],
+        }
+    )
     pq.write_table(table, tmp_path / "m.parquet")
     rows = {r["location"]: r for r in rows_of(ManifestSource(tmp_path / "m.parquet"))}
     one = rows["https://a.org/1.jpg"]

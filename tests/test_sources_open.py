@@ -7,8 +7,8 @@ import os
 import tarfile
 import zipfile
 
-import pyarrow.parquet as pq
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from indexer.errors import SourceError
@@ -29,10 +29,12 @@ META = (
     '<id index="0"/><field index="1" term="http://rs.tdwg.org/dwc/terms/scientificName"/>'
     '<field index="2" term="http://rs.tdwg.org/dwc/terms/associatedMedia"/></core></archive>'
 )
-OCC = "id\tname\tmedia\n1\tCorvus corax\thttps://media.museum.org/assets/raven%20one.jpg\n" \
-      "2\tPica pica\thttps://media.museum.org/assets/../../etc/passwd\n" \
-      "3\tTurdus merula\thttps://media.museum.org/assets/missing.jpg?size=large\n" \
-      "4\tSturnus vulgaris\thttps://elsewhere.org/x.jpg\n"
+OCC = (
+    "id\tname\tmedia\n1\tCorvus corax\thttps://media.museum.org/assets/raven%20one.jpg\n"
+    "2\tPica pica\thttps://media.museum.org/assets/../../etc/passwd\n"
+    "3\tTurdus merula\thttps://media.museum.org/assets/missing.jpg?size=large\n"
+    "4\tSturnus vulgaris\thttps://elsewhere.org/x.jpg\n"
+)
 
 
 def _dwca_folder(tmp_path):
@@ -125,7 +127,10 @@ def test_parse_media_root():
 
 def test_map_location_refuses_to_leave_the_root(tmp_path):
     root = str(tmp_path)
-    assert map_location("https://m.org/a/b%20c.jpg", "https://m.org/", root) == (os.path.join(root, "a", "b c.jpg"), None)
+    assert map_location("https://m.org/a/b%20c.jpg", "https://m.org/", root) == (
+        os.path.join(root, "a", "b c.jpg"),
+        None,
+    )
     for bad in ("https://m.org/../x", "https://m.org/a/%2e%2e/%2e%2e/x", "https://m.org/a/..%2F..%2Fx"):
         path, why = map_location(bad, "https://m.org/", root)
         assert path is None and "media root" in why
@@ -186,8 +191,10 @@ def test_windows_1252_tables_are_detected_and_read(tmp_path):
     assert row["locality"] == "Köln – Rhein"
 
     dwc = tmp_path / "occurrences.csv"
-    dwc.write_bytes("occurrenceID,scientificName,locality,associatedMedia\n"
-                    "o1,Salmo trutta,Köln,https://media.example.org/a.jpg\n".encode("cp1252"))
+    dwc.write_bytes(
+        "occurrenceID,scientificName,locality,associatedMedia\n"
+        "o1,Salmo trutta,Köln,https://media.example.org/a.jpg\n".encode("cp1252")
+    )
     for path in (dwc, tmp_path / "occurrences.zip"):
         if path.suffix == ".zip":
             with zipfile.ZipFile(path, "w") as z:

@@ -20,8 +20,30 @@ ROWS = [
     # only a scientific name
     (None, None, None, None, None, None, None, "Garrulus glandarius (Linnaeus, 1758)", "Eurasian jay", 2),
     # a homonym: Morus, the mulberries and the gannets
-    ("Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Moraceae", "Morus", "alba", "Morus alba", "white mulberry", 3),
-    ("Animalia", "Chordata", "Aves", "Suliformes", "Sulidae", "Morus", "bassanus", "Morus bassanus", "northern gannet", 6),
+    (
+        "Plantae",
+        "Tracheophyta",
+        "Magnoliopsida",
+        "Rosales",
+        "Moraceae",
+        "Morus",
+        "alba",
+        "Morus alba",
+        "white mulberry",
+        3,
+    ),
+    (
+        "Animalia",
+        "Chordata",
+        "Aves",
+        "Suliformes",
+        "Sulidae",
+        "Morus",
+        "bassanus",
+        "Morus bassanus",
+        "northern gannet",
+        6,
+    ),
     ("Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae", "Felis", "catus", "Felis catus", "domestic cat", 7),
 ]
 
@@ -42,16 +64,16 @@ def names(matches):
         ("CORVIDAE.", [("family", "Corvidae")]),
         ("  corvus   corax ", [("species", "Corvus corax")]),
         ("Corvus corax Linnaeus, 1758", [("species", "Corvus corax")]),
-        ("Corvus corax L.", [("species", "Corvus corax")]),           # authorship not in the data
+        ("Corvus corax L.", [("species", "Corvus corax")]),  # authorship not in the data
         ("common raven", [("species", "Corvus corax")]),
         ("raven", [("species", "Corvus corax")]),
-        ("crows", [("genus", "Corvus")]),                               # a vernacular name at genus rank
+        ("crows", [("genus", "Corvus")]),  # a vernacular name at genus rank
         ("Aves", [("class", "Aves")]),
         ("family Corvidae", [("family", "Corvidae")]),
         ("genus corvus", [("genus", "Corvus")]),
         ("Garrulus glandarius", [("species", "Garrulus glandarius")]),
         ("Eurasian jay", [("species", "Garrulus glandarius")]),
-        ("Moraceae Morus", [("genus", "Morus")]),                      # a parent chooses among homonyms
+        ("Moraceae Morus", [("genus", "Morus")]),  # a parent chooses among homonyms
         ("Animalia Chordata Aves Passeriformes Corvidae Corvus corax", [("species", "Corvus corax")]),
         ("Aves Corvus", [("genus", "Corvus")]),
         ("Plantae Corvus", []),
@@ -66,7 +88,13 @@ def test_resolve(tax, query, expected):
 def test_counts_include_everything_below_and_merge_case_and_partial_lineages(tax):
     (corvidae,) = tax.resolve("corvidae")
     assert corvidae.count == 5 + 2 + 3 + 4
-    assert corvidae.lineage[:5] == ("Animalia", "Chordata", "Aves", "Passeriformes", "Corvidae")  # the majority spelling
+    assert corvidae.lineage[:5] == (
+        "Animalia",
+        "Chordata",
+        "Aves",
+        "Passeriformes",
+        "Corvidae",
+    )  # the majority spelling
     (corvus,) = tax.resolve("Corvus")
     assert corvus.count == 11 and corvus.lineage[4] == "Corvidae" and corvus.common_name == "crows"
     (raven,) = tax.resolve("Corvus corax")
@@ -82,10 +110,14 @@ def test_homonyms_resolve_to_all_and_say_which(tax):
     assert [m.describe() for m in matches] == ["genus Morus (Animalia, Sulidae)", "genus Morus (Plantae, Moraceae)"]
     assert tax.resolve("Moraceae Morus")[0].lineage[0] == "Plantae"
     con = duckdb.connect(":memory:")
-    con.execute('CREATE TABLE images (kingdom VARCHAR, phylum VARCHAR, "class" VARCHAR, "order" VARCHAR, family VARCHAR, '
-                'genus VARCHAR, "specificEpithet" VARCHAR, "scientificName" VARCHAR)')
-    con.execute("INSERT INTO images VALUES ('Plantae', NULL, NULL, NULL, 'Moraceae', 'Morus', 'alba', NULL), "
-                "('Animalia', NULL, NULL, NULL, 'Sulidae', 'Morus', 'bassanus', NULL)")
+    con.execute(
+        'CREATE TABLE images (kingdom VARCHAR, phylum VARCHAR, "class" VARCHAR, "order" VARCHAR, family VARCHAR, '
+        'genus VARCHAR, "specificEpithet" VARCHAR, "scientificName" VARCHAR)'
+    )
+    con.execute(
+        "INSERT INTO images VALUES ('Plantae', NULL, NULL, NULL, 'Moraceae', 'Morus', 'alba', NULL), "
+        "('Animalia', NULL, NULL, NULL, 'Sulidae', 'Morus', 'bassanus', NULL)"
+    )
     for m, kingdom in zip(matches, ("Animalia", "Plantae")):
         sql, params = m.filter_sql()
         assert con.execute(f"SELECT kingdom FROM images WHERE {sql}", params).fetchall() == [(kingdom,)]
@@ -106,10 +138,22 @@ def test_taxa_by_rank(tax):
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("Corvus corax", True), ("Corvidae", True), ("Passeriformes", True), ("Rosaceae", True),
-     ("Corvus corax Linnaeus, 1758", True), ("Corvus", False), ("a bird on a branch", False),
-     ("Big", False), ("corvus corax", False), ("Red Fox", False),
-     ("family Corvidae", True), ("genus Corvus", True), ("Salmo trutta fario", True), ("species of bird", False)],
+    [
+        ("Corvus corax", True),
+        ("Corvidae", True),
+        ("Passeriformes", True),
+        ("Rosaceae", True),
+        ("Corvus corax Linnaeus, 1758", True),
+        ("Corvus", False),
+        ("a bird on a branch", False),
+        ("Big", False),
+        ("corvus corax", False),
+        ("Red Fox", False),
+        ("family Corvidae", True),
+        ("genus Corvus", True),
+        ("Salmo trutta fario", True),
+        ("species of bird", False),
+    ],
 )
 def test_looks_like_scientific_name(text, expected):
     assert looks_like_scientific_name(text) is expected

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import tarfile
 import zipfile
-from typing import Mapping
+from collections.abc import Mapping
 
 from indexer.errors import SourceError
 from indexer.sources.base import ERROR_COLUMNS, ITEM_COLUMNS, Source
@@ -122,7 +122,11 @@ def _tar_kind(spec: str) -> str:
                 if base == "meta.xml":
                     return "dwca"
                 ext = base.rsplit(".", 1)[-1] if "." in base else ""
-                if member.isfile() and (ext in IMAGE_EXTENSIONS or ext in ("json", "cls")) and not base.startswith("._"):
+                if (
+                    member.isfile()
+                    and (ext in IMAGE_EXTENSIONS or ext in ("json", "cls"))
+                    and not base.startswith("._")
+                ):
                     return "tar"
                 if n >= 64:
                     break

@@ -140,7 +140,7 @@ class ArchiveFiles:
             )
 
     @classmethod
-    def single_file(cls, path: str) -> "ArchiveFiles":
+    def single_file(cls, path: str) -> ArchiveFiles:
         """One CSV/TSV file as an archive of one member (its folder is not listed)."""
         path = os.path.abspath(path)
         return cls(os.path.dirname(path), only=os.path.basename(path))
@@ -246,7 +246,9 @@ class ArchiveFiles:
         While DuckDB parses the core, the extensions are being inflated: on two cores that hides
         most of the copying. :meth:`local_utf8` waits for (and re-raises the errors of) a prefetch.
         """
-        todo = [(n, e) for n, e in items if (n, e) not in self._copies and not (self._root is not None and e == "utf-8")]
+        todo = [
+            (n, e) for n, e in items if (n, e) not in self._copies and not (self._root is not None and e == "utf-8")
+        ]
         if not todo:
             return
         if self._pool is None:
@@ -293,7 +295,7 @@ class ArchiveFiles:
             self._tmp = None
         self._copies.clear()
 
-    def __enter__(self) -> "ArchiveFiles":
+    def __enter__(self) -> ArchiveFiles:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,8 +10,8 @@ import json
 import os
 import re
 import stat as stat_mod
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
@@ -49,6 +49,7 @@ BATCH_ROWS = 50_000
 HTTP_URL_RE = r"^[hH][tT][tT][pP][sS]?://[^/?#\s]+"
 _HTTP = re.compile(HTTP_URL_RE)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+
 
 def connect():
     """A fresh in-memory DuckDB connection for one source scan."""
@@ -200,8 +201,9 @@ def fill_locations(
     return with_locations(batch, locations, sizes, mtimes, reasons, details)
 
 
-def with_locations(batch: pa.RecordBatch, locations: list, sizes: list, mtimes: list, reasons: list, details: list,
-                   **more: pa.Array) -> pa.RecordBatch:
+def with_locations(
+    batch: pa.RecordBatch, locations: list, sizes: list, mtimes: list, reasons: list, details: list, **more: pa.Array
+) -> pa.RecordBatch:
     """``batch`` with its resolved ``location``, ``size``, ``mtime`` and error columns (and any
     ``more`` columns) replaced by these values."""
     return replace_columns(

@@ -28,8 +28,9 @@ import os
 import posixpath
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 
@@ -137,9 +138,7 @@ class Descriptor:
 
 
 def _unescape(value: str) -> str:
-    return (
-        value.replace("\\t", "\t").replace("\\n", "\n").replace("\\r", "\r").replace("\\\\", "\\")
-    )
+    return value.replace("\\t", "\t").replace("\\n", "\n").replace("\\r", "\r").replace("\\\\", "\\")
 
 
 def _int_attr(el: ET.Element, name: str, where: str, default: int | None) -> int | None:
@@ -185,7 +184,9 @@ def parse_meta_xml(data: bytes, where: str) -> Descriptor:
         except _MissingFiles as exc:
             kind = _row_kind(exc.row_type)
             if exc.row_type.strip().lower() in _MEDIA_ROW_TYPES:
-                raise SourceError(f"{where}: meta.xml: media extension {exc.row_type} names no <files>", where) from None
+                raise SourceError(
+                    f"{where}: meta.xml: media extension {exc.row_type} names no <files>", where
+                ) from None
             warnings.append(f"meta.xml: extension {exc.row_type or kind} names no data file; ignored")
     return Descriptor(core=core, extensions=tuple(extensions), metadata=root.get("metadata"), warnings=tuple(warnings))
 
@@ -264,7 +265,7 @@ class _Entity:
 
 def _first_records(path: str, delimiter: str, quote: str, limit: int = 50) -> list[list[str]]:
     """The first records of a UTF-8 file, split like DuckDB will (to count columns before reading)."""
-    with open(path, "r", encoding="utf-8-sig", errors="replace", newline="") as fh:
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
         head = fh.read(1 << 20)
     if not head:
         return []
@@ -292,8 +293,18 @@ def _first_records(path: str, delimiter: str, quote: str, limit: int = 50) -> li
 
 
 _TRIMMED_NAMES = {
-    "associatedmedia", "accessuri", "identifier", "type", "format", "license", "rightsholder", "owner",
-    "webstatement", "usageterms", "rights", "occurrenceid",
+    "associatedmedia",
+    "accessuri",
+    "identifier",
+    "type",
+    "format",
+    "license",
+    "rightsholder",
+    "owner",
+    "webstatement",
+    "usageterms",
+    "rights",
+    "occurrenceid",
 }
 
 
@@ -342,8 +353,15 @@ class _Loader:
         try:
             return self._load(spec, table, members, encoding)
         except _NotUtf8:
-            log.warning("%s: %s is declared %s but is not; reading it as Windows-1252", self.where, spec.label, spec.encoding or "UTF-8")
-            self.report["warnings"].append(f"{spec.label} is not valid {spec.encoding or 'UTF-8'}; read as Windows-1252")
+            log.warning(
+                "%s: %s is declared %s but is not; reading it as Windows-1252",
+                self.where,
+                spec.label,
+                spec.encoding or "UTF-8",
+            )
+            self.report["warnings"].append(
+                f"{spec.label} is not valid {spec.encoding or 'UTF-8'}; read as Windows-1252"
+            )
             return self._load(spec, table, members, "cp1252")
 
     def _load(self, spec: FileSpec, table: str, members: list[str], encoding: str) -> _Entity:
@@ -377,7 +395,11 @@ class _Loader:
             )
         entity = _Entity(spec, table)
         params: dict[str, Any] = {}
-        selects = [f"nullif(trim(c{spec.id_index}), '') AS _id" if spec.id_index is not None else "CAST(NULL AS VARCHAR) AS _id"]
+        selects = [
+            f"nullif(trim(c{spec.id_index}), '') AS _id"
+            if spec.id_index is not None
+            else "CAST(NULL AS VARCHAR) AS _id"
+        ]
         seen_terms: set[str] = set()
         for k, f in enumerate(spec.fields):
             if f.term in seen_terms:
@@ -399,7 +421,11 @@ class _Loader:
             selects.append(f"{expr} AS {col}")
             entity.columns.append((f, col))
         if not used:
-            source = "(SELECT " + ", ".join(f"CAST(NULL AS VARCHAR) AS c{i}" for i in range(max(ncols, 1, *(i + 1 for i in indexes)))) + " LIMIT 0)"
+            source = (
+                "(SELECT "
+                + ", ".join(f"CAST(NULL AS VARCHAR) AS c{i}" for i in range(max(ncols, 1, *(i + 1 for i in indexes))))
+                + " LIMIT 0)"
+            )
         else:
             params.update(
                 files=[p for p, _, _ in used],
@@ -477,7 +503,7 @@ class DwcaSource:
 
     # -- opening ---------------------------------------------------------------------------------
 
-    def _open(self) -> "_Opened":
+    def _open(self) -> _Opened:
         files, self._unpacked = getattr(self, "_unpacked", None), None
         return _Opened(self, files)
 
@@ -529,20 +555,31 @@ class DwcaSource:
         r = self.report
         log.info(
             "%s: %d records, %d image rows, %d media rows without a usable URL, %d records without media",
-            self.name, r["records"], r["image_rows"], r["error_rows"], r["records_without_media"],
+            self.name,
+            r["records"],
+            r["image_rows"],
+            r["error_rows"],
+            r["records_without_media"],
         )
         if r["orphan_extension_rows"]:
             log.warning(
                 "%s: %d extension rows name a core id that does not exist (%s); they were skipped",
-                self.name, r["orphan_extension_rows"],
+                self.name,
+                r["orphan_extension_rows"],
                 ", ".join(f"{k}: {v}" for k, v in r["orphans_by_file"].items()),
             )
         if not r["image_rows"] and not r["error_rows"]:
             log.warning("%s: no image in this archive (%d records, none with a still image)", self.name, r["records"])
         if r["duplicate_media_rows"]:
-            log.warning("%s: %d media rows repeat an image of the same record; kept once", self.name, r["duplicate_media_rows"])
+            log.warning(
+                "%s: %d media rows repeat an image of the same record; kept once", self.name, r["duplicate_media_rows"]
+            )
         if r["non_image_media_rows"]:
-            log.info("%s: %d media rows are not still images (sound, video, text); skipped", self.name, r["non_image_media_rows"])
+            log.info(
+                "%s: %d media rows are not still images (sound, video, text); skipped",
+                self.name,
+                r["non_image_media_rows"],
+            )
 
 
 class _Opened:
@@ -585,7 +622,9 @@ def _find_descriptor(files: ArchiveFiles, where: str) -> tuple[Descriptor, str]:
     elif len(metas) == 1:
         meta, base = metas[0], posixpath.dirname(metas[0])
     elif len(metas) > 1:
-        raise SourceError(f"{where}: several meta.xml files ({', '.join(metas[:4])}); cannot tell which is the archive's", where)
+        raise SourceError(
+            f"{where}: several meta.xml files ({', '.join(metas[:4])}); cannot tell which is the archive's", where
+        )
     else:
         return _simple_descriptor_in(files, where), ""
     descriptor = parse_meta_xml(files.read(meta), where)
@@ -671,6 +710,7 @@ def _simple_descriptor(files: ArchiveFiles, member: str, where: str) -> Descript
 
 def _media_role_columns(ent: _Entity) -> dict[str, list[str]]:
     """Columns of a media entity feeding each output role, in order of preference."""
+
     def pick(*names: str, uri_prefix: str | None = None) -> list[str]:
         out = []
         for n in names:
@@ -683,7 +723,8 @@ def _media_role_columns(ent: _Entity) -> dict[str, list[str]]:
         "url": pick("accessURI") + pick("identifier"),
         "type": ent.columns_named("type"),
         "format": pick("format"),
-        "license": pick("license", "WebStatement", "UsageTerms") + pick("rights", uri_prefix="http://purl.org/dc/terms/"),
+        "license": pick("license", "WebStatement", "UsageTerms")
+        + pick("rights", uri_prefix="http://purl.org/dc/terms/"),
         "rightsHolder": pick("rightsHolder", "Owner"),
         "occurrenceID": pick("occurrenceID"),
     }
@@ -716,9 +757,13 @@ class _Plan:
         fallback = f"nullif(trim({occ_field}), '')" if occ_field else "NULL"
         con.execute(f"UPDATE core SET _id = coalesce({fallback}, 'row-' || (rowid + 1)) WHERE _id IS NULL")
         self.report["records"] = core.rows
-        self.report["duplicate_core_ids"] = con.execute("SELECT count(*) - count(DISTINCT _id) FROM core").fetchall()[0][0]
+        self.report["duplicate_core_ids"] = con.execute("SELECT count(*) - count(DISTINCT _id) FROM core").fetchall()[
+            0
+        ][0]
         if self.report["duplicate_core_ids"]:
-            log.warning("%s: core rows repeating an id already used: %d", self.loader.where, self.report["duplicate_core_ids"])
+            log.warning(
+                "%s: core rows repeating an id already used: %d", self.loader.where, self.report["duplicate_core_ids"]
+            )
 
         core_is_record = d.core.kind not in _NON_RECORD_CORES
         media: list[_Entity] = []
@@ -746,7 +791,8 @@ class _Plan:
 
         self.media_cte = self._media_cte(core, media, occ)
         self.report["records_without_media"] = con.execute(
-            self.media_cte + "SELECT count(*) FROM core c WHERE NOT EXISTS (SELECT 1 FROM media m WHERE m._coreid = c._id)",
+            self.media_cte
+            + "SELECT count(*) FROM core c WHERE NOT EXISTS (SELECT 1 FROM media m WHERE m._coreid = c._id)",
             self._params_for(self.media_cte),
         ).fetchall()[0][0]
         aggs = self._build_aggregates(others)
@@ -791,7 +837,9 @@ class _Plan:
                 )
             if mformat:
                 fmts = ", ".join(f"'{f}'" for f in _IMAGE_FORMATS)  # constants of ours, not data
-                is_image.append(f"({mformat} IS NULL OR lower({mformat}) LIKE 'image/%' OR lower({mformat}) IN ({fmts}))")
+                is_image.append(
+                    f"({mformat} IS NULL OR lower({mformat}) LIKE 'image/%' OR lower({mformat}) IN ({fmts}))"
+                )
             where = " AND ".join(is_image)
             self.report["non_image_media_rows"] += con.execute(
                 f"SELECT count(*) FROM {ent.table} e WHERE NOT ({where})"
@@ -870,7 +918,9 @@ class _Plan:
 
     # the output ----------------------------------------------------------------------------------
 
-    def _final_query(self, core: _Entity, occ: _Entity | None, aggs, core_is_record: bool) -> tuple[str, dict[str, Any]]:
+    def _final_query(
+        self, core: _Entity, occ: _Entity | None, aggs, core_is_record: bool
+    ) -> tuple[str, dict[str, Any]]:
         params = self.params
         params["name"] = self.name
         record_cols: dict[str, list[str]] = {}  # canonical column -> expressions in precedence order
@@ -890,7 +940,10 @@ class _Plan:
                 if key in extra_index:
                     i = extra_index[key]
                     old_key, old_expr = extra_pairs[i]
-                    extra_pairs[i] = (old_key, f"coalesce({expr}, {old_expr})" if first else f"coalesce({old_expr}, {expr})")
+                    extra_pairs[i] = (
+                        old_key,
+                        f"coalesce({expr}, {old_expr})" if first else f"coalesce({old_expr}, {expr})",
+                    )
                 else:
                     extra_index[key] = len(extra_pairs)
                     extra_pairs.append((key, expr))
@@ -900,7 +953,9 @@ class _Plan:
             add(occ, "o", first=True)
         if core_is_record:
             # In an Occurrence core the id is the occurrence's identifier (unless we made it up).
-            record_cols.setdefault("occurrenceID", []).append("CASE WHEN c._id <> 'row-' || (c.rowid + 1) THEN c._id END")
+            record_cols.setdefault("occurrenceID", []).append(
+                "CASE WHEN c._id <> 'row-' || (c.rowid + 1) THEN c._id END"
+            )
 
         selects = [
             "CASE WHEN m.url IS NULL THEN $name || '#' || m._coreid || '#' || m._src || ':' || m._seq "
@@ -947,14 +1002,18 @@ class _Plan:
         # A cheap screen first (distinct 64-bit hashes of the media rows' keys; a collision only
         # costs the exact count below), then the exact count through the join when it may matter.
         cte, cte_params = self.media_cte, self._params_for(self.media_cte)
-        maybe = self.report["duplicate_core_ids"] > 0 or self.con.execute(
-            cte + "SELECT count(*) > count(DISTINCT hash(_coreid, coalesce(url, _src || ':' || _seq))) FROM media",
-            cte_params,
-        ).fetchall()[0][0]
+        maybe = (
+            self.report["duplicate_core_ids"] > 0
+            or self.con.execute(
+                cte + "SELECT count(*) > count(DISTINCT hash(_coreid, coalesce(url, _src || ':' || _seq))) FROM media",
+                cte_params,
+            ).fetchall()[0][0]
+        )
         dup = 0
         if maybe:
             dup = self.con.execute(
-                cte + "SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM media m JOIN core c ON c._id = m._coreid "
+                cte
+                + "SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM media m JOIN core c ON c._id = m._coreid "
                 "GROUP BY m._coreid, coalesce(m.url, m._src || ':' || m._seq) HAVING count(*) > 1)",
                 cte_params,
             ).fetchall()[0][0]
@@ -974,4 +1033,3 @@ def _unique_keys(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     for key, expr in pairs:
         merged.setdefault(key, []).append(expr)
     return [(k, v[0] if len(v) == 1 else f"coalesce({', '.join(v)})") for k, v in merged.items()]
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import pyarrow as pa
 
@@ -49,11 +49,7 @@ def read_labels(labels: str | os.PathLike) -> pa.Table:
                 f"found {', '.join(columns)}",
                 path,
             )
-        selects = [
-            "replace(regexp_replace(trim({p}), '^(\\./)+', ''), '\\', '/') AS relpath".format(
-                p=quote_ident(path_col)
-            )
-        ]
+        selects = [f"replace(regexp_replace(trim({quote_ident(path_col)}), '^(\\./)+', ''), '\\', '/') AS relpath"]
         extras: list[str] = []
         taken: set[str] = set()
         for col in columns:
@@ -112,7 +108,9 @@ class FolderSource:
     def scan(self) -> Iterator[pa.RecordBatch]:
         from indexer.localfs import FileProblem, walk_images
 
-        rows: dict[str, list] = {k: [] for k in ("relpath", "key", "location", "size", "mtime", "error_reason", "error_detail")}
+        rows: dict[str, list] = {
+            k: [] for k in ("relpath", "key", "location", "size", "mtime", "error_reason", "error_detail")
+        }
         seen_relpaths: set[str] = set()
         for entry in walk_images(self.root):
             rows["relpath"].append(entry.relpath)
@@ -139,7 +137,10 @@ class FolderSource:
             if unmatched:
                 log.warning(
                     "%d rows of %s name no image under %s (first: %s)",
-                    len(unmatched), self.labels, self.root, ", ".join(unmatched[:3]),
+                    len(unmatched),
+                    self.labels,
+                    self.root,
+                    ", ".join(unmatched[:3]),
                 )
 
     def _finish(self, rows: dict[str, list]) -> pa.RecordBatch:

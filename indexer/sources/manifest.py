@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -31,9 +32,27 @@ log = logging.getLogger(__name__)
 
 #: Accepted names of the path/URL column, in order of preference (compared case-insensitively).
 PATH_COLUMNS = (
-    "path", "file", "filename", "file_name", "filepath", "file_path", "relpath", "relative_path",
-    "image", "image_path", "img_path", "image_file",
-    "url", "image_url", "img_url", "media_url", "mediaurl", "uri", "accessuri", "identifier", "location",
+    "path",
+    "file",
+    "filename",
+    "file_name",
+    "filepath",
+    "file_path",
+    "relpath",
+    "relative_path",
+    "image",
+    "image_path",
+    "img_path",
+    "image_file",
+    "url",
+    "image_url",
+    "img_url",
+    "media_url",
+    "mediaurl",
+    "uri",
+    "accessuri",
+    "identifier",
+    "location",
 )
 
 #: Metadata columns that never come from a manifest's own column of that name.
@@ -140,7 +159,8 @@ class ManifestSource:
             ]
             if not found:
                 raise SourceError(
-                    f"manifest {self.path} has no column {path_column!r} (columns: {', '.join(self.columns)})", self.path
+                    f"manifest {self.path} has no column {path_column!r} (columns: {', '.join(self.columns)})",
+                    self.path,
                 )
             self.path_column = found[0]
         else:
@@ -238,7 +258,9 @@ class ManifestSource:
                 first_row += batch.num_rows
         finally:
             con.close()
-        log.info("%s: %d rows, %d images, %d unusable", self.name, report["rows"], report["image_rows"], report["error_rows"])
+        log.info(
+            "%s: %d rows, %d images, %d unusable", self.name, report["rows"], report["image_rows"], report["error_rows"]
+        )
 
     def _finish(self, batch: pa.RecordBatch, first_row: int, base: str, report: dict[str, int]) -> pa.RecordBatch:
         n = batch.num_rows

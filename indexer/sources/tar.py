@@ -23,8 +23,9 @@ import os
 import re
 import tarfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
 import pyarrow as pa
@@ -155,7 +156,11 @@ def _alternatives(body: str) -> list[str] | None:
     if m:
         a, b = int(m.group(1)), int(m.group(2))
         step = abs(int(m.group(3) or 1)) or 1
-        width = max(len(m.group(1)), len(m.group(2))) if re.match(r"^-?0\d", m.group(1)) or re.match(r"^-?0\d", m.group(2)) else 0
+        width = (
+            max(len(m.group(1)), len(m.group(2)))
+            if re.match(r"^-?0\d", m.group(1)) or re.match(r"^-?0\d", m.group(2))
+            else 0
+        )
         rng = range(a, b + 1, step) if a <= b else range(a, b - 1, -step)
         if len(rng) > _MAX_EXPANSION:
             raise SourceError(f"brace range {{{body}}} expands to more than {_MAX_EXPANSION} names", body)
@@ -277,7 +282,14 @@ class TarShardSource:
         return f"TarShardSource({self.spec!r}, {len(self.shards)} shards)"
 
     def scan(self) -> Iterator[pa.RecordBatch]:
-        report = {"shards": len(self.shards), "image_rows": 0, "bad_shards": 0, "samples_without_image": 0, "bad_json": 0, "other_members": 0}
+        report = {
+            "shards": len(self.shards),
+            "image_rows": 0,
+            "bad_shards": 0,
+            "samples_without_image": 0,
+            "bad_json": 0,
+            "other_members": 0,
+        }
         self.report = report
         rows = _Rows()
         for shard in self.shards:
@@ -289,7 +301,11 @@ class TarShardSource:
             yield rows.batch()
         log.info(
             "%s: %d shards, %d images, %d unreadable shards, %d samples without an image",
-            self.name, report["shards"], report["image_rows"], report["bad_shards"], report["samples_without_image"],
+            self.name,
+            report["shards"],
+            report["image_rows"],
+            report["bad_shards"],
+            report["samples_without_image"],
         )
 
     def _shard_rows(self, shard: str, report: dict[str, int]) -> Iterator[dict[str, Any]]:
@@ -312,7 +328,9 @@ class TarShardSource:
                     last = ext.rsplit(".", 1)[-1].lower()
                     if last in IMAGE_EXTENSIONS:
                         offset = None if compressed else member.offset_data
-                        samples.setdefault(key, _Sample()).images.append((member.name, offset, member.size, float(member.mtime)))
+                        samples.setdefault(key, _Sample()).images.append(
+                            (member.name, offset, member.size, float(member.mtime))
+                        )
                     elif ext.lower() in ("json", "txt", "cls") and member.size <= _MAX_SIDECAR:
                         fh = tf.extractfile(member)
                         data = fh.read() if fh is not None else b""
@@ -320,7 +338,9 @@ class TarShardSource:
                     else:
                         report["other_members"] += 1
                 if end is not None and problem is None and not _ends_cleanly(shard, tf.offset, end):
-                    problem = f"tar shard {text} is cut off or damaged after {tf.offset} bytes (no end-of-archive marker)"
+                    problem = (
+                        f"tar shard {text} is cut off or damaged after {tf.offset} bytes (no end-of-archive marker)"
+                    )
         except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
             problem = f"cannot read tar shard {text}: {exc}"
         if problem is not None:
@@ -364,7 +384,13 @@ class TarShardSource:
                 for k, v in obj.items():
                     canon = canonical_column(str(k))
                     if canon is not None and canon != "extra" and canon not in out and v is not None:
-                        out[canon] = v.strip() if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+                        out[canon] = (
+                            v.strip()
+                            if isinstance(v, str)
+                            else json.dumps(v)
+                            if isinstance(v, (dict, list))
+                            else str(v)
+                        )
                         if out[canon] == "":
                             del out[canon]
                     else:
