@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, urlencode
 
 from indexer.errors import QueryError
 from indexer.filters import Condition, Filter
+from indexer.locations import file_name
 from indexer.schema import RANK_COLUMNS, RANKS
 
 __all__ = [
@@ -707,17 +708,8 @@ def card_fields(hit, *, scored: bool = True) -> dict[str, Any]:
         "institution": hit.metadata.get("institutionCode"),
         "date": hit_date(hit),
         "score": float(hit.score) if scored else None,
-        "file": _file_name(hit.metadata.get("mediaURL") or hit.location),
+        "file": file_name(hit.metadata.get("mediaURL") or hit.location),
     }
-
-
-def _file_name(location: str | None) -> str:
-    """The last part of a path, URL or tar member (what a card shows of where the image is)."""
-    if not location:
-        return ""
-    tail = location.split("#", 1)[1] if location.startswith("tar://") and "#" in location else location
-    tail = tail.split("?", 1)[0].rstrip("/")
-    return tail.rsplit("/", 1)[-1] or tail
 
 
 def result_facets(hits: Sequence, params: Iterable[str] | None = None) -> dict[str, Counter]:

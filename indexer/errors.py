@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "IndexerError",
+    "LocationError",
     "SourceError",
     "ItemError",
     "FetchError",
@@ -20,6 +21,10 @@ __all__ = [
 
 class IndexerError(Exception):
     """Base class of everything the indexer and search engine raise on purpose."""
+
+
+class LocationError(IndexerError, ValueError):
+    """A string is not a location this project reads (see :mod:`indexer.locations`)."""
 
 
 class SourceError(IndexerError):

@@ -30,13 +30,13 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
 
 from indexer import __version__
-from indexer.errors import FetchError
-from indexer.localfs import read_file, text_to_path
+from indexer.errors import FetchError, LocationError
+from indexer.localfs import read_file
+from indexer.locations import RemoteUrl, TarMember, TarShard, parse_location, text_to_path
 
-__all__ = ["read_location", "DownloadConfig", "Downloader", "looks_like_image", "DEFAULT_MAX_BYTES"]
+__all__ = ["read_location", "read_tar_member", "DownloadConfig", "Downloader", "looks_like_image", "DEFAULT_MAX_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,15 @@ def read_location(location: str, *, max_bytes: int | None = None, downloader: Do
     """The bytes at ``location``: an absolute local path, a ``file://`` URL, a ``tar://`` member,
     or (only with a ``downloader``) an http(s) URL. Raises FetchError; ``too-large`` when the
     bytes would exceed ``max_bytes`` (checked before reading where the size is known)."""
-    if location.startswith("tar://"):
-        return _read_tar_member(location, max_bytes)
-    if location.startswith(("http://", "https://", "HTTP://", "HTTPS://")):
+    try:
+        loc = parse_location(location)
+    except LocationError as exc:
+        raise FetchError("invalid-url", str(exc)) from None
+    if isinstance(loc, TarMember):
+        return read_tar_member(loc, max_bytes, location)
+    if isinstance(loc, TarShard):
+        raise FetchError("invalid-url", f"tar location without a #member: {location!r}")
+    if isinstance(loc, RemoteUrl):
         if downloader is None:
             raise FetchError("invalid-url", f"{location}: http(s) locations are read through a Downloader")
         for _, result in downloader.fetch_many([location]):
@@ -59,25 +65,14 @@ def read_location(location: str, *, max_bytes: int | None = None, downloader: Do
                 raise result
             return read_location(result, max_bytes=max_bytes)
         raise FetchError("connection-error", f"{location}: no result from the downloader")  # pragma: no cover
-    path = location
-    scheme = location.split("://", 1)[0].lower() if "://" in location else None
-    if scheme == "file":
-        parts = urlsplit(location)
-        if parts.netloc not in ("", "localhost"):
-            raise FetchError("invalid-url", f"{location}: file URL on another host")
-        path = unquote(parts.path)
-    elif scheme is not None:
-        raise FetchError("invalid-url", f"unsupported location: {location}")
-    return read_file(path, max_bytes=max_bytes)
+    return read_file(loc.path, max_bytes=max_bytes)
 
 
-def _read_tar_member(location: str, max_bytes: int | None) -> bytes:
-    from indexer.sources.tar import parse_tar_location
-
-    try:
-        loc = parse_tar_location(location)
-    except ValueError as exc:
-        raise FetchError("invalid-url", str(exc)) from None
+def read_tar_member(loc: TarMember, max_bytes: int | None, location: str | None = None) -> bytes:
+    """The bytes of a tar member: one seek when its offset is known, else by streaming forward
+    through the (compressed) shard. Raises FetchError (``not-found``, ``too-large``, ``truncated``,
+    ``io-error``); ``location`` is what the messages name (default: the member's location)."""
+    location = location or str(loc)
     if loc.offset is not None and loc.size is not None:
         if max_bytes is not None and loc.size > max_bytes:
             raise FetchError("too-large", f"{location}: {loc.size} bytes, more than the limit of {max_bytes}")
@@ -452,9 +447,10 @@ class Downloader:
     # -- one attempt (in a worker thread) ---------------------------------------------------------
 
     def _pool_for(self, url: str):
-        parts = urlsplit(url)
-        proxy = self._proxies.get(parts.scheme.lower())
-        if proxy is not None and not urllib.request.proxy_bypass(parts.hostname or ""):
+        loc = parse_location(url)
+        assert isinstance(loc, RemoteUrl)  # checked by _host_of before any attempt
+        proxy = self._proxies.get(loc.scheme)
+        if proxy is not None and not urllib.request.proxy_bypass(loc.hostname):
             return proxy
         return self._pool
 
@@ -604,14 +600,12 @@ class Downloader:
 
 def _host_of(url: str) -> tuple[str, FetchError | None]:
     try:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        port = parts.port
-    except ValueError as exc:
-        return "", FetchError("invalid-url", f"{url}: {exc}")
-    if parts.scheme.lower() not in ("http", "https") or not host:
+        loc = parse_location(url)
+    except LocationError as exc:
+        return "", FetchError("invalid-url", str(exc))
+    if not isinstance(loc, RemoteUrl):
         return "", FetchError("invalid-url", f"{url}: not an http(s) URL with a host")
-    return f"{host}:{port}" if port else host, None
+    return loc.host, None
 
 
 def _content_length(value: str | None) -> int | None:

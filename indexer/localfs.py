@@ -1,16 +1,8 @@
-"""Local files for folder sources: a robust recursive walk, safe reads, and text-safe path names.
+"""Local files: a robust recursive walk for folder sources and safe reads of one file.
 
-Paths cross two worlds. On disk a file name is bytes; Python's ``os`` functions hand them out as
-``str`` with undecodable bytes as lone surrogates (``surrogateescape``), which cannot be written to
-Parquet or DuckDB (UTF-8 only). Everything this module returns is in *text form*
-(:func:`path_to_text`: valid UTF-8, identical to the ordinary path for every UTF-8 name), and
-everything it accepts may be in text form (:func:`text_to_path` turns it back into the ``str`` that
-opens the file).
-
-Text form: an undecodable byte ``0xE9`` is written ``%%E9`` (two percent signs mark it), and a
-literal ``%`` that is directly followed by another ``%`` is written ``%%25``. So names without
-undecodable bytes and without ``%%`` are unchanged; names with them stay readable
-(``caf%%E9.jpg`` for Latin-1 ``café.jpg``) and the mapping is exactly reversible.
+Every path this module returns is in *text form* and every path it accepts may be (see
+:func:`indexer.locations.path_to_text`: valid UTF-8, lossless, identical to the ordinary path for
+every UTF-8 name; ``caf%%E9.jpg`` for a Latin-1 ``café.jpg``).
 """
 
 from __future__ import annotations
@@ -18,13 +10,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
 from indexer.errors import FetchError, SourceError
+from indexer.locations import path_to_text, text_to_path
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -32,8 +24,6 @@ __all__ = [
     "FileProblem",
     "read_file",
     "walk_images",
-    "path_to_text",
-    "text_to_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,7 +38,6 @@ IMAGE_EXTENSIONS: Final[frozenset[str]] = frozenset(
 #: Directory names skipped besides hidden ones: macOS resource-fork folders in zip exports.
 _JUNK_DIRS: Final[frozenset[str]] = frozenset({"__MACOSX"})
 
-_TOKEN: Final = re.compile(r"%%([0-9A-F]{2})")
 _READ_CHUNK: Final = 1 << 20
 
 
@@ -79,58 +68,6 @@ class FileProblem:
     relpath: str
     reason: str
     detail: str
-
-
-# -- text form of paths ----------------------------------------------------------------------------
-
-
-def path_to_text(path: str | bytes | os.PathLike) -> str:
-    """The text form of a path: valid UTF-8, lossless, identical for ordinary names.
-
-    Accepts a ``str`` as ``os`` returns it (surrogate-escaped), ``bytes`` or a path-like object.
-    See the module docstring for the scheme; :func:`text_to_path` is its exact inverse.
-    Raises ValueError for a ``str`` holding lone surrogates that are not surrogate escapes.
-    """
-    raw = os.fsencode(path)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    else:
-        if "%%" not in text:
-            return text
-    escaped = raw.decode("utf-8", "surrogateescape")
-    out: list[str] = []
-    for i, ch in enumerate(escaped):
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, as surrogateescape carries it
-            out.append(f"%%{code - 0xDC00:02X}")
-        elif ch == "%" and escaped[i + 1 : i + 2] == "%":
-            out.append("%%25")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def text_to_path(text: str | os.PathLike) -> str:
-    """The ``str`` path (surrogate-escaped, as ``os`` uses it) that a text form names.
-
-    Exact inverse of :func:`path_to_text`. A ``str`` that still holds surrogate escapes (a raw
-    ``os`` path) is passed through, so callers may hand either form.
-    """
-    text = os.fspath(text)
-    if isinstance(text, bytes):
-        return os.fsdecode(text)
-    if "%%" not in text:
-        return os.fsdecode(text.encode("utf-8", "surrogateescape"))
-    parts: list[bytes] = []
-    pos = 0
-    for match in _TOKEN.finditer(text):
-        parts.append(text[pos : match.start()].encode("utf-8", "surrogateescape"))
-        parts.append(bytes([int(match.group(1), 16)]))
-        pos = match.end()
-    parts.append(text[pos:].encode("utf-8", "surrogateescape"))
-    return os.fsdecode(b"".join(parts))
 
 
 # -- reading one file ------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ Contracts:
   used, never a path from a user. A local location is served only when its real path (symlinks
   and ``..`` resolved) lies under the real path of its source's root; anything else (a relative
   path, ``..`` components, a symlink out of the root, a source without a known root) shows nothing.
-  ``tar://SHARD#MEMBER`` locations are checked on the shard's path; members are read by exact name.
+  A tar member is checked on its shard's path and read at its recorded offset (uncompressed
+  shards) or by its exact name.
 - Remote (``http(s)://``) images are read from the collection's download cache
   (``COLLECTION/cache/media``) when they are there, else they are *shown by URL* (the browser
   fetches them); the server never downloads on behalf of a page.
@@ -36,6 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from indexer.errors import FetchError, LocationError
+from indexer.fetch import read_tar_member
+from indexer.locations import RemoteUrl, TarMember, TarShard, local_path, parse_location, path_to_text, text_to_path
+
 __all__ = [
     "THUMB_SIZE",
     "DETAIL_SIZE",
@@ -54,8 +59,6 @@ DETAIL_SIZE = 1280
 #: Largest image file read to make a thumbnail (a bigger one is not shown, not read into memory).
 MAX_SOURCE_BYTES = 512 * 1024 * 1024
 
-_REMOTE = ("http://", "https://")
-_TAR = "tar://"
 _LOCK_STRIPES = 64
 
 
@@ -69,6 +72,8 @@ class MediaRef:
     path: str | None = None
     member: str | None = None
     url: str | None = None
+    offset: int | None = None  # a tar member's data, when its shard is uncompressed
+    size: int | None = None
 
 
 def is_within(path: str, root: str) -> bool:
@@ -86,20 +91,11 @@ def is_within(path: str, root: str) -> bool:
         return False
 
 
-def _to_fs(text: str) -> str:
-    """A location's text form -> the ``str`` path that opens it (see indexer.localfs)."""
-    try:
-        from indexer.localfs import text_to_path
-    except ImportError:  # pragma: no cover - localfs is part of the package
-        return text
-    return text_to_path(text)
-
-
 def _clean_local(location: str) -> str | None:
     """The filesystem path of a local location, or None when it must not be used at all."""
     if not location or "\x00" in location:
         return None
-    path = _to_fs(location)
+    path = text_to_path(location)
     if not os.path.isabs(path):
         return None
     parts = Path(path).parts
@@ -176,21 +172,27 @@ class MediaLibrary:
         location = _location(hit)
         if not location:
             return None
-        if location.startswith(_REMOTE):
+        try:
+            loc = parse_location(location)
+        except LocationError:
+            return None
+        if isinstance(loc, RemoteUrl):
             cached = self._cached_download(location)
             if cached is not None:
                 return MediaRef("cached", path=cached, url=location)
             return MediaRef("url", url=location)
+        if isinstance(loc, TarShard):
+            return None
         roots = self._current_roots(_source(hit))
-        if location.startswith(_TAR):
-            shard, sep, member = location[len(_TAR) :].partition("#")
-            path = _clean_local(shard)
-            if not sep or not member or path is None or member.startswith("/") or ".." in member.split("/"):
+        if isinstance(loc, TarMember):
+            path = _clean_local(loc.shard)
+            member = loc.member
+            if path is None or member.startswith("/") or ".." in member.split("/"):
                 return None
             if any(is_within(path, r) for r in roots):
-                return MediaRef("tar", path=os.path.realpath(path), member=member)
+                return MediaRef("tar", path=os.path.realpath(path), member=member, offset=loc.offset, size=loc.size)
             return None
-        path = _clean_local(location)
+        path = _clean_local(loc.path)
         if path is None:
             return None
         if any(is_within(path, r) for r in roots):
@@ -211,10 +213,11 @@ class MediaLibrary:
             return None
         try:
             if ref.kind == "tar":
-                return _read_tar_member(ref.path, ref.member, self.max_source_bytes)
+                member = TarMember(path_to_text(ref.path), ref.member, ref.offset, ref.size)
+                return read_tar_member(member, self.max_source_bytes)
             root_check = self._current_roots(_source(hit)) if ref.kind == "file" else (str(self.media_cache_dir),)
             return _read_checked(ref.path, root_check, self.max_source_bytes)
-        except OSError as exc:
+        except (OSError, FetchError) as exc:
             log.info("cannot read image %s: %s", _location(hit), exc)
             return None
 
@@ -372,23 +375,6 @@ def _read_checked(path: str, roots: Sequence[str], max_bytes: int) -> bytes | No
         os.close(fd)
 
 
-def _read_tar_member(shard: str, member: str, max_bytes: int) -> bytes | None:
-    import tarfile
-
-    try:
-        with tarfile.open(shard, "r:*") as tar:
-            try:
-                info = tar.getmember(member)
-            except KeyError:
-                return None
-            if not info.isfile() or info.size > max_bytes:
-                return None
-            f = tar.extractfile(info)
-            return f.read() if f is not None else None
-    except (tarfile.TarError, EOFError):
-        return None
-
-
 def _make_thumbnail(data: bytes, size: int, *, name: str | None = None) -> bytes | None:
     from PIL import Image
 
@@ -466,9 +452,8 @@ def _shared_folder(lo: str | None, hi: str | None) -> str | None:
         return None
     paths = []
     for loc in (lo, hi):
-        if loc.startswith(_TAR):
-            loc = loc[len(_TAR) :].partition("#")[0]
-        p = _clean_local(loc)
+        local = local_path(loc)
+        p = _clean_local(local) if local is not None else None
         if p is None:
             return None
         paths.append(p)

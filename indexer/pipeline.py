@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from indexer.collection import Collection, Writer, is_collection
 from indexer.errors import ItemError, ModelMismatchError
+from indexer.locations import REMOTE_URL_RE, is_remote, kind_sql
 from indexer.schema import METADATA_COLUMNS, quote_ident
 from indexer.sources.base import Source
 
@@ -272,17 +273,11 @@ def process_item(i: int, read_from: str, location: str, transform, min_size, max
     member (a downloaded file for remote items); ``location`` is what failures and logs name.
     """
     from indexer.decode import decode_image
+    from indexer.fetch import read_location
 
     rec: dict[str, Any] = {"i": i, "tensor": None}
     try:
-        if read_from.startswith("tar://"):
-            from indexer.fetch import read_location
-
-            data = read_location(read_from, max_bytes=max_bytes)
-        else:
-            from indexer.localfs import read_file
-
-            data = read_file(read_from, max_bytes=max_bytes)
+        data = read_location(read_from, max_bytes=max_bytes)
         rec["sha256"] = hashlib.sha256(data).hexdigest()
         kwargs = {"min_size": min_size}
         if max_pixels is not None:
@@ -643,7 +638,7 @@ def _rehash(con, report: BuildReport, options: BuildOptions) -> None:
     rows = con.execute(
         "SELECT w.key, w.location, l.sha256 FROM work w JOIN live l ON w.key = l.key "
         "WHERE w.action IN ('unchanged', 'metadata') AND w.size IS NOT NULL "
-        "AND NOT starts_with(w.location, 'tar://')"
+        f"AND {kind_sql('w.location')} = 'file'"
     ).fetchall()
 
     def differs(row) -> str | None:
@@ -749,7 +744,7 @@ def _process_fetch(
         for chunk in _row_tables(con, "action IN ('new', 'changed')"):
             for piece in _pieces(chunk):
                 locations = piece.column("location").to_pylist()
-                remote = sorted(i for i, loc in enumerate(locations) if loc.startswith(("http://", "https://")))
+                remote = sorted(i for i, loc in enumerate(locations) if is_remote(loc))
                 future = None
                 if remote:
                     if downloader is None:
@@ -786,7 +781,7 @@ def _process_fetch_ray(
         for chunk in _row_tables(con, "action IN ('new', 'changed')"):
             for piece in _pieces(chunk):
                 locations = piece.column("location").to_pylist()
-                remote = sorted(i for i, loc in enumerate(locations) if loc.startswith(("http://", "https://")))
+                remote = sorted(i for i, loc in enumerate(locations) if is_remote(loc))
                 local_paths: dict[int, str] = {}
                 if remote:
                     if downloader is None:
@@ -825,7 +820,9 @@ def _pieces(chunk: pa.Table) -> Iterable[pa.Table]:
     """A chunk as it is, or in pieces of ``_REMOTE_PIECE`` rows when it holds URLs to download."""
     import pyarrow.compute as pc
 
-    has_remote = pc.any(pc.starts_with(chunk.column("location"), "http")).as_py() if chunk.num_rows else False
+    has_remote = (
+        pc.any(pc.match_substring_regex(chunk.column("location"), REMOTE_URL_RE)).as_py() if chunk.num_rows else False
+    )
     if not has_remote:
         yield chunk
         return

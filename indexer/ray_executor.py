@@ -46,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 
 from indexer.errors import IndexerError
+from indexer.locations import local_path, text_to_path
 
 __all__ = ["RayExecutorError", "RayNotInstalledError", "RayPlan", "encode_with_ray", "plan"]
 
@@ -579,9 +580,8 @@ def _check_visible(failed: list[dict], read_from: dict[int, str]) -> None:
     for f in failed:
         if f["reason"] not in _MISSING:
             continue
-        path = read_from.get(f["i"], "")
-        local = path[len("tar://") :].split("#", 1)[0] if path.startswith("tar://") else path
-        if local and os.path.exists(local):
+        local = local_path(read_from.get(f["i"], ""))
+        if local and os.path.exists(text_to_path(local)):
             raise RayExecutorError(
                 f"a Ray worker on {f.get('host') or 'another node'} cannot find {local}, which this machine "
                 "can read: every Ray node must see the sources (and the download cache) at the same paths, "

@@ -17,7 +17,7 @@ from PIL import Image
 
 from indexer.errors import FetchError
 from indexer.fetch import DownloadConfig, Downloader, _retry_after, looks_like_image, read_location
-from indexer.sources.tar import tar_location
+from indexer.locations import tar_location
 
 
 def _jpeg(color=(200, 30, 30), size=(16, 12)) -> bytes:

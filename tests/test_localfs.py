@@ -21,11 +21,10 @@ from indexer.localfs import (
     IMAGE_EXTENSIONS,
     FileEntry,
     FileProblem,
-    path_to_text,
     read_file,
-    text_to_path,
     walk_images,
 )
+from indexer.locations import path_to_text, text_to_path
 
 T = TypeVar("T")
 NOBODY = 65534
@@ -336,86 +335,6 @@ def test_non_utf8_folder_name(tmp_path):
     assert read_file(entry.path) == b"x"
     # A root given in text form works too.
     assert relpaths(walk(path_to_text(os.fsdecode(folder)))) == ["a.jpg"]
-
-
-# -- text form of paths ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "/data/photos/IMG_0001.JPG",
-        "/d/Épervier d'Europe/ßø.png",
-        "/d/100%.jpg",
-        "/d/a%E9.jpg",
-        "/d/%25%",
-        "/d/日本.tif",
-        "",
-    ],
-)
-def test_ordinary_paths_are_unchanged(name):
-    assert path_to_text(name) == name
-    assert text_to_path(name) == name
-
-
-@pytest.mark.parametrize(
-    ("raw", "text"),
-    [
-        (b"/d/caf\xe9.jpg", "/d/caf%%E9.jpg"),
-        (b"/d/a%%b", "/d/a%%25%b"),
-        (b"/d/%%%", "/d/%%25%%25%"),
-        (b"/d/%\xff", "/d/%%%FF"),
-        (b"/d/%%E9", "/d/%%25%E9"),
-        (b"/d/\xed\xa0\x80.jpg", "/d/%%ED%%A0%%80.jpg"),  # an encoded surrogate is not UTF-8
-    ],
-)
-def test_escaped_forms(raw, text):
-    assert path_to_text(raw) == text
-    assert path_to_text(os.fsdecode(raw)) == text
-    assert os.fsencode(text_to_path(text)) == raw
-
-
-def test_random_bytes_round_trip():
-    """Seeded property test: any file name bytes -> UTF-8 text -> the same bytes; distinct in, distinct out."""
-    rng = random.Random(20240601)
-    alphabet = [
-        b"%",
-        b"%%",
-        b"a",
-        b"/",
-        b"E9",
-        b"%%25",
-        b"\xe9",
-        b"\xff",
-        b"\x80",
-        b"\xc3\xa9",
-        b"\xe6\x97\xa5",
-        b"\xf0\x9f\x90\x9f",
-        b"\xc3",
-        b"\xed\xb2\x80",
-        b" ",
-    ]
-    seen: dict[str, bytes] = {}
-    for _ in range(3000):
-        if rng.random() < 0.5:
-            raw = b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
-        else:
-            raw = bytes(rng.choice([b for b in range(1, 256) if b != 0x2F]) for _ in range(rng.randint(0, 20)))
-        text = path_to_text(raw)
-        text.encode("utf-8")  # valid UTF-8
-        assert os.fsencode(text_to_path(text)) == raw
-        assert seen.setdefault(text, raw) == raw  # injective
-        try:
-            plain = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-        if "%%" not in plain:
-            assert text == plain
-
-
-def test_text_to_path_accepts_raw_os_paths():
-    raw = os.fsdecode(b"/d/caf\xe9.jpg")
-    assert text_to_path(raw) == raw
 
 
 # -- reading ---------------------------------------------------------------------------------------

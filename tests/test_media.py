@@ -279,3 +279,47 @@ def test_a_source_added_later_is_served_after_the_engine_moves_on(tmp_path, tiny
     (new,) = [h for h in engine.get(range(5)) if h.location.endswith("2.png")]
     assert isinstance(lib.thumbnail(new), bytes)
     assert set(lib.roots) == {str(first), str(second)}
+
+
+def _write_shard(path, members: dict[str, bytes], mode: str = "w") -> None:
+    with tarfile.open(path, mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_a_tar_shard_collection_shows_thumbnails_and_detail_images(tmp_path, tiny_model_source):
+    """Built from real shards (one uncompressed: seekable locations with ?offset=&size=; one
+    compressed), in a folder whose name is percent-encoded in the locations, and shown through the
+    app's media layer."""
+    from indexer.engine import SearchEngine
+    from indexer.pipeline import BuildOptions, build
+    from indexer.sources import TarShardSource
+
+    folder = tmp_path / "shards 100%"
+    folder.mkdir()
+    plain = {f"s{i}.png": picture_bytes(10 + i) for i in range(3)}
+    packed = {f"t{i}.png": picture_bytes(20 + i) for i in range(2)}
+    _write_shard(folder / "shard-000.tar", plain)
+    _write_shard(folder / "shard-001.tar.gz", packed, "w:gz")
+    coll = tmp_path / "shards.coll"
+    report = build(
+        coll,
+        [TarShardSource(str(folder / "shard-*"))],
+        model_name=tiny_model_source,
+        device="cpu",
+        options=BuildOptions(workers=0),
+    )
+    assert report.encoded == 5 and report.failed == 0
+    engine = SearchEngine.open(coll, device="cpu")
+    lib = MediaLibrary.for_engine(engine)
+    hits = engine.browse(k=10).hits
+    assert len(hits) == 5
+    assert sum("?offset=" in h.location for h in hits) == 3
+    for hit in hits:
+        thumb = lib.thumbnail(hit)
+        assert isinstance(thumb, bytes), hit.location
+        assert Image.open(io.BytesIO(thumb)).format == "JPEG"
+        assert isinstance(lib.detail_image(hit), bytes), hit.location
+        assert lib.read(hit) == {**plain, **packed}[hit.location.rsplit("#", 1)[1]]

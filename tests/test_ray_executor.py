@@ -249,3 +249,18 @@ def test_a_worker_that_cannot_see_a_file_this_machine_sees_stops_the_run(tmp_pat
     _check_visible([gone], {0: str(tmp_path / "deleted.png")})  # gone here too: a real failure
     with pytest.raises(RayExecutorError, match="node-7.*same paths"):
         _check_visible([gone], {0: str(here)})
+
+
+def test_a_worker_that_cannot_see_a_tar_shard_stops_the_run(tmp_path):
+    """The guard looks at the shard of a tar location (percent-decoded, without ?offset=&size=)."""
+    from indexer.locations import tar_location
+    from indexer.ray_executor import RayExecutorError, _check_visible
+
+    shard = tmp_path / "shards 1" / "000.tar"
+    shard.parent.mkdir()
+    shard.write_bytes(b"\0" * 1024)
+    gone = {"i": 0, "stage": "fetch", "reason": "not-found", "detail": "", "host": "node-7"}
+    _check_visible([gone], {0: tar_location(str(tmp_path / "deleted.tar"), "a.jpg", 512, 10)})  # gone here too
+    for location in (tar_location(str(shard), "a.jpg", 512, 10), tar_location(str(shard), "a.jpg")):
+        with pytest.raises(RayExecutorError, match="node-7.*same paths"):
+            _check_visible([gone], {0: location})

@@ -11,7 +11,8 @@ import pytest
 
 from indexer.errors import SourceError
 from indexer.fetch import read_location
-from indexer.sources.tar import TarShardSource, expand_braces, parse_tar_location, tar_location
+from indexer.locations import parse_location, tar_location
+from indexer.sources.tar import TarShardSource, expand_braces
 
 
 def write_shard(path, members: dict[str, bytes], mode: str = "w") -> None:
@@ -55,10 +56,10 @@ def test_shard_rows_metadata_and_readable_locations(tmp_path):
     assert r["scientificName"] == "Species 1" and r["family"] == "Felidae"
     assert json.loads(r["extra"]) == {"site": 1, "caption": "a photo of species 1", "class_id": 1}
     assert r["size"] == len(b"JPEG-s0001") and r["mtime"] == 1_700_000_000
-    loc = parse_tar_location(r["location"])
+    loc = parse_location(r["location"])
     assert loc.shard == str(shard) and loc.member == "s0001.jpg" and loc.offset is not None
     for row in rows.values():
-        member = parse_tar_location(row["location"]).member
+        member = parse_location(row["location"]).member
         assert read_location(row["location"]) == members[member]
     assert src.report["samples_without_image"] == 1 and src.report["image_rows"] == 5
 
@@ -87,7 +88,7 @@ def test_compressed_shard(tmp_path):
     rows = rows_of(TarShardSource(shard))
     assert len(rows) == 4
     for r in reversed(rows):
-        loc = parse_tar_location(r["location"])
+        loc = parse_location(r["location"])
         assert loc.offset is None
         assert read_location(r["location"]) == members[loc.member]
 
@@ -122,7 +123,7 @@ def test_odd_member_names_round_trip(tmp_path):
     write_shard(shard, {"dir/with space#x%y.jpg": b"odd"})
     (row,) = rows_of(TarShardSource(str(shard).replace("{", "")))
     assert read_location(row["location"]) == b"odd"
-    loc = parse_tar_location(row["location"])
+    loc = parse_location(row["location"])
     assert (loc.shard, loc.member) == (str(shard), "dir/with space#x%y.jpg")
     assert tar_location(loc.shard, loc.member, loc.offset, loc.size) == row["location"]
 
@@ -146,8 +147,8 @@ def test_shard_with_an_undecodable_file_name(tmp_path):
     write_shard(os.fsdecode(raw), {"a.jpg": b"latin"})
     src = TarShardSource(os.fsdecode(raw))
     (row,) = rows_of(src)
-    from indexer.localfs import path_to_text
+    from indexer.locations import path_to_text
 
     row["location"].encode("utf-8")  # valid UTF-8 text, storable in Parquet/DuckDB
-    assert parse_tar_location(row["location"]).shard == path_to_text(raw)
+    assert parse_location(row["location"]).shard == path_to_text(raw)
     assert read_location(row["location"]) == b"latin"

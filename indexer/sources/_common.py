@@ -12,13 +12,12 @@ import re
 import stat as stat_mod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from indexer.errors import SourceError
-from indexer.localfs import path_to_text, text_to_path
+from indexer.errors import LocationError, SourceError
+from indexer.locations import REMOTE_URL_RE, file_url_path, path_to_text, text_to_path
 
 __all__ = [
     "BATCH_ROWS",
@@ -46,8 +45,7 @@ __all__ = [
 BATCH_ROWS = 50_000
 
 #: An http(s) URL with a host (RE2 and Python ``re`` syntax alike, used in SQL too).
-HTTP_URL_RE = r"^[hH][tT][tT][pP][sS]?://[^/?#\s]+"
-_HTTP = re.compile(HTTP_URL_RE)
+HTTP_URL_RE = REMOTE_URL_RE
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
 
@@ -120,10 +118,10 @@ def resolve_local(value: str, base_dir: str) -> tuple[str | None, str | None]:
     if m and len(m.group(1)) > 1:  # "C:" is a drive letter, not a scheme
         if m.group(1).lower() != "file":
             return None, f"unsupported URL scheme {m.group(1)!r}"
-        parts = urlsplit(v)
-        if parts.netloc not in ("", "localhost"):
-            return None, f"file URL on another host ({parts.netloc})"
-        return unquote(parts.path), None
+        try:
+            return file_url_path(v), None
+        except LocationError as exc:
+            return None, str(exc)
     if os.sep != "/":
         v = v.replace("/", os.sep)
     else:

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from indexer.errors import SourceError
+from indexer.locations import without_query
 from indexer.sources._common import path_to_text, stat_local, with_locations
 from indexer.sources.base import Source
 
@@ -31,9 +32,7 @@ def map_location(location: str, prefix: str, root: str) -> tuple[str | None, str
 
     The rest is URL-decoded; a query string or fragment is dropped (a file name has none).
     """
-    rest = location[len(prefix) :]
-    for cut in ("?", "#"):
-        rest = rest.split(cut, 1)[0]
+    rest = without_query(location[len(prefix) :])
     rel = unquote(rest, errors="surrogateescape").replace("\\", "/").lstrip("/")
     if not rel or "\x00" in rel:
         return None, f"{location!r} names no file under {prefix!r}"

@@ -4,14 +4,13 @@ Shards are read as streams, never extracted. SOURCE is a shard, a glob, or a bra
 as ``shards/{000..099}.tar`` (expanded here, bash-style: numeric ranges keep their zero padding,
 ``{a,b}`` lists, nesting).
 
-Locations (see :func:`tar_location`): for an uncompressed shard,
+Locations (formatted by :func:`indexer.locations.tar_location`): for an uncompressed shard,
 ``tar://ABS_SHARD?offset=N&size=M#MEMBER`` where N is the byte offset of the member's data, so
 :func:`indexer.fetch.read_location` reads exactly those bytes with one seek. A compressed shard
 (``.tar.gz``, ``.tar.bz2``, ``.tar.xz``) cannot be read at an offset: its locations are
 ``tar://ABS_SHARD#MEMBER`` and reading one streams through the shard up to that member (the reader
 keeps its place, so items read in shard order cost one pass; out of order, one pass each).
 Uncompressed shards are the WebDataset convention and the fast path; images do not compress.
-Paths and member names are percent-encoded (UTF-8; undecodable bytes kept via surrogateescape).
 """
 
 from __future__ import annotations
@@ -26,22 +25,19 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote
 
 import pyarrow as pa
 
 from indexer.errors import SourceError
+from indexer.locations import shard_location, tar_key, tar_location
 from indexer.schema import canonical_column
 from indexer.sources._common import BATCH_ROWS, path_to_text
 
 __all__ = [
     "TarShardSource",
-    "TarLocation",
     "IMAGE_EXTENSIONS",
     "expand_braces",
     "expand_shards",
-    "tar_location",
-    "parse_tar_location",
     "is_compressed",
 ]
 
@@ -54,60 +50,6 @@ IMAGE_EXTENSIONS = frozenset(
 
 _MAX_SIDECAR = 16 << 20  # a .json/.txt/.cls larger than this is not metadata
 _MAX_EXPANSION = 1_000_000
-_SAFE = "/"
-
-
-# -- locations ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TarLocation:
-    """A parsed ``tar://`` location: the shard, the member, and (uncompressed) where its data is."""
-
-    shard: str
-    member: str
-    offset: int | None = None
-    size: int | None = None
-
-
-def _q(text: str) -> str:
-    return quote(text, safe=_SAFE, errors="surrogateescape")
-
-
-def tar_location(shard: str, member: str, offset: int | None = None, size: int | None = None) -> str:
-    """The location of ``member`` of ``shard`` (absolute path text), with its data offset when known."""
-    query = f"?offset={offset}&size={size}" if offset is not None and size is not None else ""
-    return f"tar://{_q(shard)}{query}#{_q(member)}"
-
-
-def tar_key(shard: str, member: str) -> str:
-    """The stable key of a tar member: its location without the offset (a rebuilt shard keeps keys)."""
-    return f"tar://{_q(shard)}#{_q(member)}"
-
-
-def parse_tar_location(location: str) -> TarLocation:
-    """Inverse of :func:`tar_location`. Raises ValueError for anything else."""
-    if not location.startswith("tar://"):
-        raise ValueError(f"not a tar location: {location!r}")
-    rest = location[len("tar://") :]
-    rest, sep, member = rest.partition("#")
-    if not sep or not member:
-        raise ValueError(f"tar location without a #member: {location!r}")
-    path, _, query = rest.partition("?")
-    offset = size = None
-    if query:
-        q = parse_qs(query, strict_parsing=True)
-        try:
-            offset = int(q["offset"][0])
-            size = int(q["size"][0])
-        except (KeyError, ValueError, IndexError):
-            raise ValueError(f"tar location with a bad offset/size: {location!r}") from None
-        if offset < 0 or size < 0:
-            raise ValueError(f"tar location with a negative offset/size: {location!r}")
-    shard = unquote(path, errors="surrogateescape")
-    if not shard:
-        raise ValueError(f"tar location without a shard path: {location!r}")
-    return TarLocation(shard, unquote(member, errors="surrogateescape"), offset, size)
 
 
 def is_compressed(path: str) -> bool:
@@ -362,8 +304,8 @@ class TarShardSource:
         if problem is not None:
             report["bad_shards"] += 1
             yield {
-                "key": f"tar://{_q(text)}",
-                "location": f"tar://{_q(text)}",
+                "key": shard_location(text),
+                "location": shard_location(text),
                 "error_reason": "unreadable-shard",
                 "error_detail": problem,
             }
