@@ -9,10 +9,10 @@ is the engine search alone (``SearchEngine.search(text, k=200)``); the ratio is 
 baseline. With ``--apptest`` it also times a whole run of the page script (Streamlit's AppTest,
 no browser) on the same collection.
 
-The collection is written directly through ``indexer.collection.Writer`` (random unit vectors of
+The collection is written directly through ``indexer.store.Writer`` (random unit vectors of
 the tiny model's dimension, Darwin Core metadata for 2,000 synthetic species), not encoded; its
 locations point at a few generated JPEG files (1600x1200), each row with its own content hash so
-that every row has its own thumbnail. The ANN index is built by ``indexer.indexing`` when that
+that every row has its own thumbnail. The ANN index is built by ``indexer.ann.update_index`` when that
 module is present.
 
     python bench/app_first_page.py                 # 100,000 images
@@ -55,7 +55,7 @@ def make_collection(path: Path, n: int, model_dir: Path, files: list[str]) -> No
     import pyarrow as pa
 
     from bioclip import load_model
-    from indexer.collection import Collection
+    from indexer.store import Collection
 
     model = load_model(f"local-dir:{model_dir}", device="cpu")
     coll = Collection.create(path, model.describe(), dimension=model.dimension)
@@ -107,7 +107,7 @@ def make_collection(path: Path, n: int, model_dir: Path, files: list[str]) -> No
             w.add(rows, vecs)
             w.commit()
         try:
-            from indexer.indexing import update_index
+            from indexer.ann import update_index
 
             entry = update_index(w)
             print(f"  index: {(entry or {}).get('factory')}", flush=True)

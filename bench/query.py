@@ -11,7 +11,7 @@ realistic metadata that follows them: a seven-rank lineage per species with Lati
 vernacular names for a third of the species, a home country per species (70% of its images),
 years skewed towards recent decades, ten institutions, basis of record, type status, licences,
 coordinates for 60%, and pairs of images sharing a record. The ANN index is built by
-``indexer.indexing.update_index`` (the automatic choice: IVF4096,Flat at 1M).
+``indexer.ann.update_index`` (the automatic choice: IVF4096,Flat at 1M).
 
 Reported, all measured in this one run (the machine may be shared: compare ratios):
 
@@ -216,8 +216,8 @@ class Synthetic:
 
 
 def make_collection(path: Path, n: int, model, syn: Synthetic) -> None:
-    from indexer.collection import Collection
-    from indexer.indexing import update_index
+    from indexer.ann import update_index
+    from indexer.store import Collection
 
     t0 = time.perf_counter()
     coll = Collection.create(path, model.describe(), dimension=D)
@@ -248,9 +248,9 @@ def run(args) -> None:
 
     from bioclip import load_model
     from indexer import ann
-    from indexer.collection import Collection, is_collection
     from indexer.engine import SearchEngine
     from indexer.filters import Filter
+    from indexer.store import Collection, is_collection
 
     print(f"machine: {machine()}, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}")
     model = load_model(MODEL, device="cpu")
@@ -359,7 +359,7 @@ def text_part(args, engine, model, taxonomy) -> None:
 
 
 def filter_part(args, engine, syn: Synthetic, path: Path, Filter, ann) -> None:
-    from indexer.collection import Collection
+    from indexer.store import Collection
 
     rng = np.random.default_rng(99)
     queries, _ = syn.vectors(args.queries, rng)

@@ -58,6 +58,7 @@ from _common import (  # noqa: E402
 )
 
 from indexer import ann  # noqa: E402
+from indexer.ann import search as ann_search  # noqa: E402
 
 K = 10
 SELECTIVITIES = (0.001, 0.01, 0.1, 0.5)
@@ -255,16 +256,16 @@ def _forced_path(path: str) -> Iterator[None]:
     """Force the filtered-search policy down one path: "policy" (leave it alone), "selector" or
     "exact subset"."""
     names = ("FILTER_EXACT_MAX_FLOATS", "HNSW_FILTER_EXACT_MAX_FLOATS", "POSTFILTER_MIN_SELECTIVITY")
-    before = {name: getattr(ann, name) for name in names}
+    before = {name: getattr(ann_search, name) for name in names}
     if path != "policy":
         cap = 0 if path == "selector" else math.inf
-        ann.FILTER_EXACT_MAX_FLOATS = ann.HNSW_FILTER_EXACT_MAX_FLOATS = cap
-        ann.POSTFILTER_MIN_SELECTIVITY = 2.0  # never
+        ann_search.FILTER_EXACT_MAX_FLOATS = ann_search.HNSW_FILTER_EXACT_MAX_FLOATS = cap
+        ann_search.POSTFILTER_MIN_SELECTIVITY = 2.0  # never
     try:
         yield
     finally:
         for name, value in before.items():
-            setattr(ann, name, value)
+            setattr(ann_search, name, value)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,3 +1,5 @@
 """bioclip-search indexer: sources, the batch pipeline, the on-disk collection and the search engine."""
 
-__version__ = "0.1.0"
+from indexer._version import __version__
+
+__all__ = ["__version__"]

@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlencode
 from indexer.errors import QueryError
 from indexer.filters import Condition, Filter
 from indexer.locations import file_name
-from indexer.schema import RANK_COLUMNS, RANKS
+from indexer.store.schema import RANK_COLUMNS, RANKS
 
 __all__ = [
     "AppArgs",

@@ -410,8 +410,8 @@ def failures_cmd(collection, verbose, quiet):
 def reindex_cmd(collection, index_type, memory_budget, recall_target, verbose, quiet):
     """Rebuild the ANN index from the stored vectors (nothing is encoded again)."""
     _setup_logging(verbose, quiet)
-    from indexer.collection import Collection
-    from indexer.indexing import update_index
+    from indexer.ann import update_index
+    from indexer.store import Collection
 
     col = Collection.open(collection)
     with col.writer() as w:
@@ -622,7 +622,7 @@ def _print_fields(fields: list[tuple[str, str]], fmt: str) -> None:
 
 
 def _write_csv(hits) -> None:
-    from indexer.schema import ALL_COLUMNS
+    from indexer.store.schema import ALL_COLUMNS
 
     cols = ["id", "score", "location"] + [
         c
@@ -702,7 +702,7 @@ def run_app(collections: list[str], *, port: int, host: str, device: str, extra_
 def app_main(collections, port, host, device, verbose, quiet):
     """Start the search app (Streamlit) on one or more collections."""
     _setup_logging(verbose, quiet)
-    from indexer.collection import Collection
+    from indexer.store import Collection
 
     for c in collections:
         Collection.open(c)  # fail here, with a message, rather than inside the app
@@ -738,9 +738,9 @@ def default_demo_collection() -> Path:
 def demo_main(out, model, port, host, device, no_app, verbose, quiet):
     """Index the built-in sample collection (real camera-trap, fish and cat photos) and open the app on it."""
     _setup_logging(verbose, quiet)
-    from indexer.collection import Collection, is_collection
     from indexer.pipeline import BuildOptions, build
     from indexer.sources import FolderSource
+    from indexer.store import Collection, is_collection
 
     target = Path(out) if out else default_demo_collection()
     sample = sample_dir()

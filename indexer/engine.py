@@ -38,11 +38,12 @@ from typing import Any
 
 import numpy as np
 
-from indexer.collection import Collection, Snapshot
 from indexer.errors import FilterError, IndexerError, QueryError
 from indexer.filters import Filter
 from indexer.query import EmbeddedTerm, Grouping, Query, Term, combine, record_key
-from indexer.schema import ALL_COLUMNS, RANKS, quote_ident
+from indexer.store import Collection, Snapshot
+from indexer.store.ids import member, remove, sorted_unique
+from indexer.store.schema import ALL_COLUMNS, RANKS, quote_ident
 from indexer.taxonomy import TaxonMatch, Taxonomy, looks_like_scientific_name
 
 __all__ = ["Hit", "SearchResult", "SearchEngine", "ImageInput", "FilterInput"]
@@ -186,10 +187,6 @@ class _State:
         self.deleted = deleted  # sorted unique int64
         self.segments = {s.n for s in snapshot.generation.segments}
         self.delete_files = set(snapshot.generation.deletes)
-        segs = snapshot.generation.segments
-        self.seg_list = list(segs)
-        self.seg_starts = np.array([s.min_id for s in segs], dtype=np.int64)
-        self.seg_ends = np.array([s.max_id for s in segs], dtype=np.int64)
         self.filters = _IdCache(filter_cache_bytes)
         self.index_excluded = self._index_excluded()
         self._taxonomy: Taxonomy | None = None
@@ -219,25 +216,8 @@ class _State:
             return self._taxonomy
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
-        """float32 (len(ids), d) stored vectors of ``ids``, in order: one gather per segment touched,
-        no Python loop over ids. Raises KeyError for an id no segment of this generation holds."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        d = self.snapshot.dimension
-        out = np.empty((ids.size, d), dtype=np.float32)
-        if ids.size == 0:
-            return out
-        seg = np.searchsorted(self.seg_starts, ids, side="right") - 1
-        bad = (seg < 0) | (ids > self.seg_ends[np.maximum(seg, 0)]) if self.seg_starts.size else np.ones(ids.size, bool)
-        if bad.any():
-            raise KeyError(int(ids[np.argmax(bad)]))
-        order = None if bool((seg[1:] >= seg[:-1]).all()) else np.argsort(seg, kind="stable")
-        seg_sorted = seg if order is None else seg[order]
-        cuts = np.flatnonzero(np.diff(seg_sorted)) + 1
-        for run in np.split(np.arange(ids.size), cuts):
-            pos = run if order is None else order[run]
-            s = self.seg_list[int(seg_sorted[run[0]])]
-            out[pos] = self.snapshot.segment_vectors(s)[ids[pos] - s.min_id]
-        return out
+        """float32 (len(ids), d) stored vectors of ``ids``, in order (see Snapshot.get_vectors)."""
+        return self.snapshot.get_vectors(ids)
 
     def is_retired(self, image_id: int) -> bool:
         if not self.deleted.size:
@@ -285,7 +265,7 @@ class SearchEngine:
         if self._model is None:
             with self._model_lock:
                 if self._model is None:
-                    from indexer.pipeline import load_collection_model
+                    from indexer.store.model import load_collection_model
 
                     self._model = load_collection_model(self.collection, device=self._device)
         return self._model
@@ -317,14 +297,14 @@ class SearchEngine:
         return _State(snap, con, index, index_path, covers, delta_ids, delta_vecs, deleted, self._filter_cache_bytes)
 
     def _open_index(self, entry: dict):
-        from indexer import ann
+        from indexer.ann import AnnIndex
 
         path = self.collection.path / entry["path"]
         mmap = self._mmap_index
         if mmap is None:
             mmap = bool(entry.get("info", {}).get("n", 0) > 2_000_000)
         try:
-            return ann.AnnIndex.load(str(path), mmap=mmap)
+            return AnnIndex.load(str(path), mmap=mmap)
         except Exception as exc:  # derived data: search exactly rather than fail
             log.warning("cannot open the ANN index %s (%s); searching exactly", path, exc)
             return None
@@ -339,7 +319,7 @@ class SearchEngine:
             vecs = np.concatenate([previous.delta_vecs, vecs_new])
             deleted = snap.deleted_ids()
             if deleted.size and ids.size:
-                keep = ~_member(ids, deleted)
+                keep = ~member(ids, deleted)
                 ids, vecs = ids[keep], vecs[keep]
             return ids, vecs
         return snap.load_vectors(uncovered)
@@ -357,19 +337,9 @@ class SearchEngine:
                 cur.execute("BEGIN TRANSACTION")
                 try:
                     if new_segs:
-                        cols = ", ".join(quote_ident(c) for c in ALL_COLUMNS)
-                        files = (
-                            "["
-                            + ", ".join("'" + p.replace("'", "''") + "'" for p in snap.segment_paths(new_segs))
-                            + "]"
-                        )
-                        cur.execute(
-                            f"INSERT INTO images SELECT {cols} FROM read_parquet({files}, union_by_name = true)"
-                        )
+                        cur.execute(f"INSERT INTO images {snap.images_sql(new_segs, live=False)}")
                     if new_dels:
-                        paths = [str(self.collection.path / "segments" / f"del-{n:08d}.parquet") for n in new_dels]
-                        files = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
-                        cur.execute(f"DELETE FROM images WHERE id IN (SELECT id FROM read_parquet({files}))")
+                        cur.execute(f"DELETE FROM images WHERE id IN ({snap.retired_sql(new_dels)})")
                     cur.execute("CREATE OR REPLACE VIEW failures AS " + snap.failures_sql())
                     cur.execute("COMMIT")
                 except Exception:
@@ -946,10 +916,10 @@ class SearchEngine:
         state = state or self._current()
         allowed = None
         if allowed_ids is not None:
-            allowed = _sorted_unique(allowed_ids)
+            allowed = sorted_unique(allowed_ids)
             if state.deleted.size:
-                allowed = _remove(allowed, state.deleted)
-        exclude = None if exclude_ids is None or not len(exclude_ids) else _sorted_unique(exclude_ids)
+                allowed = remove(allowed, state.deleted)
+        exclude = None if exclude_ids is None or not len(exclude_ids) else sorted_unique(exclude_ids)
         return self._knn(state, queries, k, allowed, exclude)
 
     def _knn(
@@ -960,7 +930,7 @@ class SearchEngine:
         m = queries.shape[0]
         parts_s, parts_i = [], []
         if allowed is not None and exclude is not None:
-            allowed = _remove(allowed, exclude)
+            allowed = remove(allowed, exclude)
         if state.index is not None and state.index.ntotal and (allowed is None or allowed.size):
             kwargs: dict[str, Any] = {"vector_lookup": state.vectors}
             if allowed is not None:
@@ -978,9 +948,9 @@ class SearchEngine:
             ids, vecs = state.delta_ids, state.delta_vecs
             mask = None
             if allowed is not None:
-                mask = _member(ids, allowed)
+                mask = member(ids, allowed)
             elif exclude is not None:
-                mask = ~_member(ids, exclude)
+                mask = ~member(ids, exclude)
             if mask is not None:
                 ids, vecs = ids[mask], vecs[mask]
             if len(ids):
@@ -1011,35 +981,6 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     if value < minimum:
         raise QueryError(f"{name} must be at least {minimum}" if minimum else f"{name} must not be negative")
     return int(value)
-
-
-def _sorted_unique(ids: Any) -> np.ndarray:
-    arr = np.asarray(ids, dtype=np.int64).reshape(-1)
-    if arr.size < 2 or bool((arr[1:] > arr[:-1]).all()):
-        return arr
-    arr = np.sort(arr)  # then drop repeats: faster than np.unique's hashing on large arrays
-    return arr[np.concatenate([[True], arr[1:] != arr[:-1]])]
-
-
-def _member(ids: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    """Boolean mask: which ``ids`` are in ``sorted_set`` (sorted unique). O(len(ids) log n), unlike
-    np.isin, which sorts both arrays on every call."""
-    if sorted_set.size == 0:
-        return np.zeros(len(ids), dtype=bool)
-    pos = np.searchsorted(sorted_set, ids)
-    pos[pos >= sorted_set.size] = 0
-    return sorted_set[pos] == ids
-
-
-def _remove(sorted_ids: np.ndarray, drop: np.ndarray) -> np.ndarray:
-    """``sorted_ids`` without ``drop`` (both sorted unique); no copy when nothing is dropped."""
-    if drop.size == 0 or sorted_ids.size == 0:
-        return sorted_ids
-    pos = np.searchsorted(sorted_ids, drop)
-    ok = pos < sorted_ids.size
-    pos = pos[ok]
-    pos = pos[sorted_ids[pos] == drop[ok]]
-    return np.delete(sorted_ids, pos) if pos.size else sorted_ids
 
 
 def _exact_top(queries: np.ndarray, vecs: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

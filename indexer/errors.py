@@ -16,6 +16,11 @@ __all__ = [
     "CollectionLockedError",
     "QueryError",
     "FilterError",
+    "AnnError",
+    "AnnUnsupportedError",
+    "RayExecutorError",
+    "RayNotInstalledError",
+    "ForeignBioclipError",
 ]
 
 
@@ -92,3 +97,27 @@ class QueryError(IndexerError):
 
 class FilterError(QueryError):
     """A metadata filter names an unknown column or has a value of the wrong type."""
+
+
+class AnnError(IndexerError):
+    """The ANN index cannot be built, searched, saved or loaded as asked."""
+
+
+class AnnUnsupportedError(AnnError):
+    """The operation is not supported by this index type or in this mode (e.g. ``remove`` on HNSW,
+    ``add`` on an index loaded memory-mapped read-only)."""
+
+
+class RayExecutorError(IndexerError):
+    """The Ray executor cannot run or carry on: Ray missing, cluster unreachable, model not
+    loadable in the actors, files not visible to the workers, too many failed tasks."""
+
+
+class RayNotInstalledError(RayExecutorError):
+    """``executor="ray"`` was asked for but the ``ray`` package (with Ray Data) is not installed."""
+
+
+class ForeignBioclipError(ImportError):
+    """The ``bioclip`` package Python finds is not bioclip-search's own (pybioclip's, usually).
+
+    An ImportError, so that tools which probe imports treat it as "this cannot be imported here"."""

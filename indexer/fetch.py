@@ -21,7 +21,6 @@ import logging
 import os
 import random
 import tarfile
-import tempfile
 import threading
 import time
 import urllib.request
@@ -31,10 +30,11 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from indexer import __version__
+from indexer._version import __version__
 from indexer.errors import FetchError, LocationError
 from indexer.localfs import read_file
 from indexer.locations import RemoteUrl, TarMember, TarShard, parse_location, text_to_path
+from indexer.store.files import atomic_file
 
 __all__ = ["read_location", "read_tar_member", "DownloadConfig", "Downloader", "looks_like_image", "DEFAULT_MAX_BYTES"]
 
@@ -253,8 +253,8 @@ class Downloader:
     """Downloads http(s) URLs into ``config.cache_dir`` (one file per URL, named by its SHA-256).
 
     A URL whose file is in the cache is never downloaded again, in this run or a later one; a
-    failure leaves nothing in the cache. Files are written under a temporary name, fsynced and
-    renamed, so a killed run leaves no partial file under a final name. Thread-safe for one
+    failure leaves nothing in the cache. Files are written atomically (:mod:`indexer.store.files`),
+    so a killed run leaves no partial file under a final name. Thread-safe for one
     :meth:`fetch_many` at a time per instance. Use as a context manager, or call :meth:`close`.
     """
 
@@ -544,7 +544,6 @@ class Downloader:
         folder = os.path.dirname(final)
         try:
             os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".part-", dir=folder)
         except OSError as exc:
             resp.close()
             raise _Failed("cache-error", f"{url}: cannot write to the cache {folder}: {exc}") from None
@@ -552,7 +551,7 @@ class Downloader:
         head = b""
         ok = False
         try:
-            with os.fdopen(fd, "wb") as out:
+            with atomic_file(final) as out:
                 while True:
                     if time.monotonic() > deadline:
                         raise _Failed("timeout", f"{url}: not complete within the attempt deadline", retry=True)
@@ -582,9 +581,6 @@ class Downloader:
                     raise _Failed("not-an-image", f"{url}: empty body")
                 if generic and len(head) < 32 and not looks_like_image(head):
                     raise _Failed("not-an-image", f"{url}: Content-Type {ctype or 'missing'} and not an image format")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, final)
             ok = True
             return final
         except OSError as exc:
@@ -592,10 +588,6 @@ class Downloader:
         finally:
             if not ok:
                 resp.close()
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
 
 
 def _host_of(url: str) -> tuple[str, FetchError | None]:

@@ -5,9 +5,9 @@ hashable, so the engine caches the ids it selects per collection generation.
 
 Fields
 ------
-- Every metadata column of the collection (:data:`indexer.schema.ALL_COLUMNS`), by its Darwin Core
+- Every metadata column of the collection (:data:`indexer.store.schema.ALL_COLUMNS`), by its Darwin Core
   name in any case (``country``, ``institutionCode``, ``year``, ``decimalLatitude`` ...) or a common
-  alias (``common_name``, ``lat``, ``catalog_number``: :data:`indexer.schema.DWC_TERM_LOOKUP`).
+  alias (``common_name``, ``lat``, ``catalog_number``: :data:`indexer.store.schema.DWC_TERM_LOOKUP`).
 - Keys of the ``extra`` JSON object (columns a source had beyond the schema), by name or as
   ``extra.KEY``. A column of the schema wins over an extra key of the same name.
 - ``taxon``: a name at any rank, scientific or vernacular, any case, resolved against the
@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from indexer.errors import FilterError
-from indexer.schema import ALL_COLUMNS, COLUMN_TYPES, canonical_column, quote_ident
+from indexer.store.schema import ALL_COLUMNS, COLUMN_TYPES, canonical_column, quote_ident
 
 if TYPE_CHECKING:  # pragma: no cover
     from indexer.taxonomy import Taxonomy

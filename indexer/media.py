@@ -40,6 +40,7 @@ from typing import Any
 from indexer.errors import FetchError, LocationError
 from indexer.fetch import read_tar_member
 from indexer.locations import RemoteUrl, TarMember, TarShard, local_path, parse_location, path_to_text, text_to_path
+from indexer.store.files import atomic_write_bytes
 
 __all__ = [
     "THUMB_SIZE",
@@ -285,7 +286,9 @@ class MediaLibrary:
     def _cache_put(self, key: str, data: bytes) -> None:
         if self._disk_writable is not False:
             try:
-                _atomic_write(self.thumb_path(key), data)
+                path = self.thumb_path(key)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(path, data, durable=False)  # a cache: rebuilt if a power cut loses it
                 self._disk_writable = True
                 return
             except OSError as exc:
@@ -390,21 +393,6 @@ def _make_thumbnail(data: bytes, size: int, *, name: str | None = None) -> bytes
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=85, optimize=True)
     return buf.getvalue()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 # -- source roots --------------------------------------------------------------------------

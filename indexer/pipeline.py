@@ -31,20 +31,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from indexer.collection import Collection, Writer, is_collection
-from indexer.errors import ItemError, ModelMismatchError
+from indexer.errors import ItemError
 from indexer.locations import REMOTE_URL_RE, is_remote, kind_sql
-from indexer.schema import METADATA_COLUMNS, quote_ident
 from indexer.sources.base import Source
+from indexer.store import Collection, Writer, is_collection
+from indexer.store.model import check_loaded_model, check_model_compatible, load_collection_model
+from indexer.store.schema import METADATA_COLUMNS, quote_ident
 
 __all__ = [
     "BuildOptions",
     "BuildReport",
     "build",
     "open_or_create",
-    "check_model_compatible",
-    "load_collection_model",
-    "load_recorded_model",
     "TRANSIENT_REASONS",
 ]
 
@@ -137,61 +135,6 @@ class BuildReport:
 # model <-> collection
 
 
-def check_model_compatible(collection: Collection, model_name: str | None, revision: str | None = None) -> None:
-    """Raise ModelMismatchError when ``model_name`` is not the model the collection was built with.
-
-    Checked from the model string alone, before any weights are loaded. A revision, when given,
-    must be the recorded commit (or a prefix of it).
-    """
-    if not model_name and not revision:
-        return
-    from bioclip.registry import resolve_spec
-
-    recorded = collection.model
-    spec = resolve_spec(model_name or recorded.get("source"), revision=revision)
-    same = spec.source == recorded.get("source") and (spec.pretrained or None) == (recorded.get("pretrained") or None)
-    rec_rev = str(recorded.get("revision") or "")
-    if spec.revision and not (rec_rev.startswith(spec.revision) or spec.revision == recorded.get("requested_revision")):
-        same = False
-    if not same:
-        was = recorded.get("name") or recorded.get("source")
-        raise ModelMismatchError(
-            f"{collection.path} was built with model {was} ({recorded.get('source')}"
-            f"{' @ ' + str(recorded.get('revision')) if recorded.get('revision') else ''}); "
-            f"you asked for {model_name} ({spec.source}). Embeddings of different models cannot be mixed: "
-            "omit --model to use the collection's model, or build into a new --out folder."
-        )
-
-
-def load_recorded_model(rec: dict, *, device: str = "auto", precision: str = "auto"):
-    """Load the model a collection records (its ``model`` entry): the same source, pretrained tag,
-    revision and preprocessing."""
-    from bioclip import load_model
-    from bioclip.preprocess import PreprocessConfig
-    from bioclip.registry import ModelSpec
-
-    spec = ModelSpec(
-        name=rec.get("name") or rec["source"],
-        source=rec["source"],
-        pretrained=rec.get("pretrained"),
-        revision=rec.get("revision"),
-    )
-    preprocess = PreprocessConfig.from_dict(rec["preprocess"]) if rec.get("preprocess") else None
-    return load_model(spec, device=device, precision=precision, preprocess=preprocess)
-
-
-def load_collection_model(collection: Collection, *, device: str = "auto", precision: str = "auto"):
-    """Load the model a collection was built with: same source, revision and preprocessing."""
-    rec = collection.model
-    model = load_recorded_model(rec, device=device, precision=precision)
-    if model.dimension != collection.dimension:
-        raise ModelMismatchError(
-            f"model {rec.get('name') or rec['source']} gives {model.dimension}-d vectors but {collection.path} holds "
-            f"{collection.dimension}-d vectors"
-        )
-    return model
-
-
 def open_or_create(
     path: str | os.PathLike,
     *,
@@ -208,7 +151,7 @@ def open_or_create(
     if is_collection(path):
         collection = Collection.open(path)
         if model is not None:
-            _check_loaded_model(collection, model)
+            check_loaded_model(collection, model)
         else:
             check_model_compatible(collection, model_name, revision)
             model = load_collection_model(collection, device=device, precision=precision)
@@ -220,15 +163,6 @@ def open_or_create(
     info = model.describe()
     collection = Collection.create(path, info, dimension=model.dimension)
     return collection, model
-
-
-def _check_loaded_model(collection: Collection, model) -> None:
-    rec = collection.model
-    info = model.describe()
-    if info.get("source") != rec.get("source") or model.dimension != collection.dimension:
-        raise ModelMismatchError(
-            f"{collection.path} was built with {rec.get('name') or rec.get('source')}, not {info.get('name')}"
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,7 +362,7 @@ def build(
             # Whatever happens (Ctrl-C included), what is done is committed.
             committer.commit()
         if options.build_index:
-            from indexer.indexing import update_index
+            from indexer.ann import update_index
 
             report.index = update_index(
                 writer,

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from indexer.errors import IndexerError
+from indexer.errors import IndexerError, RayExecutorError, RayNotInstalledError
 from indexer.locations import local_path, text_to_path
 
 __all__ = ["RayExecutorError", "RayNotInstalledError", "RayPlan", "encode_with_ray", "plan"]
@@ -57,15 +57,6 @@ log = logging.getLogger(__name__)
 _MAX_LOST_BLOCKS = 16
 #: Reasons with which a worker says "no such file": checked against this machine's view.
 _MISSING = frozenset({"not-found", "broken-symlink"})
-
-
-class RayExecutorError(IndexerError):
-    """The Ray executor cannot run or carry on: Ray missing, cluster unreachable, model not
-    loadable in the actors, files not visible to the workers, too many failed tasks."""
-
-
-class RayNotInstalledError(RayExecutorError):
-    """``executor="ray"`` was asked for but the ``ray`` package (with Ray Data) is not installed."""
 
 
 def _import_ray():
@@ -234,7 +225,7 @@ class _Encoder:
     def __init__(self, model_info: dict, device: str, precision: str, threads: int):
         import torch
 
-        from indexer.pipeline import load_recorded_model
+        from indexer.store.model import load_recorded_model
 
         if device == "cpu":
             torch.set_num_threads(max(1, int(threads)))

@@ -27,7 +27,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
-from indexer.schema import RANK_COLUMNS, RANKS, quote_ident
+from indexer.store.schema import RANK_COLUMNS, RANKS, quote_ident
 
 __all__ = ["TaxonMatch", "Taxonomy", "normalise_name", "looks_like_scientific_name", "taxa_filter_sql"]
 

@@ -9,6 +9,9 @@ import pytest
 
 from indexer import ann
 from indexer.ann import AnnError, AnnIndex, AnnUnsupportedError, IndexInfo
+from indexer.ann import choice as ann_choice
+from indexer.ann import layout as ann_layout
+from indexer.ann import search as ann_search
 from indexer.errors import IndexerError
 
 N, D, NQ = 20_000, 64, 300
@@ -131,7 +134,7 @@ def test_choose_index_by_size_and_budget():
     assert ann.choose_index(1_000_000, 512, memory_budget=600 * 2**20) == "IVF4096,SQ8"
     big = ann.choose_index(100_000_000, 512, memory_budget=8 * 2**30)
     assert big.startswith("IVF32768_HNSW32,PQ"), big
-    assert ann._estimate(big, 100_000_000, 512)[1] <= 8 * 2**30
+    assert ann_choice.estimate(big, 100_000_000, 512)[1] <= 8 * 2**30
     assert ann.choose_index(100_000_000, 768, memory_budget=16 * 2**30).endswith(",PQ96")
     with pytest.raises(AnnError, match="cannot hold"):
         ann.choose_index(100_000_000, 512, memory_budget=2**20)
@@ -220,12 +223,12 @@ def test_filtered_search_recall_and_only_allowed_ids(data, factory, path, monkey
     index = built(data, factory)
     lookup = lookup_for(xb, ids)
     exact_cap, postfilter = PATHS[path]
-    postfilter_from = ann.POSTFILTER_MIN_SELECTIVITY
+    postfilter_from = ann_search.POSTFILTER_MIN_SELECTIVITY
     if exact_cap is not None:
-        monkeypatch.setattr(ann, "FILTER_EXACT_MAX_FLOATS", exact_cap)
-        monkeypatch.setattr(ann, "HNSW_FILTER_EXACT_MAX_FLOATS", exact_cap)
+        monkeypatch.setattr(ann_search, "FILTER_EXACT_MAX_FLOATS", exact_cap)
+        monkeypatch.setattr(ann_search, "HNSW_FILTER_EXACT_MAX_FLOATS", exact_cap)
     if postfilter is not None:
-        monkeypatch.setattr(ann, "POSTFILTER_MIN_SELECTIVITY", postfilter)
+        monkeypatch.setattr(ann_search, "POSTFILTER_MIN_SELECTIVITY", postfilter)
     rng = np.random.default_rng(7)
     for selectivity in SELECTIVITIES:
         if path == "postfilter" and selectivity < postfilter_from:
@@ -393,7 +396,7 @@ def test_float16_memmap_input(data, truth, tmp_path):
 
 def test_progress_is_reported(data, monkeypatch):
     xb, ids, _ = data
-    monkeypatch.setattr(ann, "ADD_CHUNK_BYTES", 4096 * 4 * D)
+    monkeypatch.setattr(ann_layout, "ADD_CHUNK_BYTES", 4096 * 4 * D)
     seen = []
     ann.build_index(xb, ids, factory="Flat", progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (N, N) and len(seen) == 5

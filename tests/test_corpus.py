@@ -15,10 +15,10 @@ from imagegen import picture
 from PIL import Image
 from test_decode import encode, png_bomb, scene, synthetic_jpeg, with_orientation
 
-from indexer.collection import Collection
 from indexer.engine import SearchEngine
 from indexer.pipeline import BuildOptions, build
 from indexer.sources import FolderSource
+from indexer.store import Collection
 
 EXPECTED_FAILURES = {
     "truncated.jpg": "truncated",

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from imagegen import make_folder
 
-from indexer.collection import Collection
+from indexer.store import Collection
 
 pytestmark = pytest.mark.slow
 

@@ -10,12 +10,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from indexer.collection import Collection
+from indexer.ann import update_index
 from indexer.engine import SearchEngine
 from indexer.errors import QueryError
 from indexer.filters import Filter
-from indexer.indexing import update_index
 from indexer.query import Grouping, Query, Term, parse_term
+from indexer.store import Collection
 
 AVES = ("Animalia", "Chordata", "Aves")
 TAXA = [

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from imagegen import make_folder, picture
 
 from indexer import cli
-from indexer.collection import Collection
 from indexer.engine import SearchEngine
 from indexer.query import Term
+from indexer.store import Collection
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ before any filter. With 0.97, a result below 0.95 is what filtering lost.
 
 Known limitation (ann layer): HNSW's filtered graph search misses filters concentrated in one
 region of the space (a taxon) when the query lies elsewhere: recall 0.59 at 10% and 0.63 at 50%.
-HNSW is never chosen automatically (see indexer/ann.py); those cases are expected failures here.
+HNSW is never chosen automatically (see indexer/ann/choice.py); those cases are expected failures here.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from indexer import ann
-from indexer.collection import Collection
+from indexer.ann import search as ann_search
+from indexer.ann import update_index
 from indexer.engine import SearchEngine
 from indexer.filters import Filter
-from indexer.indexing import update_index
+from indexer.store import Collection
 
 N, D, SPECIES, QUERIES = 20_000, 64, 200, 40
 SELECTIVITIES = (0.001, 0.01, 0.1, 0.5)
@@ -125,8 +125,8 @@ HNSW_CONCENTRATED = pytest.mark.xfail(
     ],
 )
 def test_filtered_recall_through_the_engine(indexed, data, factory, kind, monkeypatch):
-    monkeypatch.setattr(ann, "FILTER_EXACT_MAX_FLOATS", int(0.008 * N * D))
-    monkeypatch.setattr(ann, "HNSW_FILTER_EXACT_MAX_FLOATS", int(0.033 * N * D))
+    monkeypatch.setattr(ann_search, "FILTER_EXACT_MAX_FLOATS", int(0.008 * N * D))
+    monkeypatch.setattr(ann_search, "HNSW_FILTER_EXACT_MAX_FLOATS", int(0.033 * N * D))
     path = indexed[factory]
     engine = SearchEngine.open(path, refresh_interval=None)
     stored_ids, stored = Collection.open(path).snapshot().load_vectors()

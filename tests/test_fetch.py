@@ -196,7 +196,7 @@ def test_success_is_cached_file_with_the_body(server, tmp_path):
     out = _fetch(tmp_path, [url])
     path = out[url]
     assert isinstance(path, str) and Path(path).read_bytes() == JPEG
-    assert not list((tmp_path / "cache").rglob(".part-*")), "no temporary file left behind"
+    assert not list((tmp_path / "cache").rglob(".*")), "no temporary file left behind"
 
 
 def test_404_is_not_retried(server, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from indexer.errors import FilterError
 from indexer.filters import Condition, Filter, available_fields, parse_where
-from indexer.schema import arrow_schema
+from indexer.store.schema import arrow_schema
 from indexer.taxonomy import Taxonomy
 
 ROWS = [

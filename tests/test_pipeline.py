@@ -9,11 +9,11 @@ import pytest
 from imagegen import make_folder, picture
 from PIL import Image
 
-from indexer.collection import Collection
 from indexer.engine import SearchEngine
 from indexer.errors import ModelMismatchError
 from indexer.pipeline import BuildOptions, build
 from indexer.sources import FolderSource
+from indexer.store import Collection
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import pyarrow as pa
 import pytest
 from imagegen import make_folder, picture
 
-from indexer.collection import Collection
 from indexer.engine import SearchEngine
 from indexer.pipeline import BuildOptions, build
 from indexer.sources import FolderSource
+from indexer.store import Collection
 
 # Ray Data's own DataContext copies warn about its deprecated fields.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")

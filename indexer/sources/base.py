@@ -23,7 +23,7 @@ class Source(Protocol):
     """Something that lists images and their metadata.
 
     ``scan()`` yields Arrow record batches with ``ITEM_COLUMNS`` and any of
-    ``indexer.schema.METADATA_COLUMNS`` (plus, optionally, ``ERROR_COLUMNS``). ``key`` is unique
+    ``indexer.store.schema.METADATA_COLUMNS`` (plus, optionally, ``ERROR_COLUMNS``). ``key`` is unique
     within the source and stable across runs. It raises ``indexer.errors.SourceError`` when the
     source as a whole cannot be read; one bad item is a row with ``error_reason`` instead.
     """

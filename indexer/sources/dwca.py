@@ -35,7 +35,6 @@ from typing import Any
 import pyarrow as pa
 
 from indexer.errors import SourceError
-from indexer.schema import DWC_COLUMNS, canonical_column, quote_ident
 from indexer.sources._archive import ArchiveFiles, normalise_encoding
 from indexer.sources._common import (
     BATCH_ROWS,
@@ -50,6 +49,7 @@ from indexer.sources._common import (
     path_to_text,
     rebatch,
 )
+from indexer.store.schema import DWC_COLUMNS, canonical_column, quote_ident
 
 __all__ = ["DwcaSource", "Descriptor", "FileSpec", "Field", "parse_meta_xml"]
 

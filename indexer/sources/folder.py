@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 
 from indexer.errors import SourceError
-from indexer.schema import canonical_column, quote_ident
+from indexer.store.schema import canonical_column, quote_ident
 
 __all__ = ["FolderSource", "read_labels"]
 

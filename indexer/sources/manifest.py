@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from indexer.errors import SourceError
-from indexer.schema import canonical_column, quote_ident
 from indexer.sources._common import (
     BATCH_ROWS,
     HTTP_URL_RE,
@@ -25,6 +24,7 @@ from indexer.sources._common import (
     rebatch,
     replace_columns,
 )
+from indexer.store.schema import canonical_column, quote_ident
 
 __all__ = ["ManifestSource", "PATH_COLUMNS", "detect_path_column", "manifest_columns"]
 

@@ -30,8 +30,8 @@ import pyarrow as pa
 
 from indexer.errors import SourceError
 from indexer.locations import shard_location, tar_key, tar_location
-from indexer.schema import canonical_column
 from indexer.sources._common import BATCH_ROWS, path_to_text
+from indexer.store.schema import canonical_column
 
 __all__ = [
     "TarShardSource",

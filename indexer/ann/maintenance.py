@@ -15,27 +15,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from indexer.collection import Snapshot, Writer
+from indexer.ann.build import build_index
+from indexer.ann.choice import fits_incremental
+from indexer.ann.index import AnnIndex
 
-__all__ = ["update_index", "index_path", "gather_vectors"]
+if TYPE_CHECKING:  # pragma: no cover
+    from indexer.store import Writer
+
+__all__ = ["update_index", "index_path"]
 
 log = logging.getLogger(__name__)
 
 
 def index_path(collection_path: os.PathLike | str, entry: dict) -> str:
     return os.path.join(os.fspath(collection_path), entry["path"])
-
-
-def gather_vectors(snapshot: Snapshot, segments=None) -> tuple[np.ndarray, np.ndarray]:
-    """Live (ids, float16 vectors) of the given segments, concatenated (half the size of float32)."""
-    ids_parts, vec_parts = [], []
-    for ids, vecs in snapshot.iter_vectors(segments):
-        ids_parts.append(ids)
-        vec_parts.append(np.asarray(vecs, dtype=np.float16))
-    if not ids_parts:
-        return np.empty(0, np.int64), np.empty((0, snapshot.dimension), np.float16)
-    return np.concatenate(ids_parts), np.concatenate(vec_parts)
 
 
 def update_index(
@@ -52,8 +45,6 @@ def update_index(
     collection's size; otherwise (or with ``force`` / a different ``factory``) rebuilds it from all
     stored vectors. Returns the published index entry (None for an empty collection).
     """
-    from indexer import ann
-
     snap = writer.snapshot()
     gen = snap.generation
     entry = gen.index
@@ -74,31 +65,31 @@ def update_index(
         if not uncovered and int(entry.get("deleted_seen", -1)) == int(deleted.size):
             return entry  # nothing changed since the index was built
         try:
-            index = ann.AnnIndex.load(index_path(col_path, entry))
+            index = AnnIndex.load(index_path(col_path, entry))
         except Exception as exc:  # a damaged or missing derived file is rebuilt, never fatal
             log.warning("cannot load the ANN index (%s); rebuilding it", exc)
             rebuild = True
         else:
-            if not ann.fits_incremental(index, live, memory_budget):
+            if not fits_incremental(index, live, memory_budget):
                 log.info("the collection outgrew its %s index; rebuilding", index.factory)
                 rebuild = True
 
     t0 = time.monotonic()
     if rebuild:
-        ids, vecs = gather_vectors(snap)
+        ids, vecs = snap.load_vectors(dtype=np.float16)
         log.info("building the ANN index over %d vectors", len(ids))
-        index = ann.build_index(vecs, ids, factory=factory, memory_budget=memory_budget, recall_target=recall_target)
+        index = build_index(vecs, ids, factory=factory, memory_budget=memory_budget, recall_target=recall_target)
     else:
         assert index is not None
         if uncovered:
-            ids, vecs = gather_vectors(snap, uncovered)
+            ids, vecs = snap.load_vectors(uncovered, dtype=np.float16)
             if len(ids):
                 index.add(np.asarray(vecs, dtype=np.float32), ids)
         if deleted.size and index.supports_remove:
             index.remove(deleted)
     rel = writer.new_file_name("ann", ".faiss")
     index.save(os.path.join(col_path, rel))
-    info = index.info.to_dict() if hasattr(index.info, "to_dict") else dict(vars(index.info))
+    info = index.info.to_dict()
     new_entry = {
         "path": rel,
         "files": _index_files(col_path, rel),

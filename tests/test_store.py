@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from indexer.collection import FORMAT_VERSION, Collection
 from indexer.errors import CollectionError, CollectionLockedError, CollectionNotFoundError, FormatVersionError
+from indexer.store import FORMAT_VERSION, Collection
 
 
 def _unit(n: int, d: int, seed: int) -> np.ndarray:
@@ -96,7 +96,7 @@ def test_second_writer_refused_at_once_even_from_another_process(col):
     with col.writer():
         code = textwrap.dedent(
             f"""
-            from indexer.collection import Collection
+            from indexer.store import Collection
             from indexer.errors import CollectionLockedError
             try:
                 Collection.open({str(col.path)!r}).writer()
@@ -120,7 +120,7 @@ def test_a_forked_child_outliving_a_killed_writer_does_not_keep_the_lock(col, tm
     code = textwrap.dedent(
         f"""
         import os, time
-        from indexer.collection import Collection
+        from indexer.store import Collection
         w = Collection.open({str(col.path)!r}).writer()
         child = os.fork()
         if child == 0:

@@ -9,6 +9,7 @@ every SQL statement quotes identifiers (see :func:`quote_ident`).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Final
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "DWC_TERM_LOOKUP",
     "canonical_column",
     "quote_ident",
+    "sql_string_list",
     "arrow_schema",
 ]
 
@@ -171,3 +173,9 @@ def arrow_schema():
         "VARCHAR": pa.string(),
     }
     return pa.schema([(c, types[COLUMN_TYPES.get(c, "VARCHAR")]) for c in ALL_COLUMNS])
+
+
+def sql_string_list(values: Sequence[str]) -> str:
+    """A DuckDB list literal of strings (``['a', 'it''s']``), for the collection's own file names
+    in ``read_parquet([...])``, which takes no bound parameters. Never for user values."""
+    return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"

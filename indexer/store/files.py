@@ -1,0 +1,105 @@
+"""Atomic file writes: a reader sees nothing or the whole file, whatever happens to the writer.
+
+The one rule, for every file the project writes (collection data, ANN indexes, downloaded media,
+thumbnails): the bytes go to a temporary file in the target's own folder (a name starting with
+``.``, which a collection's writer deletes as left-over when no generation references it), the file
+is flushed and fsynced, renamed over the target, and the folder is fsynced so that the rename
+itself survives a power cut. ``durable=False`` (caches of derived data) skips the two fsyncs: a
+power cut may then lose the file, but never leaves part of one under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+__all__ = [
+    "atomic_file",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "fsync_dir",
+]
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make the entries of folder ``path`` (a rename into it) durable; a no-op where folders
+    cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _temp_beside(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path]:
+    """A temporary file name beside ``path`` for a writer that takes a name (FAISS, a copy).
+
+    When the block ends normally the file replaces ``path`` (see the module's rule); when it raises,
+    the temporary file is deleted and ``path`` is untouched.
+    """
+    target = Path(path)
+    tmp = _temp_beside(target)
+    try:
+        yield tmp
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if durable:
+        fsync_dir(target.parent)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, *, durable: bool = True) -> Iterator[BinaryIO]:
+    """A binary file open for writing that replaces ``path`` when the block ends normally (see the
+    module's rule); when the block raises, nothing is left behind and ``path`` is untouched."""
+    target = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if durable:
+        fsync_dir(target.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see either nothing or all of it."""
+    with atomic_file(path, durable=durable) as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """``obj`` as indented, key-sorted JSON (a stable text for files people read and diff)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,213 @@
+"""A read-only view of one published generation: its files, vectors and metadata as SQL.
+
+Readers never block and never take locks: a snapshot reads the files one generation lists, which
+no writer modifies or deletes while the generation is among the last ``KEEP_GENERATIONS``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from indexer.errors import CollectionError
+from indexer.store.generations import (
+    Generation,
+    SegmentInfo,
+    deletes_file,
+    failures_file,
+    segment_file,
+    vectors_file,
+)
+from indexer.store.ids import member
+from indexer.store.schema import ALL_COLUMNS, COLUMN_TYPES, quote_ident, sql_string_list
+from indexer.store.vectors import SegmentVectors
+
+if TYPE_CHECKING:  # pragma: no cover
+    from indexer.store.collection import Collection
+
+__all__ = ["Snapshot", "FAILURE_SCHEMA"]
+
+#: The columns of a ``fail-*.parquet`` file (and of the ``failures`` relation).
+FAILURE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("source", pa.string()),
+        ("location", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("size", pa.int64()),
+        ("mtime", pa.float64()),
+        ("failed_at", pa.timestamp("us")),
+    ]
+)
+
+
+class Snapshot:
+    """A read-only view of one generation. Thread-safe for reading; never takes locks."""
+
+    def __init__(self, collection: Collection, generation: Generation):
+        self.collection = collection
+        self.generation = generation
+        self._vec_cache: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+        segs = generation.segments
+        self._lookup = SegmentVectors(
+            [s.min_id for s in segs], [s.max_id for s in segs], lambda j: self.segment_vectors(segs[j]), self.dimension
+        )
+
+    @property
+    def number(self) -> int:
+        return self.generation.number
+
+    @property
+    def dimension(self) -> int:
+        return self.collection.dimension
+
+    # -- files -------------------------------------------------------------------------
+
+    def _paths(self, names: Sequence[str]) -> list[str]:
+        return [str(self.collection.path / name) for name in names]
+
+    def segment_paths(self, segments: Sequence[SegmentInfo] | None = None) -> list[str]:
+        segs = self.generation.segments if segments is None else segments
+        return self._paths([segment_file(s.n) for s in segs])
+
+    def delete_paths(self, numbers: Sequence[int] | None = None) -> list[str]:
+        return self._paths([deletes_file(n) for n in (self.generation.deletes if numbers is None else numbers)])
+
+    def failure_paths(self) -> list[str]:
+        return self._paths([failures_file(n) for n in self.generation.failures])
+
+    # -- vectors -----------------------------------------------------------------------
+
+    def segment_vectors(self, seg: SegmentInfo) -> np.ndarray:
+        """The float16 (rows, d) vectors of a segment, memory-mapped (cached per snapshot)."""
+        with self._lock:
+            arr = self._vec_cache.get(seg.n)
+            if arr is None:
+                p = self.collection.path / vectors_file(seg.n)
+                try:
+                    arr = np.load(p, mmap_mode="r")
+                except (OSError, ValueError) as exc:
+                    raise CollectionError(f"cannot read vectors {p}: {exc}") from exc
+                if arr.shape != (seg.rows, self.dimension):
+                    raise CollectionError(
+                        f"{p} has shape {arr.shape}, expected {(seg.rows, self.dimension)}: the collection is damaged"
+                    )
+                self._vec_cache[seg.n] = arr
+            return arr
+
+    def get_vectors(self, ids: Any) -> np.ndarray:
+        """float32 (len(ids), d) stored vectors of ``ids``, in order (retired ones included): one
+        gather per segment touched. Raises KeyError for an id no segment of this generation holds."""
+        return self._lookup(ids)
+
+    def deleted_ids(self) -> np.ndarray:
+        """Every retired id (sorted int64)."""
+        if not self.generation.deletes:
+            return np.empty(0, dtype=np.int64)
+        import pyarrow.parquet as pq
+
+        parts = [pq.read_table(p, columns=["id"]).column("id").to_numpy() for p in self.delete_paths()]
+        return np.unique(np.concatenate(parts).astype(np.int64))
+
+    def iter_vectors(
+        self, segments: Sequence[SegmentInfo] | None = None, *, deleted: np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(ids, float16 vectors)`` per segment, leaving out retired ids.
+
+        Memory stays at one segment's vectors (the files are memory-mapped).
+        """
+        if deleted is None:
+            deleted = self.deleted_ids()
+        for seg in self.generation.segments if segments is None else segments:
+            vecs = self.segment_vectors(seg)
+            ids = np.arange(seg.min_id, seg.min_id + seg.rows, dtype=np.int64)
+            if deleted.size:
+                keep = ~member(ids, deleted)
+                if not keep.all():
+                    yield ids[keep], np.asarray(vecs[keep])
+                    continue
+            yield ids, vecs
+
+    def load_vectors(
+        self, segments: Sequence[SegmentInfo] | None = None, *, dtype: Any = np.float32
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """All live ``(ids, vectors)`` of the given segments (default: all), concatenated, as
+        ``dtype`` (float16 keeps half the memory of float32)."""
+        ids_parts, vec_parts = [], []
+        for ids, vecs in self.iter_vectors(segments):
+            ids_parts.append(ids)
+            vec_parts.append(np.asarray(vecs, dtype=dtype))
+        if not ids_parts:
+            return np.empty(0, dtype=np.int64), np.empty((0, self.dimension), dtype=dtype)
+        return np.concatenate(ids_parts), np.concatenate(vec_parts)
+
+    # -- metadata ----------------------------------------------------------------------
+
+    def images_sql(self, segments: Sequence[SegmentInfo] | None = None, *, live: bool = True) -> str:
+        """A SELECT over the image rows of the given segments (default: all) of this generation,
+        every column of schema.ALL_COLUMNS; ``live`` leaves out retired ids.
+
+        Paths are inlined as string literals (they are the collection's own file names).
+        """
+        segs = self.generation.segments if segments is None else segments
+        cols = ", ".join(quote_ident(c) for c in ALL_COLUMNS)
+        if not segs:
+            nulls = ", ".join(
+                f"CAST(NULL AS {COLUMN_TYPES.get(c, 'VARCHAR')}) AS {quote_ident(c)}" for c in ALL_COLUMNS
+            )
+            return f"SELECT {nulls} WHERE false"
+        sql = f"SELECT {cols} FROM read_parquet({sql_string_list(self.segment_paths(segs))}, union_by_name = true)"
+        if live and self.generation.deletes:
+            sql += f" WHERE id NOT IN ({self.retired_sql()})"
+        return sql
+
+    def retired_sql(self, numbers: Sequence[int] | None = None) -> str:
+        """A SELECT of the ids retired by the given commits (default: every commit of this generation)."""
+        return f"SELECT id FROM read_parquet({sql_string_list(self.delete_paths(numbers))})"
+
+    def failures_sql(self) -> str:
+        """A SELECT over the live failures: the newest failure per key whose key is not indexed.
+        A newest record without a reason marks the failure resolved (its file was pruned)."""
+        if not self.generation.failures:
+            cols = ", ".join(f"CAST(NULL AS {_arrow_to_duck(f.type)}) AS {quote_ident(f.name)}" for f in FAILURE_SCHEMA)
+            return f"SELECT {cols} WHERE false"
+        files = sql_string_list(self.failure_paths())
+        live_keys = f"SELECT key FROM ({self.images_sql()})"
+        # The newest record per key wins; zero-padded file names order like commit numbers.
+        return (
+            "SELECT * EXCLUDE (_rank, filename) FROM ("
+            "SELECT *, row_number() OVER (PARTITION BY key ORDER BY filename DESC, failed_at DESC) AS _rank "
+            f"FROM read_parquet({files}, filename = true)) "
+            f"WHERE _rank = 1 AND reason IS NOT NULL AND key NOT IN ({live_keys})"
+        )
+
+    def connect(self, *, materialize: bool = True):
+        """A new in-memory DuckDB connection with ``images`` and ``failures`` relations.
+
+        ``materialize`` copies the live metadata into memory (fast lookups and filters, and the
+        connection no longer reads the segment files); otherwise they are views over Parquet.
+        """
+        import duckdb
+
+        con = duckdb.connect(":memory:")
+        kind = "TABLE" if materialize else "VIEW"
+        con.execute(f"CREATE {kind} images AS {self.images_sql()}")
+        con.execute(f"CREATE VIEW failures AS {self.failures_sql()}")
+        return con
+
+
+def _arrow_to_duck(t: pa.DataType) -> str:
+    if pa.types.is_int64(t):
+        return "BIGINT"
+    if pa.types.is_floating(t):
+        return "DOUBLE"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMP"
+    return "VARCHAR"

@@ -1,0 +1,84 @@
+"""Stored vectors by id: the one lookup that the engine, the build and the ANN layer share.
+
+A :data:`VectorLookup` is ``lookup(ids int64 (m,)) -> float32 (m, d)``: row i is the stored vector
+of ``ids[i]``; an id it does not hold raises KeyError. Two kinds of storage give one:
+
+- :class:`SegmentVectors`: a collection's segments, each holding the contiguous ids
+  ``min_id .. max_id`` in one (memory-mapped) float16 file;
+- :class:`ArrayVectors`: one matrix with arbitrary ids (vectors handed to the ANN build).
+
+Both find, for each id, its block and row and then :func:`gather` reads the rows block by block in
+row order (sequential reads of a memory-mapped file), with no Python loop over ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["VectorLookup", "SegmentVectors", "ArrayVectors", "gather"]
+
+VectorLookup = Callable[[np.ndarray], np.ndarray]
+
+
+def gather(block_of: np.ndarray, row_of: np.ndarray, block: Callable[[int], Any], d: int) -> np.ndarray:
+    """float32 (n, d): row ``row_of[i]`` of block ``block(block_of[i])`` for every i."""
+    n = block_of.size
+    out = np.empty((n, d), dtype=np.float32)
+    if n == 0:
+        return out
+    same = block_of[1:] == block_of[:-1]
+    in_order = bool((block_of[1:] >= block_of[:-1]).all()) and bool((row_of[1:][same] > row_of[:-1][same]).all())
+    order = np.arange(n) if in_order else np.lexsort((row_of, block_of))
+    sorted_blocks = block_of[order]
+    cuts = np.flatnonzero(np.diff(sorted_blocks)) + 1
+    for run in np.split(order, cuts):
+        out[run] = block(int(block_of[run[0]]))[row_of[run]]
+    return out
+
+
+class SegmentVectors:
+    """The vectors of segments with contiguous ids: ``starts[j] .. ends[j]`` are the ids of segment
+    j, whose rows ``segment(j)`` returns (an array-like of shape (rows, d))."""
+
+    def __init__(self, starts: Sequence[int], ends: Sequence[int], segment: Callable[[int], Any], d: int):
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.ends = np.asarray(ends, dtype=np.int64)
+        self.segment = segment
+        self.d = d
+
+    def __call__(self, ids: Any) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            return np.empty((0, self.d), dtype=np.float32)
+        seg = np.searchsorted(self.starts, ids, side="right") - 1
+        if self.starts.size:
+            bad = (seg < 0) | (ids > self.ends[np.maximum(seg, 0)])
+        else:
+            bad = np.ones(ids.size, dtype=bool)
+        if bad.any():
+            raise KeyError(int(ids[np.argmax(bad)]))
+        return gather(seg, ids - self.starts[seg], self.segment, self.d)
+
+
+class ArrayVectors:
+    """The rows of one matrix (n, d) (float32/float16, possibly memory-mapped) by their ids (n,)."""
+
+    def __init__(self, vectors: Any, ids: np.ndarray):
+        self.vectors = vectors
+        self.order = np.argsort(ids, kind="stable")
+        self.sorted_ids = np.asarray(ids)[self.order]
+
+    def __call__(self, wanted: Any) -> np.ndarray:
+        wanted = np.asarray(wanted, dtype=np.int64).reshape(-1)
+        d = self.vectors.shape[1]
+        if wanted.size == 0:
+            return np.empty((0, d), dtype=np.float32)
+        pos = np.minimum(np.searchsorted(self.sorted_ids, wanted), max(self.sorted_ids.size - 1, 0))
+        if self.sorted_ids.size == 0 or not np.array_equal(self.sorted_ids[pos], wanted):
+            missing = wanted if self.sorted_ids.size == 0 else wanted[self.sorted_ids[pos] != wanted]
+            raise KeyError(int(missing[0]))
+        rows = self.order[pos]
+        return gather(np.zeros(rows.size, dtype=np.int64), rows, lambda _: self.vectors, d)
