@@ -152,7 +152,7 @@ def main() -> None:
     from indexer import browse
     from indexer.browse import BrowseState
     from indexer.engine import SearchEngine
-    from indexer.media import MediaLibrary
+    from indexer.media.library import MediaLibrary
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-app-"))
     try:

@@ -9,7 +9,7 @@ measured in this one process so the ratios hold on a noisy machine:
 
   (a) forward pass alone on pre-made tensors (the ceiling);
   (b) a plain loop a user would write: PIL open, open_clip's own preprocess, encode, same batch size;
-  (c) ``bioclip-index build`` end to end through ``indexer.pipeline.build`` (scan, read, decode,
+  (c) ``bioclip-index build`` end to end through ``indexer.build.build`` (scan, read, decode,
       preprocess in workers, encode, commit, index), with the model already loaded; and
   (c') the ``bioclip-index build`` command as a subprocess, Python start and model load included.
 
@@ -114,8 +114,8 @@ def plain_loop(model, paths: list[Path], batch: int) -> float:
 
 
 def pipeline_build(model, folder: Path, batch: int, workdir: Path, workers: int | None = None) -> tuple[float, dict]:
-    from indexer.pipeline import BuildOptions, build
-    from indexer.sources import FolderSource
+    from indexer.build import BuildOptions, build
+    from indexer.build.sources import FolderSource
 
     col = workdir / f"col-{folder.name}"
     shutil.rmtree(col, ignore_errors=True)
@@ -218,7 +218,7 @@ def main() -> None:
             for i, (a, b, c, _rep) in enumerate(runs):
                 cli = f"{c_cli:8.2f}" if i == len(runs) - 1 else f"{'':8s}"
                 print(f"{name:14s} {n:5d} {a:10.2f} {b:9.2f} {c:9.2f} {cli} {c / a:6.2f} {c / b:6.2f}")
-        print("(images/s; a = mean of a forward-only run before and after b and c; c = indexer.pipeline.build with the")
+        print("(images/s; a = mean of a forward-only run before and after b and c; c = indexer.build.build with the")
         print(" model loaded; c CLI = the bioclip-index command as a subprocess, start-up and model creation included)")
         for name, _n, runs, _c_cli in rows:
             target_b = 2.0 if "20 MP" in name else 1.3

@@ -8,7 +8,7 @@ For each architecture (random-init weights, same cost as the real models):
   - forward-only images/s on pre-made tensors under bf16 autocast, and the achieved TFLOP/s using
     35.1 GFLOP per image for ViT-B/16 at 224 px and 162 GFLOP for ViT-L/14 (2 x multiply-adds),
     printed as a fraction of the ceiling;
-  - ``indexer.pipeline.build`` end to end on ``--images`` generated JPEGs (decode workers, pinned
+  - ``indexer.build.build`` end to end on ``--images`` generated JPEGs (decode workers, pinned
     memory, autocast), as images/s and as a ratio to forward-only.
 
 On a CPU (``--device cpu --quick``) it runs the same code with small sizes, to check the script.
@@ -93,8 +93,8 @@ def main() -> None:
     import torch
 
     from bioclip import load_model
-    from indexer.pipeline import BuildOptions, build
-    from indexer.sources import FolderSource
+    from indexer.build import BuildOptions, build
+    from indexer.build.sources import FolderSource
 
     dev = args.device
     name = torch.cuda.get_device_name(0) if dev.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"

@@ -136,7 +136,7 @@ def _cpu_s() -> float:
 
 def child_scan(folder: str) -> dict:
     """Scan the zipped archive with DwcaSource (in this process only)."""
-    from indexer.sources.dwca import DwcaSource
+    from indexer.build.sources.dwca import DwcaSource
 
     before = _rss_mb()
     cpu0 = _cpu_s()

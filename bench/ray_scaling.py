@@ -42,8 +42,8 @@ def make_images(dest: Path, n: int, size: tuple[int, int]) -> Path:
 
 
 def timed_build(folder: Path, out: Path, model, executor: str) -> float:
-    from indexer.pipeline import BuildOptions, build
-    from indexer.sources import FolderSource
+    from indexer.build import BuildOptions, build
+    from indexer.build.sources import FolderSource
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()

@@ -469,8 +469,8 @@ def read_upload(name: str | None, data: bytes, max_bytes: int | None = None) -> 
         raise UploadError(
             f"{label} has {width} x {height} pixels; pictures up to {MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels can be searched"
         )
-    from indexer.decode import decode_image
     from indexer.errors import DecodeError
+    from indexer.media.decode import decode_image
 
     try:
         decode_image(data, min_size=(224, 224), name=label, max_pixels=MAX_UPLOAD_PIXELS)

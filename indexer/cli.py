@@ -222,8 +222,8 @@ def build_cmd(
 ):
     """Index images from SOURCES (folders, manifests, Darwin Core Archives, tar shards) into a collection."""
     _setup_logging(verbose, quiet)
-    from indexer.pipeline import BuildOptions, build
-    from indexer.sources import open_source
+    from indexer.build import BuildOptions, build
+    from indexer.build.sources import open_source
 
     roots = _parse_media_roots(media_roots)
     if labels and len(sources) > 1:
@@ -738,8 +738,8 @@ def default_demo_collection() -> Path:
 def demo_main(out, model, port, host, device, no_app, verbose, quiet):
     """Index the built-in sample collection (real camera-trap, fish and cat photos) and open the app on it."""
     _setup_logging(verbose, quiet)
-    from indexer.pipeline import BuildOptions, build
-    from indexer.sources import FolderSource
+    from indexer.build import BuildOptions, build
+    from indexer.build.sources import FolderSource
     from indexer.store import Collection, is_collection
 
     target = Path(out) if out else default_demo_collection()

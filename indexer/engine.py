@@ -40,6 +40,7 @@ import numpy as np
 
 from indexer.errors import FilterError, IndexerError, QueryError
 from indexer.filters import Filter
+from indexer.locations import kind_sql, local_path, safe_local_path
 from indexer.query import EmbeddedTerm, Grouping, Query, Term, combine, record_key
 from indexer.store import Collection, Snapshot
 from indexer.store.ids import member, remove, sorted_unique
@@ -431,6 +432,49 @@ class SearchEngine:
             "last_build": gen.stats.get("last_build"),
         }
 
+    def source_roots(self) -> dict[str, tuple[str, ...]]:
+        """The folder(s) each source's local files live in: the only places its images may be
+        served from.
+
+        Taken, in this order, from the ``sources`` entry the build records in the generation's
+        ``stats`` (``{name: {"root": PATH}}`` or ``{name: PATH}``), from the source's name when it is
+        an existing folder (a folder source is named after its folder), and otherwise from the
+        deepest folder that every local file of the source (a tar member's shard) lies in; a source
+        whose files share no folder but ``/`` gets no root, so its images are not served.
+        """
+        recorded: dict[str, tuple[str, ...]] = {}
+        try:
+            stats = self.collection.latest_generation().stats or {}
+        except Exception:  # a damaged generation file: fall back to what the rows say
+            stats = {}
+        for name, entry in (stats.get("sources") or {}).items():
+            root = entry.get("root") if isinstance(entry, dict) else entry
+            roots = [root] if isinstance(root, str) else list(root or [])
+            if roots:
+                recorded[str(name)] = tuple(roots)
+        rows = (
+            self._current()
+            .cursor()
+            .execute(
+                "SELECT source, min(location), max(location) FROM images "
+                f"WHERE location IS NOT NULL AND {kind_sql('location')} <> 'url' GROUP BY source"
+            )
+            .fetchall()
+        )
+        out: dict[str, tuple[str, ...]] = dict(recorded)
+        for source, lo, hi in rows:
+            if source is None or source in out:
+                continue
+            if os.path.isabs(source) and os.path.isdir(source):
+                out[source] = (source,)
+                continue
+            root = _shared_folder(lo, hi)
+            if root is None:
+                log.warning("the images of source %r share no folder; they will not be shown", source)
+                continue
+            out[source] = (root,)
+        return out
+
     def failures(self) -> list[dict[str, Any]]:
         cur = self._current().cursor()
         rel = cur.sql("SELECT key, source, location, stage, reason, detail, failed_at FROM failures ORDER BY key")
@@ -814,8 +858,8 @@ class SearchEngine:
 
     def embed_image(self, image: ImageInput) -> np.ndarray:
         """Embed a query image (path, bytes or PIL image) with the collection's preprocessing: (1, d)."""
-        from indexer.decode import decode_image
         from indexer.errors import DecodeError
+        from indexer.media.decode import decode_image
 
         model = self.model
         min_size = tuple(model.preprocess_config.draft_size)
@@ -973,6 +1017,16 @@ class SearchEngine:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _shared_folder(lo: str | None, hi: str | None) -> str | None:
+    """The deepest folder holding the local files of both locations (the min and max of a sorted
+    set of paths hold every path between them in their common prefix)."""
+    paths = [safe_local_path(local_path(loc)) if loc else None for loc in (lo, hi)]
+    if paths[0] is None or paths[1] is None:
+        return None
+    common = os.path.commonpath([os.path.dirname(paths[0]), os.path.dirname(paths[1])])
+    return None if common in ("", os.sep) else common
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:

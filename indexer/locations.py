@@ -50,6 +50,7 @@ __all__ = [
     "tar_key",
     "shard_location",
     "local_path",
+    "safe_local_path",
     "file_name",
     "file_url_path",
     "without_query",
@@ -207,6 +208,17 @@ def local_path(text: str) -> str | None:
     if isinstance(loc, TarMember | TarShard):
         return loc.shard
     return None
+
+
+def safe_local_path(text: str | None) -> str | None:
+    """The ``str`` path that opens a local path in text form, or None when it must not be used at
+    all: empty, holding a NUL, relative, or with ``..`` components (what serving images relies on)."""
+    if not text or "\x00" in text:
+        return None
+    path = text_to_path(text)
+    if not os.path.isabs(path) or ".." in path.split(os.sep):
+        return None
+    return path
 
 
 def file_name(text: str | None) -> str:

@@ -25,7 +25,7 @@ from bioclip.errors import BioclipError
 from indexer import browse
 from indexer.browse import BrowseState
 from indexer.errors import IndexerError
-from indexer.media import MediaLibrary
+from indexer.media.library import MediaLibrary
 from search_ui import ui
 
 log = logging.getLogger("search_ui")

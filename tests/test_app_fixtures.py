@@ -1,6 +1,6 @@
 """A small collection for the app's tests: generated pictures with rich Darwin Core labels.
 
-Not tests itself; ``tests/test_app*.py``, ``test_browse.py``, ``test_media.py`` and
+Not tests itself; ``tests/test_app*.py``, ``test_browse.py``, ``test_media_library.py`` and
 ``test_browser.py`` build it with :func:`build_app_collection` (once per module).
 
 Every picture is different (a tint per taxon, random blocks per image), so with the tiny random
@@ -121,8 +121,8 @@ class AppCollection:
 def build_app_collection(base: Path, tiny_model_dir: Path, n: int = N_IMAGES) -> AppCollection:
     """Build the test collection under ``base`` (images in ``base/images``, collection in
     ``base/app.coll``) with the tiny model; the ANN index is built when the ANN module is there."""
-    from indexer.pipeline import BuildOptions, build
-    from indexer.sources import FolderSource
+    from indexer.build import BuildOptions, build
+    from indexer.build.sources import FolderSource
 
     images = base / "images"
     labels = make_images(images, n)

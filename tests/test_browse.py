@@ -474,9 +474,9 @@ def test_most_likely_taxa_at_a_rank_are_cached(engine, coll, monkeypatch):
 
 
 def test_most_likely_taxa_are_rebuilt_for_a_new_generation(tmp_path, tiny_model_dir):
+    from indexer.build import BuildOptions, build
+    from indexer.build.sources import FolderSource
     from indexer.engine import SearchEngine
-    from indexer.pipeline import BuildOptions, build
-    from indexer.sources import FolderSource
 
     c = build_app_collection(tmp_path, tiny_model_dir, n=4)
     engine = SearchEngine.open(c.path, device="cpu", refresh_interval=None)

@@ -15,9 +15,9 @@ from imagegen import picture
 from PIL import Image
 from test_decode import encode, png_bomb, scene, synthetic_jpeg, with_orientation
 
+from indexer.build import BuildOptions, build
+from indexer.build.sources import FolderSource
 from indexer.engine import SearchEngine
-from indexer.pipeline import BuildOptions, build
-from indexer.sources import FolderSource
 from indexer.store import Collection
 
 EXPECTED_FAILURES = {

@@ -1,4 +1,4 @@
-"""indexer.decode: every image a museum can throw at it decodes correctly or fails with a stable reason.
+"""indexer.media.decode: every image a museum can throw at it decodes correctly or fails with a stable reason.
 
 All inputs are generated in memory (or tmp_path); the real camera-trap variants in ../shared/data are
 used when present and skipped otherwise.
@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from indexer.decode import DEFAULT_MAX_PIXELS, DecodedImage, decode_image, to_rgb
 from indexer.errors import DecodeError
+from indexer.media.decode import DEFAULT_MAX_PIXELS, DecodedImage, decode_image, to_rgb
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -656,7 +656,7 @@ _SHEET_SCRIPT = """
 import json, resource, sys, warnings
 import numpy as np
 from PIL import Image
-from indexer.decode import decode_image
+from indexer.media.decode import decode_image
 warnings.simplefilter("error", Image.DecompressionBombWarning)
 data = open(sys.argv[1], "rb").read()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from imagegen import make_folder, picture
 
 from indexer import cli
-from indexer.pipeline import BuildOptions, build
-from indexer.sources import FolderSource
+from indexer.build import BuildOptions, build
+from indexer.build.sources import FolderSource
 
 ROOT = Path(__file__).resolve().parents[1]
 

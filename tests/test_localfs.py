@@ -1,4 +1,4 @@
-"""indexer.localfs: walking real folder trees (links, loops, junk, odd names) and reading files safely."""
+"""indexer.media.localfs: walking real folder trees (links, loops, junk, odd names) and reading files safely."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from typing import TypeVar
 import pytest
 
 from indexer.errors import FetchError, SourceError
-from indexer.localfs import (
+from indexer.locations import path_to_text, text_to_path
+from indexer.media.localfs import (
     IMAGE_EXTENSIONS,
     FileEntry,
     FileProblem,
     read_file,
     walk_images,
 )
-from indexer.locations import path_to_text, text_to_path
 
 T = TypeVar("T")
 NOBODY = 65534

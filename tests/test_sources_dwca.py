@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from indexer.build.sources.dwca import DwcaSource, parse_meta_xml
 from indexer.errors import SourceError
-from indexer.sources.dwca import DwcaSource, parse_meta_xml
 
 DWC = "http://rs.tdwg.org/dwc/terms/"
 DC = "http://purl.org/dc/terms/"
@@ -526,7 +526,7 @@ def test_missing_metadata_file_warns_and_goes_on(tmp_path, caplog):
     files = occurrence_with_multimedia()
     del files["eml.xml"]
     src = DwcaSource(write_archive(tmp_path, files, "zip"))
-    with caplog.at_level(logging.WARNING, logger="indexer.sources.dwca"):
+    with caplog.at_level(logging.WARNING, logger="indexer.build.sources.dwca"):
         assert len(rows_of(src)) == 3
     assert any("eml.xml" in w for w in src.report["warnings"])
     assert "eml.xml" in caplog.text
@@ -536,7 +536,7 @@ def test_orphan_extension_rows_are_counted_and_logged(tmp_path, caplog):
     files = occurrence_with_multimedia()
     files["multimedia.txt"] += "99\thttps://img.example.org/orphan.jpg\tStillImage\t\t\t\t\n"
     src = DwcaSource(write_archive(tmp_path, files))
-    with caplog.at_level(logging.WARNING, logger="indexer.sources.dwca"):
+    with caplog.at_level(logging.WARNING, logger="indexer.build.sources.dwca"):
         rows = rows_of(src)
     assert "https://img.example.org/orphan.jpg" not in {r["location"] for r in rows}
     assert src.report["orphan_extension_rows"] == 1

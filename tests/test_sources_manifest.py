@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from indexer.build.sources.manifest import ManifestSource
 from indexer.errors import SourceError
-from indexer.sources.manifest import ManifestSource
 
 
 def rows_of(src) -> list[dict]:

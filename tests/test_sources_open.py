@@ -11,8 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from indexer.errors import SourceError
-from indexer.sources import (
+from indexer.build.sources import (
     DwcaSource,
     FolderSource,
     ManifestSource,
@@ -21,7 +20,8 @@ from indexer.sources import (
     open_source,
     parse_media_root,
 )
-from indexer.sources.media_root import map_location
+from indexer.build.sources.media_root import map_location
+from indexer.errors import SourceError
 
 META = (
     '<archive xmlns="http://rs.tdwg.org/dwc/text/"><core rowType="http://rs.tdwg.org/dwc/terms/Occurrence" '

@@ -9,10 +9,10 @@ import tarfile
 
 import pytest
 
+from indexer.build.sources.tar import TarShardSource, expand_braces
 from indexer.errors import SourceError
-from indexer.fetch import read_location
 from indexer.locations import parse_location, tar_location
-from indexer.sources.tar import TarShardSource, expand_braces
+from indexer.media.read import read_location
 
 
 def write_shard(path, members: dict[str, bytes], mode: str = "w") -> None:

@@ -16,12 +16,8 @@ Contracts:
   reader-only account, a read-only disk) keeps them in a bounded in-memory cache instead.
 - Thread-safe: one :class:`MediaLibrary` serves every session of the app.
 
-Source roots: a collection does not (yet) record the root folder of each source. The roots are
-taken, in this order, from a ``sources`` entry of the generation's ``stats`` (``{name: {"root":
-PATH}}`` or ``{name: PATH}``), from the source's name when it is an existing folder (a folder
-source is named after its folder), and otherwise from the longest folder that every local
-location of the source shares; a source whose locations share no folder but ``/`` gets no root,
-so its images are not shown.
+Source roots come from the search engine (:meth:`indexer.search.SearchEngine.source_roots`), and
+are asked for again when the engine serves a new generation.
 """
 
 from __future__ import annotations
@@ -32,14 +28,14 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from indexer.errors import FetchError, LocationError
-from indexer.fetch import read_tar_member
-from indexer.locations import RemoteUrl, TarMember, TarShard, local_path, parse_location, path_to_text, text_to_path
+from indexer.locations import RemoteUrl, TarMember, TarShard, parse_location, path_to_text, safe_local_path
+from indexer.media.read import cache_file, read_tar_member
 from indexer.store.files import atomic_write_bytes
 
 __all__ = [
@@ -48,7 +44,6 @@ __all__ = [
     "MediaRef",
     "MediaLibrary",
     "is_within",
-    "source_roots",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,19 +85,6 @@ def is_within(path: str, root: str) -> bool:
         return os.path.commonpath([real, base]) == base
     except ValueError:  # different drives, mixed absolute/relative
         return False
-
-
-def _clean_local(location: str) -> str | None:
-    """The filesystem path of a local location, or None when it must not be used at all."""
-    if not location or "\x00" in location:
-        return None
-    path = text_to_path(location)
-    if not os.path.isabs(path):
-        return None
-    parts = Path(path).parts
-    if ".." in parts:
-        return None
-    return path
 
 
 class MediaLibrary:
@@ -147,7 +129,7 @@ class MediaLibrary:
     def for_engine(cls, engine, **kwargs) -> MediaLibrary:
         """The library of an open :class:`indexer.engine.SearchEngine`'s collection (its source
         roots follow the engine's generations)."""
-        return cls(engine.collection.path, source_roots(engine), engine=engine, **kwargs)
+        return cls(engine.collection.path, engine.source_roots(), engine=engine, **kwargs)
 
     def _set_roots(self, roots: Mapping[str, Sequence[str] | str]) -> None:
         self.roots = {
@@ -161,7 +143,7 @@ class MediaLibrary:
             with self._roots_lock:
                 gen = engine.generation
                 if gen != self._roots_generation:
-                    self._set_roots(source_roots(engine))
+                    self._set_roots(engine.source_roots())
                     self._roots_generation = gen
         return self.roots.get(source or "", ())
 
@@ -186,14 +168,14 @@ class MediaLibrary:
             return None
         roots = self._current_roots(_source(hit))
         if isinstance(loc, TarMember):
-            path = _clean_local(loc.shard)
+            path = safe_local_path(loc.shard)
             member = loc.member
             if path is None or member.startswith("/") or ".." in member.split("/"):
                 return None
             if any(is_within(path, r) for r in roots):
                 return MediaRef("tar", path=os.path.realpath(path), member=member, offset=loc.offset, size=loc.size)
             return None
-        path = _clean_local(loc.path)
+        path = safe_local_path(loc.path)
         if path is None:
             return None
         if any(is_within(path, r) for r in roots):
@@ -317,9 +299,9 @@ class MediaLibrary:
         base = self.media_cache_dir
         if not base.is_dir():
             return None
-        for candidate in _download_candidates(base, url):
-            if candidate and os.path.isfile(candidate) and is_within(candidate, str(base)):
-                return os.path.realpath(candidate)
+        candidate = cache_file(base, url)
+        if os.path.isfile(candidate) and is_within(candidate, str(base)):
+            return os.path.realpath(candidate)
         return None
 
 
@@ -339,13 +321,6 @@ def _source(hit: Any) -> str | None:
         meta = hit
     value = (meta or {}).get("source")
     return str(value) if value is not None else None
-
-
-def _download_candidates(base: Path, url: str) -> Iterable[str]:
-    """Where the downloader (``indexer.fetch.Downloader.cache_path``) keeps ``url``: a file named
-    by the SHA-256 of the URL, in a folder named by its first two hex digits."""
-    digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
-    yield str(base / digest[:2] / digest)
 
 
 def _read_checked(path: str, roots: Sequence[str], max_bytes: int) -> bytes | None:
@@ -381,8 +356,8 @@ def _read_checked(path: str, roots: Sequence[str], max_bytes: int) -> bytes | No
 def _make_thumbnail(data: bytes, size: int, *, name: str | None = None) -> bytes | None:
     from PIL import Image
 
-    from indexer.decode import decode_image
     from indexer.errors import DecodeError
+    from indexer.media.decode import decode_image
 
     try:
         img = decode_image(data, min_size=(size, size), name=name).image
@@ -393,59 +368,3 @@ def _make_thumbnail(data: bytes, size: int, *, name: str | None = None) -> bytes
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=85, optimize=True)
     return buf.getvalue()
-
-
-# -- source roots --------------------------------------------------------------------------
-
-
-def source_roots(engine) -> dict[str, tuple[str, ...]]:
-    """The root folder(s) of each source of an engine's collection (see the module docstring)."""
-    from indexer.browse import engine_sql
-
-    recorded: dict[str, tuple[str, ...]] = {}
-    try:
-        stats = engine.collection.latest_generation().stats or {}
-    except Exception:  # noqa: BLE001 - a damaged generation file: fall back to what the rows say
-        stats = {}
-    for name, entry in (stats.get("sources") or {}).items():
-        root = entry.get("root") if isinstance(entry, Mapping) else entry
-        roots = [root] if isinstance(root, str) else list(root or [])
-        if roots:
-            recorded[str(name)] = tuple(roots)
-    rows = engine_sql(
-        engine,
-        "SELECT source, min(location), max(location) FROM images "
-        "WHERE location IS NOT NULL AND location NOT LIKE 'http://%' AND location NOT LIKE 'https://%' "
-        "GROUP BY source",
-    )
-    out: dict[str, tuple[str, ...]] = dict(recorded)
-    for source, lo, hi in rows:
-        if source is None or source in out:
-            continue
-        if os.path.isabs(source) and os.path.isdir(source):
-            out[source] = (source,)
-            continue
-        root = _shared_folder(lo, hi)
-        if root is None:
-            log.warning("the images of source %r share no folder; they will not be shown", source)
-            continue
-        out[source] = (root,)
-    return out
-
-
-def _shared_folder(lo: str | None, hi: str | None) -> str | None:
-    """The deepest folder containing both locations (the min and max of a sorted set contain
-    every location between them in their common prefix)."""
-    if not lo or not hi:
-        return None
-    paths = []
-    for loc in (lo, hi):
-        local = local_path(loc)
-        p = _clean_local(local) if local is not None else None
-        if p is None:
-            return None
-        paths.append(p)
-    common = os.path.commonpath([os.path.dirname(paths[0]), os.path.dirname(paths[1])])
-    if common in ("", os.sep):
-        return None
-    return common

@@ -1,14 +1,12 @@
-"""Bytes for a location: a local file, a tar member, or an http(s) URL through the downloader.
+"""The downloader: http(s) media into an on-disk cache, politely and robustly.
 
-:func:`read_location` reads local files and tar members (see :mod:`indexer.sources.tar` for the
-``tar://`` format). :class:`Downloader` fetches http(s) URLs into an on-disk cache keyed by URL,
+:class:`Downloader` fetches http(s) URLs into an on-disk cache keyed by URL,
 with bounded concurrency (overall and per host), timeouts, retries with backoff that honour
 ``Retry-After``, a size limit and a check that the body is an image. Every failure is a
 :class:`~indexer.errors.FetchError` whose ``reason`` is one of ``http-<status>``, ``timeout``,
 ``too-large``, ``not-an-image``, ``truncated``, ``connection-error``, ``host-unreachable``,
-``invalid-url``, ``cache-error``
-(and, for local files, those of :func:`indexer.localfs.read_file`: ``not-found``,
-``permission-denied``, ``io-error``, ...) and whose ``detail`` names the URL or path.
+``invalid-url``, ``cache-error``, and whose ``detail`` names the URL. (Local files and tar members are
+read by :mod:`indexer.media.read`.)
 """
 
 from __future__ import annotations
@@ -20,11 +18,8 @@ import itertools
 import logging
 import os
 import random
-import tarfile
-import threading
 import time
 import urllib.request
-import zlib
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -32,156 +27,21 @@ from dataclasses import dataclass, field
 
 from indexer._version import __version__
 from indexer.errors import FetchError, LocationError
-from indexer.localfs import read_file
-from indexer.locations import RemoteUrl, TarMember, TarShard, parse_location, text_to_path
+from indexer.locations import RemoteUrl, parse_location
+from indexer.build.http import GENERIC_TYPES, RETRY_STATUS, content_length, host_of, looks_like_image, parse_retry_after
+from indexer.media.read import cache_file
 from indexer.store.files import atomic_file
 
-__all__ = ["read_location", "read_tar_member", "DownloadConfig", "Downloader", "looks_like_image", "DEFAULT_MAX_BYTES"]
+__all__ = ["DownloadConfig", "Downloader", "looks_like_image", "DEFAULT_MAX_BYTES"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 64 << 20
 
-# -- local files and tar members ---------------------------------------------------------------
-
-
-def read_location(location: str, *, max_bytes: int | None = None, downloader: Downloader | None = None) -> bytes:
-    """The bytes at ``location``: an absolute local path, a ``file://`` URL, a ``tar://`` member,
-    or (only with a ``downloader``) an http(s) URL. Raises FetchError; ``too-large`` when the
-    bytes would exceed ``max_bytes`` (checked before reading where the size is known)."""
-    try:
-        loc = parse_location(location)
-    except LocationError as exc:
-        raise FetchError("invalid-url", str(exc)) from None
-    if isinstance(loc, TarMember):
-        return read_tar_member(loc, max_bytes, location)
-    if isinstance(loc, TarShard):
-        raise FetchError("invalid-url", f"tar location without a #member: {location!r}")
-    if isinstance(loc, RemoteUrl):
-        if downloader is None:
-            raise FetchError("invalid-url", f"{location}: http(s) locations are read through a Downloader")
-        for _, result in downloader.fetch_many([location]):
-            if isinstance(result, FetchError):
-                raise result
-            return read_location(result, max_bytes=max_bytes)
-        raise FetchError("connection-error", f"{location}: no result from the downloader")  # pragma: no cover
-    return read_file(loc.path, max_bytes=max_bytes)
-
-
-def read_tar_member(loc: TarMember, max_bytes: int | None, location: str | None = None) -> bytes:
-    """The bytes of a tar member: one seek when its offset is known, else by streaming forward
-    through the (compressed) shard. Raises FetchError (``not-found``, ``too-large``, ``truncated``,
-    ``io-error``); ``location`` is what the messages name (default: the member's location)."""
-    location = location or str(loc)
-    if loc.offset is not None and loc.size is not None:
-        if max_bytes is not None and loc.size > max_bytes:
-            raise FetchError("too-large", f"{location}: {loc.size} bytes, more than the limit of {max_bytes}")
-        try:
-            with open(text_to_path(loc.shard), "rb") as fh:
-                fh.seek(loc.offset)
-                data = fh.read(loc.size)
-        except FileNotFoundError:
-            raise FetchError("not-found", f"no such tar shard: {loc.shard}") from None
-        except OSError as exc:
-            raise FetchError("io-error", f"cannot read {loc.shard}: {exc.strerror or exc}") from None
-        if len(data) < loc.size:
-            raise FetchError("truncated", f"{location}: the shard ends after {len(data)} of {loc.size} bytes")
-        return data
-    return _STREAMS.read(loc.shard, loc.member, max_bytes, location)
-
-
-class _TarStreams:
-    """Members of compressed shards, read by streaming forward through the shard.
-
-    Keeps one open stream per process (and its place in it), so members asked for in shard order
-    cost a single pass; a member behind the current place reopens the shard. Thread-safe (one
-    reader at a time: a compressed stream has one position).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._shard: str | None = None
-        self._stamp: tuple[int, int] | None = None
-        self._tar: tarfile.TarFile | None = None
-        self._seen: set[str] = set()
-
-    def _close(self) -> None:
-        if self._tar is not None:
-            self._tar.close()
-        self._tar, self._shard, self._stamp, self._seen = None, None, None, set()
-
-    def read(self, shard: str, member: str, max_bytes: int | None, location: str) -> bytes:
-        with self._lock:
-            try:
-                st = os.stat(text_to_path(shard))
-            except FileNotFoundError:
-                raise FetchError("not-found", f"no such tar shard: {shard}") from None
-            except OSError as exc:
-                raise FetchError("io-error", f"cannot read {shard}: {exc.strerror or exc}") from None
-            stamp = (st.st_mtime_ns, st.st_size)
-            if self._shard != shard or self._stamp != stamp or member in self._seen:
-                self._close()
-            for _attempt in range(2):
-                if self._tar is None:
-                    try:
-                        self._tar = tarfile.open(text_to_path(shard), mode="r|*")  # noqa: SIM115 - kept open between reads
-                    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-                        raise FetchError("io-error", f"cannot open tar shard {shard}: {exc}") from None
-                    self._shard, self._stamp = shard, stamp
-                try:
-                    for info in self._tar:
-                        self._seen.add(info.name)
-                        if info.name != member or not info.isfile():
-                            continue
-                        if max_bytes is not None and info.size > max_bytes:
-                            raise FetchError(
-                                "too-large", f"{location}: {info.size} bytes, more than the limit of {max_bytes}"
-                            )
-                        fh = self._tar.extractfile(info)
-                        data = fh.read() if fh is not None else b""
-                        if len(data) < info.size:
-                            raise FetchError("truncated", f"{location}: {len(data)} of {info.size} bytes")
-                        return data
-                except FetchError:
-                    self._close()
-                    raise
-                except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-                    self._close()
-                    raise FetchError("truncated", f"{location}: the shard breaks before the member ({exc})") from None
-                self._close()  # reached the end: the member was behind us, or is not there
-            raise FetchError("not-found", f"{location}: no member {member!r} in {shard}")
-
-
-_STREAMS = _TarStreams()
-
 # -- the downloader ----------------------------------------------------------------------------
 
-_GENERIC_TYPES = {
-    "",
-    "application/octet-stream",
-    "binary/octet-stream",
-    "application/binary",
-    "application/x-binary",
-    "application/unknown",
-    "application/download",
-    "application/force-download",
-}
-_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
-def looks_like_image(head: bytes) -> bool:
-    """Whether ``head`` (the first bytes of a body) starts like an image file format Pillow reads."""
-    return (
-        head.startswith(b"\xff\xd8\xff")  # JPEG
-        or head.startswith(b"\x89PNG\r\n\x1a\n")
-        or head[:6] in (b"GIF87a", b"GIF89a")
-        or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
-        or head[:4] in (b"II*\x00", b"MM\x00*")  # TIFF
-        or head[:2] == b"BM"
-        or head.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n")  # JPEG 2000
-        or head.startswith(b"\xffO\xffQ")  # JPEG 2000 codestream
-        or (head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"avif", b"avis"))
-    )
 
 
 @dataclass(frozen=True)
@@ -306,8 +166,7 @@ class Downloader:
 
     def cache_path(self, url: str) -> str:
         """Where the body of ``url`` is (or will be) cached."""
-        digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
-        return os.path.join(self.cache_dir, digest[:2], digest)
+        return cache_file(self.cache_dir, url)
 
     def cached(self, url: str) -> str | None:
         """The cache file of ``url`` if it was downloaded before, else None."""
@@ -364,7 +223,7 @@ class Downloader:
                     if url in waiting:
                         waiting[url] += 1
                         continue
-                    host, problem = _host_of(url)
+                    host, problem = host_of(url)
                     if problem is not None:
                         yield url, problem
                         continue
@@ -524,19 +383,19 @@ class Downloader:
         status = resp.status
         if status >= 300:
             resp.close()  # the error page is not wanted; its connection is not reused
-            retry_after = _retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
+            retry_after = parse_retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
             raise _Failed(
                 f"http-{status}",
                 f"{url}: HTTP {status} {resp.reason or ''}".rstrip(),
-                retry=status in _RETRY_STATUS,
+                retry=status in RETRY_STATUS,
                 retry_after=retry_after,
             )
-        length = _content_length(resp.headers.get("Content-Length"))
+        length = content_length(resp.headers.get("Content-Length"))
         if length is not None and length > cfg.max_bytes:
             resp.close()
             raise _Failed("too-large", f"{url}: Content-Length {length} is more than the limit of {cfg.max_bytes}")
         ctype = (resp.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-        generic = ctype in _GENERIC_TYPES
+        generic = ctype in GENERIC_TYPES
         if not generic and not ctype.startswith("image/"):
             resp.close()
             raise _Failed("not-an-image", f"{url}: Content-Type {ctype!r} is not an image")
@@ -590,39 +449,7 @@ class Downloader:
                 resp.close()
 
 
-def _host_of(url: str) -> tuple[str, FetchError | None]:
-    try:
-        loc = parse_location(url)
-    except LocationError as exc:
-        return "", FetchError("invalid-url", str(exc))
-    if not isinstance(loc, RemoteUrl):
-        return "", FetchError("invalid-url", f"{url}: not an http(s) URL with a host")
-    return loc.host, None
 
 
-def _content_length(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        n = int(value.strip())
-    except ValueError:
-        return None
-    return n if n >= 0 else None
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from indexer.errors import SourceError
-from indexer.sources._common import (
+from indexer.build.sources._common import (
     BATCH_ROWS,
     HTTP_URL_RE,
     connect,
@@ -178,7 +178,7 @@ class ManifestSource:
         return f"ManifestSource({self.path!r}, path_column={self.path_column!r})"
 
     def _transcoded(self) -> str:
-        from indexer.sources._archive import _transcode
+        from indexer.build.sources._archive import _transcode
 
         log.warning("%s is not valid UTF-8; reading it as Windows-1252", self.path)
         self._tmp = tempfile.TemporaryDirectory(prefix="bioclip-manifest-")

@@ -88,7 +88,7 @@ class FolderSource:
     """Every image file under ``root`` (recursively), with metadata from an optional labels CSV.
 
     ``key`` and ``location`` are the absolute path (in the lossless text form of
-    ``indexer.localfs.path_to_text``). Files the walk cannot use (broken symlinks, loops,
+    ``indexer.media.localfs.path_to_text``). Files the walk cannot use (broken symlinks, loops,
     unreadable directories) come out as rows with ``error_reason``.
     """
 
@@ -106,7 +106,7 @@ class FolderSource:
         return f"FolderSource({self.root!r}, labels={self.labels!r})"
 
     def scan(self) -> Iterator[pa.RecordBatch]:
-        from indexer.localfs import FileProblem, walk_images
+        from indexer.media.localfs import FileProblem, walk_images
 
         rows: dict[str, list] = {
             k: [] for k in ("relpath", "key", "location", "size", "mtime", "error_reason", "error_detail")

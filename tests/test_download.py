@@ -1,4 +1,4 @@
-"""The downloader against a local HTTP server, and read_location for files and tar members."""
+"""The downloader against a local HTTP server, and read_location (indexer.media.read) for files and tar members."""
 
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from indexer.build.download import DownloadConfig, Downloader
+from indexer.build.http import looks_like_image
+from indexer.build.http import parse_retry_after as _retry_after
 from indexer.errors import FetchError
-from indexer.fetch import DownloadConfig, Downloader, _retry_after, looks_like_image, read_location
 from indexer.locations import tar_location
+from indexer.media.read import read_location
 
 
 def _jpeg(color=(200, 30, 30), size=(16, 12)) -> bytes:

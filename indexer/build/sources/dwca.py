@@ -35,8 +35,8 @@ from typing import Any
 import pyarrow as pa
 
 from indexer.errors import SourceError
-from indexer.sources._archive import ArchiveFiles, normalise_encoding
-from indexer.sources._common import (
+from indexer.build.sources._archive import ArchiveFiles, normalise_encoding
+from indexer.build.sources._common import (
     BATCH_ROWS,
     connect,
     duckdb_message,

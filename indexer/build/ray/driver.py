@@ -17,11 +17,11 @@ bounds the decoded tensors in between. The read tasks are long-lived (they drain
 a sentinel), so they are the decode workers: one per CPU left over by the encoders.
 
 Failures are values, as in the local executor: a bad file comes back as a failure record with the
-reason :func:`indexer.pipeline.process_item` gave it. A batch the encoder fails on (out of GPU
+reason :func:`indexer.build.item.process_item` gave it. A batch the encoder fails on (out of GPU
 memory, say) comes back as ``worker-crashed`` failures at stage ``encode`` (retried by the next
 run). A Ray task that dies (a worker killed, a crash in a native decoder) loses the items it held:
 Ray Data drops its block and the items come back, at the end, as ``worker-crashed`` failures.
-More than ``_MAX_LOST_BLOCKS`` of either stops the run with :class:`RayExecutorError` (committed
+More than ``MAX_LOST_BLOCKS`` of either stops the run with :class:`RayExecutorError` (committed
 work is kept). A model that cannot be loaded in the actors, decoders that all fail, or workers
 that cannot see files this machine sees are :class:`RayExecutorError` too: set-up problems, not
 properties of the images, so they are never recorded against the images.
@@ -36,15 +36,16 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import socket
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from indexer.build.ray.plan import RayPlan, plan
+from indexer.build.ray.workers import MAX_LOST_BLOCKS, dataset
 from indexer.errors import IndexerError, RayExecutorError, RayNotInstalledError
 from indexer.locations import local_path, text_to_path
 
@@ -52,9 +53,6 @@ __all__ = ["RayExecutorError", "RayNotInstalledError", "RayPlan", "encode_with_r
 
 log = logging.getLogger(__name__)
 
-#: Ray Data blocks that may fail (their items recorded as ``worker-crashed``) before the run
-#: stops. More than a few means something systematic: stop and say so.
-_MAX_LOST_BLOCKS = 16
 #: Reasons with which a worker says "no such file": checked against this machine's view.
 _MISSING = frozenset({"not-found", "broken-symlink"})
 
@@ -70,241 +68,6 @@ def _import_ray():
             "or build with the local executor."
         ) from None
     return ray
-
-
-# ---------------------------------------------------------------------------------------------
-# the plan: devices, actors, decoders, batch sizes
-
-
-@dataclass(frozen=True)
-class RayPlan:
-    """How the Ray pipeline is laid out. :func:`plan` derives it from the cluster's resources."""
-
-    device: str  # "cuda" or "cpu": where encoder actors run
-    precision: str  # for the actors' load_model
-    actors: int  # encoder actors (the pool's fixed size)
-    actor_cpus: float  # CPUs reserved by each encoder actor (its torch threads on CPU)
-    actor_gpus: float  # GPUs reserved by each encoder actor
-    decoders: int  # long-lived read tasks that decode
-    decode_cpus: float  # CPUs reserved by each decoder
-    batch_size: int  # images per forward pass
-    decode_rows: int  # items per block a decoder takes from the queue
-    in_flight: int  # items fed to Ray and not yet back, at most (plus one block)
-
-
-def plan(
-    resources: Mapping[str, float],
-    *,
-    batch_size: int | None = None,
-    device: str | None = None,
-    precision: str = "auto",
-    actors: int | None = None,
-    node_cpus: float | None = None,
-) -> RayPlan:
-    """Lay out a run for a cluster with ``resources`` (``ray.cluster_resources()``).
-
-    ``device``: None picks ``cuda`` when the cluster has a GPU, else ``cpu``. GPU actors take one
-    GPU (and one core) each, one actor per GPU by default. CPU actors share about three quarters
-    of the cores (about 4 torch threads each). Decoders get the cores the actors leave, one each:
-    actors hold their cores for the whole run, so the plan always leaves decoders some (else the
-    pipeline would wait forever). ``batch_size``: None is 256 on GPUs, 8 on CPUs (the local
-    executor's defaults, for the same reasons). ``node_cpus``: the largest node's CPUs; an actor
-    never asks for more (it could not be placed).
-    """
-    cpus = float(resources.get("CPU", 1) or 1)
-    gpus = int(resources.get("GPU", 0) or 0)
-    dev = (device or ("cuda" if gpus else "cpu")).lower()
-    if dev.startswith("cuda"):
-        if gpus < 1:
-            raise RayExecutorError(
-                "encoder actors were asked to run on CUDA but the Ray cluster has no GPU "
-                f"(resources: {dict(resources)}); start GPU nodes or use device cpu."
-            )
-        dev, n, bs, prec = "cuda", actors or gpus, batch_size or 256, precision
-        if n > gpus:
-            log.warning("%d GPU encoder actors asked for, the cluster has %d GPUs now: some wait for more", n, gpus)
-        actor_cpus = min(1.0, cpus / (2 * n))  # feeding a GPU takes a core, unless cores are scarce
-        actor_gpus, rows = 1, 64
-    elif dev == "cpu":
-        decode = max(cpus / 4, min(1.0, cpus / 2))
-        n = actors or max(1, int((cpus - decode) // 4))
-        actor_cpus = min((cpus - decode) / n, node_cpus or cpus)
-        bs, prec, actor_gpus = batch_size or 8, ("fp32" if precision == "auto" else precision), 0
-        rows = max(8, min(64, bs))
-    else:
-        raise RayExecutorError(f"the Ray executor runs encoders on cuda or cpu, not {device!r}")
-    left = max(cpus - n * actor_cpus, 0.5)
-    decode_cpus = min(1.0, left)
-    decoders = max(1, int(left // decode_cpus))
-    # Items Ray may hold without producing a result: a partial block per decoder, a partial batch
-    # per actor. The window is well above that (or the driver would wait for results forever).
-    in_flight = max(1024, 4 * (decoders * rows + n * bs), 8 * n * bs)
-    return RayPlan(
-        device=dev,
-        precision=prec,
-        actors=n,
-        actor_cpus=actor_cpus,
-        actor_gpus=actor_gpus,
-        decoders=decoders,
-        decode_cpus=decode_cpus,
-        batch_size=bs,
-        decode_rows=rows,
-        in_flight=in_flight,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Ray side: decoders (read tasks) and encoder actors. Per item, nothing here raises.
-
-
-def _decoder(feed, preprocess: dict, max_pixels, max_bytes) -> Iterator[pa.Table]:
-    """A read task: decode blocks of descriptors from the driver's feed until a ``None`` sentinel."""
-    import torch
-
-    from bioclip.preprocess import PreprocessConfig, make_transform
-
-    torch.set_num_threads(1)  # one core per decoder: Ray gave it one
-    cfg = PreprocessConfig.from_dict(preprocess)
-    transform = make_transform(cfg)
-    host = socket.gethostname()
-    while True:
-        block = feed.get(block=True)
-        if block is None:
-            return
-        yield _decode_block(block, cfg, transform, host, max_pixels, max_bytes)
-
-
-def _decode_block(block: pa.Table, cfg, transform, host: str, max_pixels, max_bytes) -> pa.Table:
-    """Decode and preprocess one block of descriptors with :func:`process_item`.
-
-    Columns: pid, i, ok, sha256, width, height, stage, reason, detail, host, tensor (float32
-    (3, S, S) per row; zeros for failed items). Strings are never null, so that every block has
-    the same Arrow schema.
-    """
-    from ray.data.extensions import ArrowTensorArray
-
-    from indexer.pipeline import process_item
-
-    n = block.num_rows
-    read_from = block.column("read_from").to_pylist()
-    location = block.column("location").to_pylist()
-    tensors = np.zeros((n, 3, cfg.size, cfg.size), dtype=np.float32)
-    ok = np.zeros(n, dtype=bool)
-    sha, stage, reason, detail = [""] * n, [""] * n, [""] * n, [""] * n
-    width, height = np.zeros(n, np.int32), np.zeros(n, np.int32)
-    for j in range(n):
-        rec = process_item(j, read_from[j], location[j], transform, cfg.draft_size, max_pixels, max_bytes)
-        if rec.get("tensor") is not None:
-            ok[j] = True
-            tensors[j] = rec["tensor"].numpy()
-            sha[j], width[j], height[j] = rec["sha256"], rec["width"], rec["height"]
-        else:
-            stage[j] = rec.get("stage") or "decode"
-            reason[j] = rec.get("reason") or "error"
-            detail[j] = rec.get("detail") or ""
-    return pa.table(
-        {
-            "pid": block.column("pid"),
-            "i": block.column("i"),
-            "ok": pa.array(ok),
-            "sha256": pa.array(sha, pa.string()),
-            "width": pa.array(width),
-            "height": pa.array(height),
-            "stage": pa.array(stage, pa.string()),
-            "reason": pa.array(reason, pa.string()),
-            "detail": pa.array(detail, pa.string()),
-            "host": pa.array([host] * n, pa.string()),
-            "tensor": ArrowTensorArray.from_numpy(tensors),
-        }
-    )
-
-
-class _Encoder:
-    """An encoder actor: the collection's model, loaded once, encoding decoded batches."""
-
-    def __init__(self, model_info: dict, device: str, precision: str, threads: int):
-        import torch
-
-        from indexer.store.model import load_recorded_model
-
-        if device == "cpu":
-            torch.set_num_threads(max(1, int(threads)))
-        self.model = load_recorded_model(model_info, device=device, precision=precision)
-        want = model_info.get("dimension")
-        if want is not None and self.model.dimension != int(want):
-            raise RayExecutorError(
-                f"model {model_info.get('name') or model_info['source']} gives {self.model.dimension}-d vectors in a Ray worker; "
-                f"the collection holds {want}-d vectors"
-            )
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
-        tensors = batch.pop("tensor")
-        ok = np.asarray(batch["ok"], dtype=bool)
-        vectors = np.zeros((len(ok), self.model.dimension), dtype=np.float32)
-        if ok.any():
-            try:
-                vectors[ok] = self.model.encode_image_tensors(torch.from_numpy(np.ascontiguousarray(tensors[ok])))
-            except Exception as exc:  # e.g. out of GPU memory: the batch's items come back as failures
-                batch["stage"] = np.where(ok, "encode", batch["stage"]).astype(object)
-                batch["reason"] = np.where(ok, "worker-crashed", batch["reason"]).astype(object)
-                batch["detail"] = np.where(ok, f"{type(exc).__name__}: {exc}", batch["detail"]).astype(object)
-                batch["ok"] = np.zeros_like(ok)
-        batch["vector"] = vectors
-        return batch
-
-
-def _dataset(ray, feed, model_info: dict, options, p: RayPlan):
-    """The streaming pipeline: ``p.decoders`` decoders (read tasks) -> ``p.actors`` encoders."""
-    import ray.data
-    from ray.data.block import BlockMetadata
-    from ray.data.datasource import Datasource, ReadTask
-
-    preprocess = dict(model_info.get("preprocess") or {})
-    max_pixels, max_bytes = options.max_pixels, options.max_bytes
-
-    class _Feed(Datasource):
-        def estimate_inmemory_data_size(self):
-            return None
-
-        def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
-            meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)
-            return [
-                ReadTask(lambda: _decoder(feed, preprocess, max_pixels, max_bytes), meta) for _ in range(p.decoders)
-            ]
-
-    ds = ray.data.read_datasource(_Feed(), num_cpus=p.decode_cpus, override_num_blocks=p.decoders)
-    ds = ds.map_batches(
-        _Encoder,
-        batch_size=p.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=p.actors),
-        num_cpus=p.actor_cpus,
-        num_gpus=p.actor_gpus or None,
-        fn_constructor_kwargs={
-            "model_info": dict(model_info),
-            "device": p.device,
-            "precision": p.precision,
-            "threads": max(1, int(p.actor_cpus)),
-        },
-    )
-    ctx = ds.context
-    # A read task's output buffer holds what it yields until the buffer exceeds the target block
-    # size. Just under one decoded block: every block goes on at once (a long-lived decoder must
-    # not sit on finished images), and none is sliced.
-    size = int(preprocess.get("size") or 224)
-    ctx.target_max_block_size = int(0.9 * p.decode_rows * (3 * size * size * 4 + 256))
-    ctx.max_errored_blocks = _MAX_LOST_BLOCKS
-    # The input is fed by the driver, which may pause for long (downloading a piece of URLs):
-    # an idle pipeline is not a stuck one.
-    ctx.execution_no_progress_timeout_s = -1
-    ctx.enable_progress_bars = False
-    return ds
-
-
-# ---------------------------------------------------------------------------------------------
-# driver side
 
 
 def encode_with_ray(
@@ -351,7 +114,9 @@ def encode_with_ray(
     elif getattr(options, "ray_address", None):
         log.info("Ray is already initialised in this process; using it, not %s", options.ray_address)
     try:
-        yield from _run(ray, work, model_info, options, batch_size, model, device, actors)
+        yield from _run(
+            ray, work, model_info=model_info, options=options, batch_size=batch_size, model=model, device=device, actors=actors
+        )
     finally:
         if connected_here:
             ray.shutdown()
@@ -438,7 +203,7 @@ class _Feeder:
 _END = object()
 
 
-def _run(ray, work, model_info, options, batch_size, model, device, actors):
+def _run(ray: Any, work: Iterable, *, model_info: dict, options: Any, batch_size: int | None, model: Any, device: str | None, actors: int | None) -> Iterator:
     resources = ray.cluster_resources()
     actor_kind = (device or ("cuda" if resources.get("GPU", 0) else "cpu")).split(":")[0]
     same_kind = model is not None and str(model.device).split(":")[0] == actor_kind
@@ -460,7 +225,7 @@ def _run(ray, work, model_info, options, batch_size, model, device, actors):
     stop = threading.Event()
     consumer = threading.Thread(
         target=_consume,
-        args=(_dataset(ray, feed, model_info, options, p), results, stop),
+        args=(dataset(ray, feed, model_info, options, p), results, stop),
         name="ray-results",
         daemon=True,
     )
@@ -484,7 +249,7 @@ def _run(ray, work, model_info, options, batch_size, model, device, actors):
                 _check_visible(failed, piece.read_from)
                 if any(f["stage"] == "encode" for f in failed):
                     encode_errors += 1
-                    if encode_errors > _MAX_LOST_BLOCKS:
+                    if encode_errors > MAX_LOST_BLOCKS:
                         detail = next(f["detail"] for f in failed if f["stage"] == "encode")
                         raise RayExecutorError(f"encoding failed in {encode_errors} batches, lately: {detail}")
                 for f in failed:

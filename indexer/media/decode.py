@@ -281,7 +281,7 @@ def _let_pillow_accept(pixels: int, max_pixels: int) -> None:
             Image.MAX_IMAGE_PIXELS = max_pixels
             log.info(
                 "raised PIL.Image.MAX_IMAGE_PIXELS from %s to %s to decode a %s-pixel image "
-                "(indexer.decode checks max_pixels from the header itself)",
+                "(indexer.media.decode checks max_pixels from the header itself)",
                 f"{current:,}",
                 f"{max_pixels:,}",
                 f"{pixels:,}",

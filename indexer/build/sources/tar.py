@@ -6,7 +6,7 @@ as ``shards/{000..099}.tar`` (expanded here, bash-style: numeric ranges keep the
 
 Locations (formatted by :func:`indexer.locations.tar_location`): for an uncompressed shard,
 ``tar://ABS_SHARD?offset=N&size=M#MEMBER`` where N is the byte offset of the member's data, so
-:func:`indexer.fetch.read_location` reads exactly those bytes with one seek. A compressed shard
+:func:`indexer.media.read.read_location` reads exactly those bytes with one seek. A compressed shard
 (``.tar.gz``, ``.tar.bz2``, ``.tar.xz``) cannot be read at an offset: its locations are
 ``tar://ABS_SHARD#MEMBER`` and reading one streams through the shard up to that member (the reader
 keeps its place, so items read in shard order cost one pass; out of order, one pass each).
@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from indexer.errors import SourceError
 from indexer.locations import shard_location, tar_key, tar_location
-from indexer.sources._common import BATCH_ROWS, path_to_text
+from indexer.build.sources._common import BATCH_ROWS, path_to_text
 from indexer.store.schema import canonical_column
 
 __all__ = [

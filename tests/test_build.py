@@ -9,10 +9,10 @@ import pytest
 from imagegen import make_folder, picture
 from PIL import Image
 
+from indexer.build import BuildOptions, build
+from indexer.build.sources import FolderSource
 from indexer.engine import SearchEngine
 from indexer.errors import ModelMismatchError
-from indexer.pipeline import BuildOptions, build
-from indexer.sources import FolderSource
 from indexer.store import Collection
 
 
@@ -243,7 +243,7 @@ def test_rehash_finds_new_content_behind_an_unchanged_size_and_time(tmp_path, mo
 
 
 def test_a_locked_collection_is_refused_before_the_model_loads(tmp_path, model, monkeypatch):
-    from indexer import pipeline
+    from indexer.build import target
     from indexer.errors import CollectionLockedError
 
     folder = make_folder(tmp_path / "imgs", 2)
@@ -252,6 +252,6 @@ def test_a_locked_collection_is_refused_before_the_model_loads(tmp_path, model, 
     def no_loading(*a, **k):
         raise AssertionError("the model was loaded before the lock was taken")
 
-    monkeypatch.setattr(pipeline, "load_collection_model", no_loading)
+    monkeypatch.setattr(target, "load_collection_model", no_loading)
     with Collection.open(tmp_path / "col").writer(), pytest.raises(CollectionLockedError, match="another indexer"):
         build(tmp_path / "col", [FolderSource(folder)], options=BuildOptions(workers=0))

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pytest
 from imagegen import make_folder, picture
 
+from indexer.build import BuildOptions, build
+from indexer.build.sources import FolderSource
 from indexer.engine import SearchEngine
-from indexer.pipeline import BuildOptions, build
-from indexer.sources import FolderSource
 from indexer.store import Collection
 
 # Ray Data's own DataContext copies warn about its deprecated fields.
@@ -127,7 +127,7 @@ def test_ray_build_equals_local_build(tmp_path, ray_cluster, model):
 def test_work_is_streamed_and_every_row_comes_back_once(tmp_path, ray_cluster, model, monkeypatch):
     """Many small pieces through a small in-flight window: the work generator is read lazily (at
     most a window ahead of the results) and each piece's rows come back once, with that piece."""
-    import indexer.ray_executor as rx
+    import indexer.build.ray.driver as rx
 
     real_plan = rx.plan
 
@@ -183,7 +183,7 @@ def test_work_is_streamed_and_every_row_comes_back_once(tmp_path, ray_cluster, m
 
 @ray_timeout
 def test_a_model_the_actors_cannot_load_is_a_named_error(tmp_path, ray_cluster, model):
-    import indexer.ray_executor as rx
+    import indexer.build.ray.driver as rx
 
     folder = make_folder(tmp_path / "imgs", 3, labels=False)
     paths = sorted(str(p) for p in folder.rglob("*.png"))
@@ -194,7 +194,7 @@ def test_a_model_the_actors_cannot_load_is_a_named_error(tmp_path, ray_cluster, 
 
 
 def test_ray_missing_is_a_named_error(monkeypatch):
-    import indexer.ray_executor as rx
+    import indexer.build.ray.driver as rx
     from indexer.errors import IndexerError
 
     monkeypatch.setitem(sys.modules, "ray", None)
@@ -206,7 +206,7 @@ def test_ray_missing_is_a_named_error(monkeypatch):
 def test_an_encoder_error_returns_the_batch_as_failures(model):
     """In the actor, an exception from the forward pass (out of GPU memory, say) becomes failures
     of that batch's decoded items; the items that had already failed keep their own reason."""
-    from indexer.ray_executor import _Encoder
+    from indexer.build.ray.workers import Encoder as _Encoder
 
     enc = _Encoder(model.describe(), "cpu", "fp32", 1)
     batch = {
@@ -227,7 +227,7 @@ def test_an_encoder_error_returns_the_batch_as_failures(model):
 
 
 def test_plan_from_cluster_resources():
-    from indexer.ray_executor import RayExecutorError, plan
+    from indexer.build.ray.driver import RayExecutorError, plan
 
     gpu = plan({"CPU": 64, "GPU": 8})
     assert (gpu.device, gpu.actors, gpu.actor_gpus, gpu.batch_size) == ("cuda", 8, 1, 256)
@@ -241,7 +241,7 @@ def test_plan_from_cluster_resources():
 
 
 def test_a_worker_that_cannot_see_a_file_this_machine_sees_stops_the_run(tmp_path):
-    from indexer.ray_executor import RayExecutorError, _check_visible
+    from indexer.build.ray.driver import RayExecutorError, _check_visible
 
     here = tmp_path / "x.png"
     here.write_bytes(b"x")
@@ -253,8 +253,8 @@ def test_a_worker_that_cannot_see_a_file_this_machine_sees_stops_the_run(tmp_pat
 
 def test_a_worker_that_cannot_see_a_tar_shard_stops_the_run(tmp_path):
     """The guard looks at the shard of a tar location (percent-decoded, without ?offset=&size=)."""
+    from indexer.build.ray.driver import RayExecutorError, _check_visible
     from indexer.locations import tar_location
-    from indexer.ray_executor import RayExecutorError, _check_visible
 
     shard = tmp_path / "shards 1" / "000.tar"
     shard.parent.mkdir()

@@ -1,4 +1,4 @@
-"""indexer.media: images served only from the collection's own sources; thumbnails made once."""
+"""indexer.media.library: images served only from the collection's own sources; thumbnails made once."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 from test_app_fixtures import build_app_collection, picture_bytes
 
 from indexer.engine import Hit
-from indexer.media import MediaLibrary, is_within, source_roots
+from indexer.media.library import MediaLibrary, is_within
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +215,7 @@ def test_link_prefers_the_published_media_url(lib_root):
 
 
 def test_source_roots_of_a_folder_collection(engine, coll):
-    roots = source_roots(engine)
+    roots = engine.source_roots()
     assert roots == {str(coll.images): (str(coll.images),)}
 
 
@@ -228,9 +228,9 @@ def test_every_image_of_a_built_collection_has_a_thumbnail(engine, coll, tmp_pat
 
 
 def test_a_source_named_otherwise_gets_the_folder_its_images_share(tmp_path, tiny_model_dir):
+    from indexer.build import BuildOptions, build
+    from indexer.build.sources import FolderSource
     from indexer.engine import SearchEngine
-    from indexer.pipeline import BuildOptions, build
-    from indexer.sources import FolderSource
 
     folder = tmp_path / "pics"
     (folder / "x").mkdir(parents=True)
@@ -245,7 +245,7 @@ def test_a_source_named_otherwise_gets_the_folder_its_images_share(tmp_path, tin
         options=BuildOptions(build_index=False, workers=0),
     )
     engine = SearchEngine.open(tmp_path / "c", device="cpu")
-    assert source_roots(engine) == {"sample": (str(folder),)}
+    assert engine.source_roots() == {"sample": (str(folder),)}
     lib = MediaLibrary.for_engine(engine)
     assert all(isinstance(lib.thumbnail(h), bytes) for h in engine.get([0, 1]))
     # a row of that source pointing elsewhere still shows nothing
@@ -254,9 +254,9 @@ def test_a_source_named_otherwise_gets_the_folder_its_images_share(tmp_path, tin
 
 
 def test_a_source_added_later_is_served_after_the_engine_moves_on(tmp_path, tiny_model_dir):
+    from indexer.build import BuildOptions, build
+    from indexer.build.sources import FolderSource
     from indexer.engine import SearchEngine
-    from indexer.pipeline import BuildOptions, build
-    from indexer.sources import FolderSource
 
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
@@ -293,9 +293,9 @@ def test_a_tar_shard_collection_shows_thumbnails_and_detail_images(tmp_path, tin
     """Built from real shards (one uncompressed: seekable locations with ?offset=&size=; one
     compressed), in a folder whose name is percent-encoded in the locations, and shown through the
     app's media layer."""
+    from indexer.build import BuildOptions, build
+    from indexer.build.sources import TarShardSource
     from indexer.engine import SearchEngine
-    from indexer.pipeline import BuildOptions, build
-    from indexer.sources import TarShardSource
 
     folder = tmp_path / "shards 100%"
     folder.mkdir()
