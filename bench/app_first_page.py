@@ -151,8 +151,8 @@ def main() -> None:
     from bioclip.testing import write_random_model
     from indexer import browse
     from indexer.browse import BrowseState
-    from indexer.engine import SearchEngine
     from indexer.media.library import MediaLibrary
+    from indexer.search.engine import SearchEngine
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-app-"))
     try:

@@ -248,8 +248,8 @@ def run(args) -> None:
 
     from bioclip import load_model
     from indexer import ann
-    from indexer.engine import SearchEngine
-    from indexer.filters import Filter
+    from indexer.search.engine import SearchEngine
+    from indexer.search.filters import Filter
     from indexer.store import Collection, is_collection
 
     print(f"machine: {machine()}, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}")

@@ -32,8 +32,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from indexer.errors import QueryError
-from indexer.filters import Condition, Filter
 from indexer.locations import file_name
+from indexer.search.filters import Condition, Filter
 from indexer.store.schema import RANK_COLUMNS, RANKS
 
 __all__ = [
@@ -46,7 +46,6 @@ __all__ = [
     "UploadError",
     "read_upload",
     "run_search",
-    "list_images",
     "suggest_taxa",
     "describe_taxon",
     "hit_rank",
@@ -71,7 +70,6 @@ __all__ = [
     "collection_overview",
     "page_bounds",
     "listing_page",
-    "engine_sql",
     "configure_threads",
 ]
 
@@ -490,46 +488,6 @@ def _mb(n: int) -> str:
 # searching
 
 
-def engine_sql(engine, sql: str, params: Sequence | None = None) -> list[tuple]:
-    """Run a read-only query against the engine's current metadata (the ``images`` table).
-
-    A stopgap until the engine offers listing and per-source summaries itself: it uses the
-    engine's current state, the one its searches use.
-    """
-    state = engine._current()  # noqa: SLF001 - see the docstring
-    return state.cursor().execute(sql, list(params or [])).fetchall()
-
-
-def _filter_sql(engine, filters: Filter) -> tuple[str, list, list[str]]:
-    state = engine._current()  # noqa: SLF001 - see engine_sql
-    return filters.to_sql(state.generation.extra_keys, state.taxonomy())
-
-
-def list_images(engine, filters: Filter | None, k: int, offset: int = 0, total: int | None = None):
-    """Images passing ``filters`` (all, without), in id order: what the page shows with no query.
-    ``total``: their number when the caller knows it already (not counted again)."""
-    from indexer.engine import SearchResult
-
-    where, params, notices = ("TRUE", [], [])
-    if filters:
-        where, params, notices = _filter_sql(engine, filters)
-    if total is None:
-        total = int(engine_sql(engine, f"SELECT count(*) FROM images WHERE {where}", params)[0][0])
-    ids = [
-        r[0]
-        for r in engine_sql(
-            engine, f"SELECT id FROM images WHERE {where} ORDER BY id LIMIT {int(k)} OFFSET {int(offset)}", params
-        )
-    ]
-    hits = engine.get(ids)
-    what = "all images" if not filters else f"images where {filters.describe()}"
-    if filters and total == 0:
-        notices = [*notices, "no image matches the filters"]
-    return SearchResult(
-        hits=hits, interpretation=what, notices=list(notices), candidates=total, generation=engine.generation
-    )
-
-
 def listing_page(engine, state: BrowseState, result) -> tuple[list, int, int, int, int, int]:
     """The page of a result to show: ``(hits, start, end, page, pages, total)``.
 
@@ -543,7 +501,7 @@ def listing_page(engine, state: BrowseState, result) -> tuple[list, int, int, in
     start, end, page, pages = page_bounds(total, state.page)
     if end <= len(hits):
         return hits[start:end], start, end, page, pages, total
-    shown = list_images(engine, state.to_filter() or None, end - start, offset=start, total=total).hits
+    shown = engine.browse(state.to_filter() or None, k=end - start, offset=start).hits
     return shown, start, start + len(shown), page, pages, total
 
 
@@ -572,7 +530,7 @@ def run_search(engine, state: BrowseState, *, image_vector=None, image_name: str
         return engine.similar(int(state.like), k=k, filters=filters or None)
     if state.q.strip():
         return engine.search(state.q, k=k, filters=filters or None)
-    return list_images(engine, filters or None, k)
+    return engine.browse(filters or None, k=k)
 
 
 def suggest_taxa(engine, text: str, limit: int = 8):
@@ -993,11 +951,7 @@ class FacetCatalog:
         return self._get("ranks", lambda: [r for r in RANKS if self.engine.taxonomy.taxa(r)])
 
     def year_range(self) -> tuple[int, int] | None:
-        def make():
-            row = engine_sql(self.engine, "SELECT min(year), max(year) FROM images")[0]
-            return None if row[0] is None else (int(row[0]), int(row[1]))
-
-        return self._get("year", make)
+        return self._get("year", lambda: self.engine.value_range("year"))
 
     def has_coordinates(self) -> int:
         return self._get(

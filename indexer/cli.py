@@ -338,7 +338,7 @@ def _format_report(r) -> str:
 def info_cmd(collection, as_json, verbose, quiet):
     """Show a collection's model, counts, index and failures by reason."""
     _setup_logging(verbose, quiet)
-    from indexer.engine import SearchEngine
+    from indexer.search.engine import SearchEngine
 
     info = SearchEngine.open(collection, refresh_interval=None).info()
     if as_json:
@@ -391,7 +391,7 @@ def info_cmd(collection, as_json, verbose, quiet):
 def failures_cmd(collection, verbose, quiet):
     """List the images that could not be indexed, as CSV (source, location, stage, reason, detail)."""
     _setup_logging(verbose, quiet)
-    from indexer.engine import SearchEngine
+    from indexer.search.engine import SearchEngine
 
     rows = SearchEngine.open(collection, refresh_interval=None).failures()
     w = csv.writer(sys.stdout)
@@ -548,9 +548,9 @@ def search_main(
     """Search COLLECTION by TEXT (free text or a taxon name), by pictures (--image), by indexed
     images (--id), or by a weighted combination of them, with metadata filters (--where)."""
     _setup_logging(verbose, quiet)
-    from indexer.engine import SearchEngine
-    from indexer.filters import Filter, parse_where
-    from indexer.query import Grouping, terms_from_options
+    from indexer.search.engine import SearchEngine
+    from indexer.search.filters import Filter, parse_where
+    from indexer.search.query import Grouping, terms_from_options
 
     fmt = "json" if as_json else (fmt or "table")
     filters = parse_where(where)

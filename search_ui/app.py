@@ -44,7 +44,7 @@ _VIEW_LABELS = {"grid": "Grid", "table": "Table", "map": "Map", "taxa": "Taxa ch
 
 @st.cache_resource(show_spinner="Opening the collection…")
 def open_engine(path: str, device: str):
-    from indexer.engine import SearchEngine
+    from indexer.search.engine import SearchEngine
 
     browse.configure_threads()
     engine = SearchEngine.open(path, device=device)

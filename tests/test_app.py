@@ -21,7 +21,7 @@ def coll(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def engine(coll):
-    from indexer.engine import SearchEngine
+    from indexer.search.engine import SearchEngine
 
     return SearchEngine.open(coll.path, device="cpu")
 

@@ -15,8 +15,8 @@ from test_app_fixtures import build_app_collection, picture, picture_bytes
 
 from indexer import browse
 from indexer.browse import BrowseState, UploadError
-from indexer.engine import Hit
 from indexer.errors import QueryError
+from indexer.search.engine import Hit
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def coll(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def engine(coll):
-    from indexer.engine import SearchEngine
+    from indexer.search.engine import SearchEngine
 
     return SearchEngine.open(coll.path, device="cpu")
 
@@ -476,7 +476,7 @@ def test_most_likely_taxa_at_a_rank_are_cached(engine, coll, monkeypatch):
 def test_most_likely_taxa_are_rebuilt_for_a_new_generation(tmp_path, tiny_model_dir):
     from indexer.build import BuildOptions, build
     from indexer.build.sources import FolderSource
-    from indexer.engine import SearchEngine
+    from indexer.search.engine import SearchEngine
 
     c = build_app_collection(tmp_path, tiny_model_dir, n=4)
     engine = SearchEngine.open(c.path, device="cpu", refresh_interval=None)

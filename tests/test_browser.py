@@ -178,7 +178,7 @@ def test_search_upload_filter_and_more_like_this_in_chromium(server, driver, art
     from selenium.webdriver.common.keys import Keys
 
     from indexer.browse import BrowseState, run_search
-    from indexer.engine import SearchEngine
+    from indexer.search.engine import SearchEngine
 
     url, coll = server
     engine = SearchEngine.open(coll.path, device="cpu")

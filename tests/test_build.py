@@ -11,8 +11,8 @@ from PIL import Image
 
 from indexer.build import BuildOptions, build
 from indexer.build.sources import FolderSource
-from indexer.engine import SearchEngine
 from indexer.errors import ModelMismatchError
+from indexer.search.engine import SearchEngine
 from indexer.store import Collection
 
 

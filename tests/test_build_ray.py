@@ -16,7 +16,7 @@ from imagegen import make_folder, picture
 
 from indexer.build import BuildOptions, build
 from indexer.build.sources import FolderSource
-from indexer.engine import SearchEngine
+from indexer.search.engine import SearchEngine
 from indexer.store import Collection
 
 # Ray Data's own DataContext copies warn about its deprecated fields.

@@ -17,7 +17,7 @@ from test_decode import encode, png_bomb, scene, synthetic_jpeg, with_orientatio
 
 from indexer.build import BuildOptions, build
 from indexer.build.sources import FolderSource
-from indexer.engine import SearchEngine
+from indexer.search.engine import SearchEngine
 from indexer.store import Collection
 
 EXPECTED_FAILURES = {

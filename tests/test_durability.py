@@ -133,7 +133,7 @@ READER = textwrap.dedent(
     """
     import json, sys, time
     import numpy as np
-    from indexer.engine import SearchEngine
+    from indexer.search.engine import SearchEngine
     col, stop_file = sys.argv[1], sys.argv[2]
     import os
     while not os.path.exists(os.path.join(col, "collection.json")) or not os.listdir(os.path.join(col, "generations")):

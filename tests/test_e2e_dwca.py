@@ -21,8 +21,8 @@ import pytest
 from click.testing import CliRunner
 
 from indexer import cli
-from indexer.engine import SearchEngine
-from indexer.filters import Condition, Filter
+from indexer.search.engine import SearchEngine
+from indexer.search.filters import Condition, Filter
 
 SAMPLE = Path(__file__).resolve().parents[1] / "indexer" / "sample"
 DWC = "http://rs.tdwg.org/dwc/terms/"

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from imagegen import make_folder, picture
 
 from indexer import cli
-from indexer.engine import SearchEngine
-from indexer.query import Term
+from indexer.search.engine import SearchEngine
+from indexer.search.query import Term
 from indexer.store import Collection
 
 

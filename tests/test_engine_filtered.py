@@ -27,8 +27,8 @@ import pytest
 
 from indexer.ann import search as ann_search
 from indexer.ann import update_index
-from indexer.engine import SearchEngine
-from indexer.filters import Filter
+from indexer.search.engine import SearchEngine
+from indexer.search.filters import Filter
 from indexer.store import Collection
 
 N, D, SPECIES, QUERIES = 20_000, 64, 200, 40

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pytest
 
 from indexer.errors import FilterError
-from indexer.filters import Condition, Filter, available_fields, parse_where
+from indexer.search.filters import Condition, Filter, available_fields, parse_where
+from indexer.search.taxonomy import Taxonomy
 from indexer.store.schema import arrow_schema
-from indexer.taxonomy import Taxonomy
 
 ROWS = [
     # id, scientificName, genus, epithet, family, country, year, lat, lon, institution, extra

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from test_app_fixtures import build_app_collection, picture_bytes
 
-from indexer.engine import Hit
 from indexer.media.library import MediaLibrary, is_within
+from indexer.search.engine import Hit
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def coll(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def engine(coll):
-    from indexer.engine import SearchEngine
+    from indexer.search.engine import SearchEngine
 
     return SearchEngine.open(coll.path, device="cpu")
 
@@ -230,7 +230,7 @@ def test_every_image_of_a_built_collection_has_a_thumbnail(engine, coll, tmp_pat
 def test_a_source_named_otherwise_gets_the_folder_its_images_share(tmp_path, tiny_model_dir):
     from indexer.build import BuildOptions, build
     from indexer.build.sources import FolderSource
-    from indexer.engine import SearchEngine
+    from indexer.search.engine import SearchEngine
 
     folder = tmp_path / "pics"
     (folder / "x").mkdir(parents=True)
@@ -256,7 +256,7 @@ def test_a_source_named_otherwise_gets_the_folder_its_images_share(tmp_path, tin
 def test_a_source_added_later_is_served_after_the_engine_moves_on(tmp_path, tiny_model_dir):
     from indexer.build import BuildOptions, build
     from indexer.build.sources import FolderSource
-    from indexer.engine import SearchEngine
+    from indexer.search.engine import SearchEngine
 
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
@@ -295,7 +295,7 @@ def test_a_tar_shard_collection_shows_thumbnails_and_detail_images(tmp_path, tin
     app's media layer."""
     from indexer.build import BuildOptions, build
     from indexer.build.sources import TarShardSource
-    from indexer.engine import SearchEngine
+    from indexer.search.engine import SearchEngine
 
     folder = tmp_path / "shards 100%"
     folder.mkdir()

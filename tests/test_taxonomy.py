@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from indexer.taxonomy import Taxonomy, looks_like_scientific_name, normalise_name
+from indexer.search.taxonomy import Taxonomy, looks_like_scientific_name, normalise_name
 
 AVES = ("Animalia", "Chordata", "Aves")
 ROWS = [

@@ -127,7 +127,7 @@ class MediaLibrary:
 
     @classmethod
     def for_engine(cls, engine, **kwargs) -> MediaLibrary:
-        """The library of an open :class:`indexer.engine.SearchEngine`'s collection (its source
+        """The library of an open :class:`indexer.search.engine.SearchEngine`'s collection (its source
         roots follow the engine's generations)."""
         return cls(engine.collection.path, engine.source_roots(), engine=engine, **kwargs)
 
@@ -137,7 +137,7 @@ class MediaLibrary:
             for name, v in roots.items()
         }
 
-    def _current_roots(self, source: str | None) -> tuple[str, ...]:
+    def _roots_for(self, source: str | None) -> tuple[str, ...]:
         engine = self._engine
         if engine is not None and engine.generation != self._roots_generation:
             with self._roots_lock:
@@ -166,7 +166,7 @@ class MediaLibrary:
             return MediaRef("url", url=location)
         if isinstance(loc, TarShard):
             return None
-        roots = self._current_roots(_source(hit))
+        roots = self._roots_for(_source(hit))
         if isinstance(loc, TarMember):
             path = safe_local_path(loc.shard)
             member = loc.member
@@ -198,7 +198,7 @@ class MediaLibrary:
             if ref.kind == "tar":
                 member = TarMember(path_to_text(ref.path), ref.member, ref.offset, ref.size)
                 return read_tar_member(member, self.max_source_bytes)
-            root_check = self._current_roots(_source(hit)) if ref.kind == "file" else (str(self.media_cache_dir),)
+            root_check = self._roots_for(_source(hit)) if ref.kind == "file" else (str(self.media_cache_dir),)
             return _read_checked(ref.path, root_check, self.max_source_bytes)
         except (OSError, FetchError) as exc:
             log.info("cannot read image %s: %s", _location(hit), exc)

@@ -143,13 +143,13 @@ class _Feeder:
         self.fed = 0
         self.back = 0
         self.done = False  # the work is exhausted and the decoders were told
-        self._current: tuple[int, list[int]] | None = None  # (pid, rows of that piece not fed yet)
+        self._open_piece: tuple[int, list[int]] | None = None  # (pid, rows of that piece not fed yet)
         self._next_pid = 0
 
     def fill(self) -> None:
         """Feed blocks until ``p.in_flight`` items are out or the work is done."""
         while not self.done and self.fed - self.back < self.p.in_flight:
-            if self._current is None or not self._current[1]:
+            if self._open_piece is None or not self._open_piece[1]:
                 try:
                     table, todo, local_paths = next(self.source)
                 except StopIteration:
@@ -160,9 +160,9 @@ class _Feeder:
                 pid, self._next_pid = self._next_pid, self._next_pid + 1
                 locations = table.column("location").to_pylist()
                 self.pieces[pid] = _Piece(table, {i: local_paths.get(i, locations[i]) for i in todo}, locations)
-                self._current = (pid, list(todo))
-            pid, rows = self._current
-            take, self._current = rows[: self.p.decode_rows], (pid, rows[self.p.decode_rows :])
+                self._open_piece = (pid, list(todo))
+            pid, rows = self._open_piece
+            take, self._open_piece = rows[: self.p.decode_rows], (pid, rows[self.p.decode_rows :])
             piece = self.pieces[pid]
             self.feed.put(
                 pa.table(

@@ -40,7 +40,7 @@ the same weight. Give text terms more weight (2-3) when they should count as muc
 
 Python::
 
-    from indexer.query import Query, Term
+    from indexer.search.query import Query, Term
     q = Query.of(Term.text("Corvus"), Term.image("photo.jpg"), Term.text("juvenile", -0.5))
     q = Term.text("Corvus") + Term.image("photo.jpg") - 0.5 * Term.text("juvenile")   # the same
 

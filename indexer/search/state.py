@@ -1,0 +1,278 @@
+"""The state an engine serves: one generation's metadata (in-memory DuckDB), ANN index and
+not-yet-indexed vectors, with the caches that only this generation's data determines.
+
+A :class:`ServedState` is never mutated once published (its caches fill in); :func:`load_state`
+makes the next one, reusing what it can of the previous state: the same DuckDB connection gets the
+new rows and loses the retired ones in one transaction (so concurrent readers see one state or the
+other), the same ANN index object while the index file is the same, the vectors of segments already
+loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from indexer.errors import FilterError
+from indexer.search.filters import Filter
+from indexer.search.taxonomy import Taxonomy
+from indexer.store import Collection, Snapshot
+from indexer.store.ids import member
+
+__all__ = ["ServedState", "StateOptions", "load_state", "FILTER_CACHE_BYTES"]
+
+log = logging.getLogger(__name__)
+
+#: Bytes of selected-id arrays kept per generation (8 bytes per id: 1M ids = 8 MiB).
+FILTER_CACHE_BYTES = 256 << 20
+
+
+class _IdCache:
+    """LRU of Filter -> (sorted, read-only id array, notices), bounded by the arrays' bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Filter, tuple[np.ndarray, list[str]]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Filter) -> tuple[np.ndarray, list[str]] | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: Filter, ids: np.ndarray, notices: list[str]) -> None:
+        if ids.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = (ids, notices)
+            self._bytes += ids.nbytes
+            while self._bytes > self.max_bytes and self._items:
+                _, (old, _) = self._items.popitem(last=False)
+                self._bytes -= old.nbytes
+
+
+@dataclass(frozen=True)
+class StateOptions:
+    """How states are loaded: ``mmap_index`` (None: memory-map indexes over 2M vectors) and the
+    budget of the per-generation filter cache."""
+
+    mmap_index: bool | None = None
+    filter_cache_bytes: int = FILTER_CACHE_BYTES
+
+
+@dataclass(eq=False)
+class ServedState:
+    """Everything needed to answer queries against one generation (see the module docstring).
+
+    ``con``: DuckDB connection with ``images`` (a table) and ``failures`` (a view); ``index``: the
+    ANN index (None: search exactly) covering segments ``covers``; ``delta_ids`` / ``delta_vecs``:
+    the live vectors no index covers; ``deleted``: every retired id (sorted).
+    """
+
+    snapshot: Snapshot
+    con: Any
+    index: Any
+    index_path: str | None
+    covers: set[int]
+    delta_ids: np.ndarray
+    delta_vecs: np.ndarray
+    deleted: np.ndarray
+    filter_cache_bytes: int = FILTER_CACHE_BYTES
+    filters: _IdCache = field(init=False)
+    index_excluded: np.ndarray | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.segments = {s.n for s in self.snapshot.generation.segments}
+        self.delete_files = set(self.snapshot.generation.deletes)
+        self.filters = _IdCache(self.filter_cache_bytes)
+        self.index_excluded = self._index_excluded()
+        self._taxonomy: Taxonomy | None = None
+        self._lock = threading.Lock()
+
+    def _index_excluded(self) -> np.ndarray | None:
+        """Retired ids the ANN index may still hold (None: none). An index that removes retired ids
+        and has seen every retirement holds none, so unfiltered searches need no selector."""
+        if self.index is None or not self.deleted.size:
+            return None
+        entry = self.snapshot.generation.index or {}
+        if entry.get("removes_deleted") and int(entry.get("deleted_seen", -1)) == int(self.deleted.size):
+            return None
+        return self.deleted
+
+    @property
+    def generation(self):
+        return self.snapshot.generation
+
+    def cursor(self) -> Any:
+        """A cursor of the state's connection (one per thread: DuckDB connections are not shared)."""
+        return self.con.cursor()
+
+    def taxonomy(self) -> Taxonomy:
+        with self._lock:
+            if self._taxonomy is None:
+                self._taxonomy = Taxonomy.from_connection(self.cursor())
+            return self._taxonomy
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """float32 (len(ids), d) stored vectors of ``ids``, in order (see Snapshot.get_vectors)."""
+        return self.snapshot.get_vectors(ids)
+
+    def is_retired(self, image_id: int) -> bool:
+        if not self.deleted.size:
+            return False
+        i = int(np.searchsorted(self.deleted, image_id))
+        return i < self.deleted.size and int(self.deleted[i]) == image_id
+
+    # -- metadata --------------------------------------------------------------------------------
+
+    def filter_sql(self, flt: Filter) -> tuple[str, list, list[str]]:
+        """(SQL condition, parameters, notices) of ``flt`` for this collection."""
+        # The taxonomy (one GROUP BY over the collection) is built only when a filter needs it.
+        needs_taxonomy = any(c.field.strip().lower() == "taxon" for c in flt.conditions)
+        return flt.to_sql(self.generation.extra_keys, self.taxonomy() if needs_taxonomy else None)
+
+    def execute(self, sql: str, params: list | None = None) -> list[tuple]:
+        """Rows of a read-only query over ``images`` / ``failures``; a value DuckDB cannot compare is
+        the user's filter, not a crash: a FilterError."""
+        import duckdb
+
+        try:
+            return self.cursor().execute(sql, list(params or [])).fetchall()
+        except duckdb.Error as exc:
+            raise FilterError(f"cannot apply the filters: {str(exc).splitlines()[0]}") from None
+
+    def allowed(self, flt: Filter) -> tuple[np.ndarray, list[str]]:
+        """(sorted ids passing ``flt``, notices); cached per filter for this generation."""
+        cached = self.filters.get(flt)
+        if cached is not None:
+            return cached
+        import duckdb
+
+        sql, params, notices = self.filter_sql(flt)
+        try:
+            rel = self.cursor().execute(f"SELECT id FROM images WHERE {sql}", params)
+            ids = np.asarray(rel.fetchnumpy()["id"], dtype=np.int64)
+        except duckdb.Error as exc:
+            raise FilterError(f"cannot apply the filters: {str(exc).splitlines()[0]}") from None
+        # Ids are unique (one row per id) and usually come back in table order, i.e. sorted; a
+        # parallel scan may interleave them. np.sort, not np.unique: numpy's hash-based unique is
+        # far slower on large arrays.
+        if ids.size > 1 and not bool((ids[1:] > ids[:-1]).all()):
+            ids = np.sort(ids, kind="stable")
+        ids.flags.writeable = False
+        self.filters.put(flt, ids, list(notices))
+        return ids, list(notices)
+
+    def metadata(self, ids: list[int]) -> dict[int, dict[str, Any]]:
+        """id -> every column of its row, for the live ones among ``ids``."""
+        if not ids:
+            return {}
+        cur = self.cursor()
+        # "id = ANY(list)" is a semi-join DuckDB answers fast; an IN list of k parameters becomes k
+        # OR-ed comparisons over every row.
+        rel = cur.execute("SELECT * FROM images WHERE id = ANY(?)", [list(ids)])
+        cols = [d[0] for d in rel.description]
+        return {row[0]: dict(zip(cols, row)) for row in rel.fetchall()}
+
+
+def load_state(collection: Collection, number: int, previous: ServedState | None, options: StateOptions) -> ServedState:
+    """The state of generation ``number``, built on ``previous`` where it can be."""
+    snap = collection.snapshot(number)
+    gen = snap.generation
+    con = _metadata(snap, previous)
+    entry = gen.index
+    index, index_path, covers = None, None, set()
+    if entry:
+        index_path = entry["path"]
+        covers = set(entry.get("covers", []))
+        if previous is not None and previous.index_path == index_path:
+            index = previous.index
+        else:
+            index = _open_index(collection, entry, options.mmap_index)
+            if index is None:
+                covers = set()
+    uncovered = [s for s in gen.segments if s.n not in covers]
+    deleted = snap.deleted_ids()
+    delta_ids, delta_vecs = _delta(snap, uncovered, previous, covers)
+    return ServedState(
+        snapshot=snap,
+        con=con,
+        index=index,
+        index_path=index_path,
+        covers=covers,
+        delta_ids=delta_ids,
+        delta_vecs=delta_vecs,
+        deleted=deleted,
+        filter_cache_bytes=options.filter_cache_bytes,
+    )
+
+
+def _open_index(collection: Collection, entry: dict, mmap: bool | None) -> Any:
+    from indexer.ann import AnnIndex
+
+    path = collection.path / entry["path"]
+    if mmap is None:
+        mmap = bool(entry.get("info", {}).get("n", 0) > 2_000_000)
+    try:
+        return AnnIndex.load(str(path), mmap=mmap)
+    except Exception as exc:  # derived data: search exactly rather than fail
+        log.warning("cannot open the ANN index %s (%s); searching exactly", path, exc)
+        return None
+
+
+def _delta(
+    snap: Snapshot, uncovered: list, previous: ServedState | None, covers: set[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    if previous is not None and previous.covers == covers and previous.delta_ids is not None:
+        # Reuse vectors already loaded for segments that are still uncovered.
+        known = previous.segments - previous.covers
+        new = [s for s in uncovered if s.n not in known]
+        ids_new, vecs_new = snap.load_vectors(new)
+        ids = np.concatenate([previous.delta_ids, ids_new])
+        vecs = np.concatenate([previous.delta_vecs, vecs_new])
+        deleted = snap.deleted_ids()
+        if deleted.size and ids.size:
+            keep = ~member(ids, deleted)
+            ids, vecs = ids[keep], vecs[keep]
+        return ids, vecs
+    return snap.load_vectors(uncovered)
+
+
+def _metadata(snap: Snapshot, previous: ServedState | None) -> Any:
+    gen = snap.generation
+    if previous is not None and previous.segments <= {s.n for s in gen.segments}:
+        # Incremental: the same connection gets the new rows and loses the retired ones,
+        # in one transaction, so concurrent readers see one state or the other.
+        con = previous.con
+        new_segs = [s for s in gen.segments if s.n not in previous.segments]
+        new_dels = [n for n in gen.deletes if n not in previous.delete_files]
+        if new_segs or new_dels:
+            cur = con.cursor()
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                if new_segs:
+                    cur.execute(f"INSERT INTO images {snap.images_sql(new_segs, live=False)}")
+                if new_dels:
+                    cur.execute(f"DELETE FROM images WHERE id IN ({snap.retired_sql(new_dels)})")
+                cur.execute("CREATE OR REPLACE VIEW failures AS " + snap.failures_sql())
+                cur.execute("COMMIT")
+            except Exception:
+                cur.execute("ROLLBACK")
+                raise
+        return con
+    con = snap.connect(materialize=True)
+    # An ART index on id turns the metadata join of a page of hits into index lookups (a scan of
+    # the id column otherwise); DuckDB keeps it up to date through the incremental inserts and
+    # deletes above.
+    con.execute("CREATE INDEX images_id ON images (id)")
+    return con

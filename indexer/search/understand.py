@@ -1,0 +1,230 @@
+"""Understanding a query and embedding it: text against the collection's own taxonomy, images
+with the collection's preprocessing, indexed images by their stored vector, and the weighted
+combination of terms (see :mod:`indexer.search.query` for the maths).
+
+Text that names a taxon of the collection becomes BioCLIP's taxonomic (+ common name) text; other
+text goes to the model as it is. Text embeddings are cached (the app searches the same text again
+for its facet counts and pages); the model is asked for only when a term needs it.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.errors import DecodeError, QueryError
+from indexer.media.decode import decode_image
+from indexer.search.query import EmbeddedTerm, Query, Term, combine
+from indexer.search.state import ServedState
+from indexer.search.taxonomy import TaxonMatch, looks_like_scientific_name
+from indexer.store.schema import RANKS
+
+__all__ = ["QueryEmbedder", "interpret", "taxon_prompt_for", "TEXT_CACHE_SIZE", "ImageInput"]
+
+ImageInput = Any  # a path (str / Path), bytes, or a PIL image
+
+#: Text embeddings kept (prompt -> vector).
+TEXT_CACHE_SIZE = 1024
+
+
+def taxon_prompt_for(match: TaxonMatch) -> str:
+    """The text BioCLIP is evaluated with for a taxon of the collection."""
+    from bioclip.taxa import TextForm, taxon_prompt
+
+    form = TextForm.TAXONOMIC_COMMON if match.common_name else TextForm.TAXONOMIC
+    return taxon_prompt(match.taxon(), form)
+
+
+class QueryEmbedder:
+    """Embeds queries for one collection (of vectors of ``dimension``) with the model that
+    ``model()`` gives (called only when a term needs it). Thread-safe."""
+
+    def __init__(self, model: Callable[[], Any], dimension: int):
+        self._model = model
+        self.dimension = dimension
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._text_lock = threading.Lock()
+
+    def clear(self) -> None:
+        """Forget cached text embeddings."""
+        with self._text_lock:
+            self._text_cache.clear()
+
+    def embed(self, state: ServedState, q: Query) -> tuple[np.ndarray, list[EmbeddedTerm], list[str]]:
+        """(unit query vector (1, d), each term as embedded, notices)."""
+        notices: list[str] = []
+        parts: list[EmbeddedTerm | None] = [None] * len(q.terms)
+        texts: list[tuple[int, str]] = []
+        for i, term in enumerate(q.terms):
+            if term.kind in ("text", "taxon"):
+                prompt, desc, taxon, alts, more = self.understand_text(state, term)
+                notices += more
+                parts[i] = EmbeddedTerm(term, np.empty(0, np.float32), desc, prompt, taxon, alts)
+                texts.append((i, prompt))
+            elif term.kind == "image":
+                parts[i] = EmbeddedTerm(term, self.embed_image(term.value)[0], term.describe())
+            elif term.kind == "id":
+                parts[i] = EmbeddedTerm(term, self.stored_vector(state, term.value), f"image {term.value}")
+            else:
+                parts[i] = EmbeddedTerm(term, self.unit(term.value), term.label or "a vector")
+        if texts:
+            vecs, more = self.encode_texts([p for _, p in texts])
+            notices += more
+            for (i, _), v in zip(texts, vecs):
+                parts[i].vector = v  # type: ignore[union-attr]
+        done = [p for p in parts if p is not None]
+        if len(done) == 1 and done[0].term.weight > 0:
+            qvec = done[0].vector.reshape(1, -1).astype(np.float32)
+        else:
+            qvec = combine(np.stack([p.vector for p in done]), [p.term.weight for p in done])
+        return qvec, done, notices
+
+    def understand_text(
+        self, state: ServedState, term: Term
+    ) -> tuple[str, str, TaxonMatch | None, list[TaxonMatch], list[str]]:
+        """(prompt, description, taxon, other candidates, notices) for a text or taxon term."""
+        text = " ".join(term.value.split())
+        notices: list[str] = []
+        matches = state.taxonomy().resolve(text)
+        if matches:
+            taxon = matches[0]
+            if len(matches) > 1:
+                notices.append(
+                    f"{text!r} names several taxa in this collection: "
+                    + "; ".join(f"{m.describe()} ({m.count} images)" for m in matches[:8])
+                    + f". Searching for {taxon.describe()}; put a parent taxon before the name to choose another"
+                    + (f" (e.g. '{_parent_hint(matches[1])}')" if _parent_hint(matches[1]) else "")
+                    + "."
+                )
+            prompt = taxon_prompt_for(taxon)
+            return prompt, f'{taxon.describe()}, as "{prompt}"', taxon, matches[1:], notices
+        if term.kind == "taxon" or looks_like_scientific_name(text):
+            # only for names: a typo check on every free-text query would cost time for nothing
+            close = state.taxonomy().close_matches(text, 3)
+            hint = "; did you mean " + " or ".join(m.name for m in close) + "?" if close else ""
+            notices.append(f"no taxon named {text!r} in this collection; searched as free text{hint}")
+        return text, f'free text "{text}"', None, [], notices
+
+    def encode_texts(self, prompts: list[str]) -> tuple[list[np.ndarray], list[str]]:
+        """Unit vectors of ``prompts`` (cached), and a notice for each the model cuts short."""
+        notices: list[str] = []
+        out: dict[str, np.ndarray] = {}
+        with self._text_lock:
+            for p in prompts:
+                v = self._text_cache.get(p)
+                if v is not None:
+                    self._text_cache.move_to_end(p)
+                    out[p] = v
+        todo = list(dict.fromkeys(p for p in prompts if p not in out))
+        model = self._model()
+        for p in dict.fromkeys(prompts):
+            if _truncated(model, p):
+                notices.append(
+                    f"the text {_short(p)!r} is longer than the model reads ({model.context_length} tokens); "
+                    "the end was cut off"
+                )
+        if todo:
+            vecs = model.encode_texts(todo)
+            with self._text_lock:
+                for p, v in zip(todo, vecs):
+                    v = np.asarray(v, dtype=np.float32)
+                    v.flags.writeable = False
+                    out[p] = v
+                    self._text_cache[p] = v
+                while len(self._text_cache) > TEXT_CACHE_SIZE:
+                    self._text_cache.popitem(last=False)
+        return [out[p] for p in prompts], notices
+
+    def stored_vector(self, state: ServedState, image_id: int) -> np.ndarray:
+        if state.is_retired(int(image_id)):
+            raise QueryError(f"image {image_id} is no longer in this collection")
+        try:
+            return state.vectors(np.array([int(image_id)]))[0]
+        except KeyError:
+            raise QueryError(f"no image with id {image_id} in this collection") from None
+
+    def unit(self, vector: Any) -> np.ndarray:
+        v = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if v.size != self.dimension:
+            raise QueryError(f"vector has {v.size} dimensions; this collection has {self.dimension}")
+        norm = float(np.linalg.norm(v))
+        if not np.isfinite(norm) or norm == 0:
+            raise QueryError("the query vector is zero or not finite")
+        return v / norm
+
+    def embed_image(self, image: ImageInput) -> np.ndarray:
+        """Embed a query image (path, bytes or PIL image) with the collection's preprocessing: (1, d)."""
+        model = self._model()
+        min_size = tuple(model.preprocess_config.draft_size)
+        try:
+            if isinstance(image, (str, Path)):
+                try:
+                    data = Path(image).read_bytes()
+                except OSError as exc:
+                    raise QueryError(f"cannot read the image {image}: {exc.strerror or exc}") from None
+                pil = decode_image(data, min_size=min_size, name=str(image)).image
+            elif isinstance(image, (bytes, bytearray, memoryview)):
+                pil = decode_image(bytes(image), min_size=min_size).image
+            elif hasattr(image, "convert") and hasattr(image, "size"):
+                buf = io.BytesIO()
+                image.save(buf, format="PNG")
+                pil = decode_image(buf.getvalue(), min_size=min_size).image
+            else:
+                raise QueryError(f"cannot use a {type(image).__name__} as an image")
+        except DecodeError as exc:
+            raise QueryError(f"that file is not an image this engine can read ({exc.reason}: {exc.detail})") from None
+        import torch
+
+        tensor = model.transform(pil).unsqueeze(0)
+        with torch.inference_mode():
+            return model.encode_image_tensors(tensor)
+
+
+def interpret(q: Query, parts: list[EmbeddedTerm], label: str | None) -> str:
+    """How the query was understood, in words."""
+    if len(parts) == 1 and parts[0].term.weight == 1.0:
+        p = parts[0]
+        kind = p.term.kind
+        if kind in ("text", "taxon"):
+            return p.description
+        if kind == "image":
+            return "images similar to the uploaded picture" + (f" {p.term.label}" if p.term.label else "")
+        if kind == "id":
+            return f"images similar to image {p.term.value}"
+        return label or "a vector query"
+    words = []
+    for n, p in enumerate(parts):
+        w = p.term.weight
+        sign = "-" if w < 0 else "+"
+        mag = abs(w)
+        what = (
+            p.description
+            if p.term.kind in ("text", "taxon")
+            else (f"image {p.term.value}" if p.term.kind == "id" else p.term.describe())
+        )
+        text = what if mag == 1.0 else f"{mag:g} x {what}"
+        words.append(text if n == 0 and sign == "+" else f"{sign} {text}")
+    return "combination: " + " ".join(words)
+
+
+def _parent_hint(m: TaxonMatch) -> str | None:
+    """'Moraceae Morus': the nearest higher taxon and the name, which resolves to just ``m``."""
+    above = [v for v in m.lineage[: RANKS.index(m.rank)] if v and v != m.lineage[5]]
+    return f"{above[-1]} {m.name}" if above else None
+
+
+def _truncated(model: Any, text: str) -> bool:
+    try:
+        return bool(model.text_is_truncated(text))
+    except Exception:  # a tokenizer that cannot count: say nothing rather than fail the search
+        return False
+
+
+def _short(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
