@@ -117,18 +117,19 @@ def make_collection(path: Path, n: int, model_dir: Path, files: list[str]) -> No
 
 def first_page(engine, lib, catalog, state) -> tuple[float, int]:
     """Everything the page computes before drawing its first page; returns (seconds, thumbnails)."""
-    from indexer import browse
+    from search_ui.hit_fields import card_fields
+    from search_ui.searching import facet_counts, page_bounds, run_search
 
     t0 = time.perf_counter()
-    result = browse.run_search(engine, state)
+    result = run_search(engine, state)
     hits = result.hits
-    browse.facet_counts(engine, state, hits)
+    facet_counts(engine, state, hits)
     for p in ("country", "family", "institutionCode", "license"):
         catalog.options(p)
-    start, end, _, _ = browse.page_bounds(len(hits), 1)
+    start, end, _, _ = page_bounds(len(hits), 1)
     n = 0
     for h in hits[start:end]:
-        browse.card_fields(h)
+        card_fields(h)
         if lib.thumbnail(h) is not None:
             n += 1
     return time.perf_counter() - t0, n
@@ -149,10 +150,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from bioclip.testing import write_random_model
-    from indexer import browse
-    from indexer.browse import BrowseState
     from indexer.media.library import MediaLibrary
-    from indexer.search.engine import SearchEngine
+    from indexer.search import SearchEngine
+    from search_ui.args import configure_threads
+    from search_ui.searching import PAGE_SIZE
+    from search_ui.sidebar import FacetCatalog
+    from search_ui.state import DEFAULT_K, BrowseState
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-app-"))
     try:
@@ -165,9 +168,9 @@ def main() -> None:
             make_collection(coll_path, args.n, model_dir, files)
             print(f"  built a {args.n:,}-image synthetic collection in {time.perf_counter() - t:.1f}s", flush=True)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        threads = browse.configure_threads()
+        threads = configure_threads()
         engine = SearchEngine.open(coll_path, device="cpu")
-        catalog = browse.FacetCatalog(engine)
+        catalog = FacetCatalog(engine)
         queries = [
             BrowseState(q="Family12"),  # a taxon (family)
             BrowseState(q="Genus100 species2"),  # a taxon (species)
@@ -191,16 +194,16 @@ def main() -> None:
                 base.append(time.perf_counter() - t0)
                 lib = MediaLibrary.for_engine(engine, thumbs_dir=work / f"thumbs-{r}-{qi}")
                 secs, n = first_page(engine, lib, catalog, state)
-                assert n == browse.PAGE_SIZE, f"only {n} thumbnails"
+                assert n == PAGE_SIZE, f"only {n} thumbnails"
                 cold.append(secs)
                 secs, n = first_page(engine, lib, catalog, state)
                 cached.append(secs)
-                assert lib.made == browse.PAGE_SIZE
+                assert lib.made == PAGE_SIZE
 
         print()
         print(
             f"app first page, {engine.info()['images']:,} images, index {engine.info()['index']}, "
-            f"{cores} cores, FAISS/torch threads {threads}, k={browse.DEFAULT_K}, page {browse.PAGE_SIZE}, "
+            f"{cores} cores, FAISS/torch threads {threads}, k={DEFAULT_K}, page {PAGE_SIZE}, "
             f"{len(queries)} queries x {args.repeat}"
         )
         print(f"  baseline: engine.search alone        {stats(base)}")

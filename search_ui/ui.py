@@ -1,19 +1,19 @@
-"""Drawing helpers of the search page: result cards, the detail view, the collection page.
-
-Streamlit only; every decision comes from ``indexer.browse`` / ``indexer.media``. Actions are
-reported through the callbacks passed in (``on_like(id)``, ``on_detail(id)``), which the page
-script turns into a new ``BrowseState``.
+"""Drawing helpers of the pages (Streamlit): Markdown escaping, result cards and grids, the
+detail view. Every decision comes from :mod:`search_ui.hit_fields` and the engine; buttons change the
+session's state through :func:`search_ui.session.change`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import streamlit as st
 
-from indexer import browse
+from search_ui.hit_fields import card_fields, detail_fields, key_facts, source_record_url, split_name
+from search_ui.session import change
+from search_ui.state import BrowseState
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|<>~$])")
 
@@ -25,7 +25,7 @@ def md(text: Any) -> str:
 
 def sci_name(name: str) -> str:
     """A scientific name for Markdown: the name in italics, its authorship not."""
-    canonical, author = browse.split_name(name)
+    canonical, author = split_name(name)
     if not canonical:
         return ""
     return f"*{md(canonical)}*" + (f" {md(author)}" if author else "")
@@ -43,10 +43,10 @@ def show_image(data: bytes | str | None, *, caption: str | None = None) -> None:
     st.image(data, caption=caption, width="stretch")
 
 
-def card(hit, lib, *, scored: bool, key: str, on_like: Callable, on_detail: Callable) -> None:
+def card(hit: Any, lib: Any, *, scored: bool, key: str) -> None:
     """One result: thumbnail, scientific name in italics, rank, catalog number, institution,
     date, score, and the "Details" and "More like this" buttons."""
-    f = browse.card_fields(hit, scored=scored)
+    f = card_fields(hit, scored=scored)
     with st.container(border=True):
         show_image(lib.thumbnail(hit))
         name = sci_name(f["name"]) if f["named"] else md(f["name"])
@@ -61,23 +61,33 @@ def card(hit, lib, *, scored: bool, key: str, on_like: Callable, on_detail: Call
         st.caption(" · ".join(md(b) for b in bits if b) or f"image {hit.id}")
         st.caption(md(f["file"]), help=md(lib.link(hit)))
         c1, c2 = st.columns([2, 3], gap="small")
-        c1.button("Details", key=f"{key}_detail_{hit.id}", on_click=on_detail, args=(hit.id,), type="tertiary")
-        c2.button("More like this", key=f"{key}_like_{hit.id}", on_click=on_like, args=(hit.id,), type="tertiary")
+        c1.button(
+            "Details",
+            key=f"{key}_detail_{hit.id}",
+            on_click=change,
+            args=(BrowseState.with_detail, hit.id),
+            type="tertiary",
+        )
+        c2.button(
+            "More like this",
+            key=f"{key}_like_{hit.id}",
+            on_click=change,
+            args=(BrowseState.more_like, hit.id),
+            type="tertiary",
+        )
 
 
-def grid(
-    hits: Sequence, lib, *, scored: bool, key: str, on_like: Callable, on_detail: Callable, columns: int = 4
-) -> None:
+def grid(hits: Sequence, lib: Any, *, scored: bool, key: str, columns: int = 4) -> None:
     for start in range(0, len(hits), columns):
         cols = st.columns(columns)
         for col, hit in zip(cols, hits[start : start + columns]):
             with col:
-                card(hit, lib, scored=scored, key=key, on_like=on_like, on_detail=on_detail)
+                card(hit, lib, scored=scored, key=key)
 
 
-def detail(engine, hit, lib, *, on_like: Callable, on_detail: Callable, on_back: Callable) -> None:
+def detail(engine: Any, hit: Any, lib: Any) -> None:
     """The detail view of one image."""
-    st.button("← Back to the results", key="detail_back", on_click=on_back)
+    st.button("← Back to the results", key="detail_back", on_click=change, args=(BrowseState.without_detail,))
     left, right = st.columns([3, 2])
     with left:
         show_image(lib.detail_image(hit))
@@ -86,7 +96,7 @@ def detail(engine, hit, lib, *, on_like: Callable, on_detail: Callable, on_back:
         st.subheader(sci_name(name) if name else f"Image {hit.id}")
         if hit.metadata.get("vernacularName"):
             st.markdown(md(hit.metadata["vernacularName"]))
-        facts = browse.key_facts(hit)
+        facts = key_facts(hit)
         if facts:
             st.markdown("  \n".join(f"**{md(line)}**" if i == 0 else md(line) for i, line in enumerate(facts)))
         lic = hit.metadata.get("license")
@@ -94,13 +104,13 @@ def detail(engine, hit, lib, *, on_like: Callable, on_detail: Callable, on_back:
         st.markdown(
             f"**License:** {md(lic) if lic else 'not recorded'}  \n**Rights holder:** {md(holder) if holder else 'not recorded'}"
         )
-        url = browse.source_record_url(hit)
+        url = source_record_url(hit)
         if url:
             st.link_button("Open the source record", url)
         elif hit.metadata.get("occurrenceID"):
             st.caption(f"occurrenceID: {md(hit.metadata['occurrenceID'])}")
-        st.button("More like this", key="detail_like", on_click=on_like, args=(hit.id,))
-    rows = browse.detail_fields(hit)
+        st.button("More like this", key="detail_like", on_click=change, args=(BrowseState.more_like, hit.id))
+    rows = detail_fields(hit)
     with st.expander(f"All {len(rows)} fields of this record", expanded=True):
         st.dataframe(
             {"field": [r[0] for r in rows], "value": [r[1] for r in rows]},
@@ -111,69 +121,8 @@ def detail(engine, hit, lib, *, on_like: Callable, on_detail: Callable, on_back:
     others = engine.records_of(hit, limit=12)
     if others:
         st.markdown(f"**Other images of this specimen** ({len(others)})")
-        grid(others, lib, scored=False, key="rec", on_like=on_like, on_detail=on_detail, columns=6)
+        grid(others, lib, scored=False, key="rec", columns=6)
     similar = engine.similar(hit.id, k=8).hits
     if similar:
         st.markdown("**Similar images** in the whole collection")
-        grid(similar, lib, scored=True, key="sim", on_like=on_like, on_detail=on_detail, columns=4)
-
-
-def collection_page(engine) -> None:
-    """Model and revision, counts, index type and recall, failures by reason, images per rank."""
-    o = browse.collection_overview(engine)
-    st.subheader("About this collection")
-    st.caption(md(o["path"]))
-    c = st.columns(4)
-    c[0].metric("Images", f"{o['images']:,}")
-    c[1].metric("Failures", f"{o['failures']:,}")
-    c[2].metric("Retired", f"{o['retired']:,}")
-    c[3].metric("Generation", o["generation"])
-    st.markdown("**Model**")
-    st.table(
-        {
-            "": ["model", "source", "revision", "architecture", "dimension", "preprocessing"],
-            "value": [
-                str(o[k] or "")
-                for k in ("model", "model_source", "revision", "architecture", "dimension", "preprocess")
-            ],
-        }
-    )
-    st.markdown("**Index**")
-    recall = f"{o['recall']:.3f}" if o["recall"] is not None else "not measured"
-    if o["recall"] is not None and o["recall_target"] is not None:
-        recall += f" (target {o['recall_target']:.2f})"
-    st.table(
-        {
-            "": ["type", "measured recall", "search parameters", "images not yet in the index (searched exactly)"],
-            "value": [str(o["index"]), recall, o["index_params"] or "none", f"{o['unindexed']:,}"],
-        }
-    )
-    left, right = st.columns(2)
-    with left:
-        st.markdown("**Images per rank**")
-        st.table(
-            {
-                "rank": [r[0] for r in o["ranks"]],
-                "images": [r[1] for r in o["ranks"]],
-                "taxa": [r[2] for r in o["ranks"]],
-            }
-        )
-    with right:
-        st.markdown("**Failures by reason**")
-        if o["failures_by_reason"]:
-            st.table(
-                {"reason": [r for r, _ in o["failures_by_reason"]], "images": [n for _, n in o["failures_by_reason"]]}
-            )
-        else:
-            st.caption("No failures.")
-        st.markdown("**Sources**")
-        st.table({"source": [s for s, _ in o["sources"]], "images": [n for _, n in o["sources"]]})
-    if o["failures"]:
-        with st.expander(f"The failures ({o['failures']:,})"):
-            rows = engine.failures()[:500]
-            st.dataframe(
-                {k: [str(r.get(k) or "") for r in rows] for k in ("location", "stage", "reason", "detail")},
-                hide_index=True,
-                width="stretch",
-            )
-    st.caption(f"Created {o['created'] or '?'}; last published {o['updated'] or '?'}.")
+        grid(similar, lib, scored=True, key="sim", columns=4)

@@ -176,9 +176,9 @@ def test_a_bad_upload_gets_a_short_message_and_the_app_stays_up(app, name, data,
 
 
 def test_a_too_large_upload_is_refused(app, monkeypatch):
-    from indexer import browse
+    from search_ui import upload
 
-    monkeypatch.setattr(browse, "MAX_UPLOAD_BYTES", 1000)
+    monkeypatch.setattr(upload, "MAX_UPLOAD_BYTES", 1000)
     at = app()
     at.file_uploader(key="w_upload").set_value(("big.png", picture_bytes(1) * 20, "image/png")).run()
     ok(at)
@@ -341,9 +341,9 @@ def test_table_map_and_chart_views(app):
 
 
 def test_paging(app, monkeypatch):
-    from indexer import browse
+    from search_ui import searching
 
-    monkeypatch.setattr(browse, "PAGE_SIZE", 5)
+    monkeypatch.setattr(searching, "PAGE_SIZE", 5)
     at = app()
     assert len(result_ids(at)) == 5
     assert any("Page 1 of 3" in c for c in captions(at))
@@ -359,10 +359,10 @@ def test_paging(app, monkeypatch):
 
 
 def test_browsing_pages_through_every_image_not_only_the_first_k(app, monkeypatch):
-    from indexer import browse
+    from search_ui import searching, state
 
-    monkeypatch.setattr(browse, "PAGE_SIZE", 4)
-    monkeypatch.setattr(browse, "K_CHOICES", (5, 50))
+    monkeypatch.setattr(searching, "PAGE_SIZE", 4)
+    monkeypatch.setattr(state, "K_CHOICES", (5, 50))
     at = app({"k": "5"})
     assert any("**12** images" in m.value and "describe the first 5" in m.value for m in at.markdown)
     assert any("Page 1 of 3 · results 1–4 of 12" in c for c in captions(at))
@@ -430,12 +430,12 @@ def test_a_missing_collection(monkeypatch, tmp_path):
 
 
 def test_an_unexpected_error_shows_a_short_message_not_a_trace(app, monkeypatch):
-    from indexer import browse
+    from search_ui import searching
 
     def boom(*a, **k):
         raise RuntimeError("internal detail that must not be shown")
 
-    monkeypatch.setattr(browse, "run_search", boom)
+    monkeypatch.setattr(searching, "run_search", boom)
     at = app()
     assert errors(at) == ["Something went wrong on our side (the details are in the server log). Try another search."]
     monkeypatch.undo()

@@ -1,6 +1,6 @@
 """A small collection for the app's tests: generated pictures with rich Darwin Core labels.
 
-Not tests itself; ``tests/test_app*.py``, ``test_browse.py``, ``test_media_library.py`` and
+Not tests itself; ``tests/test_app*.py``, ``test_search_ui.py``, ``test_media_library.py`` and
 ``test_browser.py`` build it with :func:`build_app_collection` (once per module).
 
 Every picture is different (a tint per taxon, random blocks per image), so with the tiny random

@@ -177,8 +177,9 @@ def test_search_upload_filter_and_more_like_this_in_chromium(server, driver, art
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    from indexer.browse import BrowseState, run_search
-    from indexer.search.engine import SearchEngine
+    from indexer.search import SearchEngine
+    from search_ui.searching import run_search
+    from search_ui.state import BrowseState
 
     url, coll = server
     engine = SearchEngine.open(coll.path, device="cpu")

@@ -1,4 +1,4 @@
-"""indexer.browse: the app's decisions, tested without Streamlit."""
+"""search_ui's logic (URL state, searching, facets, export, taxa, the collection page), tested without Streamlit."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import pytest
 from PIL import Image
 from test_app_fixtures import build_app_collection, picture, picture_bytes
 
-from indexer import browse
-from indexer.browse import BrowseState, UploadError
 from indexer.errors import QueryError
 from indexer.search.engine import Hit
+from search_ui import args, export, hit_fields, overview, searching, sidebar, taxa, upload
+from search_ui.state import BrowseState
+from search_ui.upload import UploadError
 
 
 @pytest.fixture(scope="module")
@@ -40,30 +41,30 @@ def by_catalog(engine, number: str) -> Hit:
 
 
 def test_app_args_from_argv_and_environment():
-    assert browse.parse_app_args(["/a", "/b", "--device", "cuda"], {}) == browse.AppArgs(("/a", "/b"), "cuda")
-    assert browse.parse_app_args(["/a", "--device=mps"], {}).device == "mps"
-    assert browse.parse_app_args([], {}).collections == ()
+    assert args.parse_app_args(["/a", "/b", "--device", "cuda"], {}) == args.AppArgs(("/a", "/b"), "cuda")
+    assert args.parse_app_args(["/a", "--device=mps"], {}).device == "mps"
+    assert args.parse_app_args([], {}).collections == ()
     env = {"BIOCLIP_SEARCH_COLLECTIONS": os.pathsep.join(["/x", "", "/y"]), "BIOCLIP_SEARCH_DEVICE": "cpu"}
     # the environment wins over the arguments (a test runner's own arguments are no collections)
-    assert browse.parse_app_args(["tests/test_app.py", "-q"], env) == browse.AppArgs(("/x", "/y"), "cpu")
-    assert browse.parse_app_args(["/a"], {"BIOCLIP_SEARCH_COLLECTIONS": ""}).collections == ()
+    assert args.parse_app_args(["tests/test_app.py", "-q"], env) == args.AppArgs(("/x", "/y"), "cpu")
+    assert args.parse_app_args(["/a"], {"BIOCLIP_SEARCH_COLLECTIONS": ""}).collections == ()
 
 
 def test_collection_labels_are_short_and_unique():
-    assert browse.collection_labels(["/d/birds.coll", "/e/fish.coll"]) == {
+    assert args.collection_labels(["/d/birds.coll", "/e/fish.coll"]) == {
         "/d/birds.coll": "birds.coll",
         "/e/fish.coll": "fish.coll",
     }
-    labels = browse.collection_labels(["/d/x.coll", "/e/x.coll/"])
+    labels = args.collection_labels(["/d/x.coll", "/e/x.coll/"])
     assert len(set(labels.values())) == 2
 
 
 def test_faiss_threads_are_capped():
     import faiss
 
-    assert browse.configure_threads(1) == 1
+    assert args.configure_threads(1) == 1
     assert faiss.omp_get_max_threads() == 1
-    assert browse.configure_threads() >= 1
+    assert args.configure_threads() >= 1
 
 
 # -- state and URL ------------------------------------------------------------------------
@@ -157,7 +158,7 @@ def test_a_filter_change_goes_back_to_page_one():
 def test_state_to_filter_selects_what_it_says(engine):
     state = BrowseState().with_values("country", ["Kenya"]).with_values("family", ["Corvidae", "Canidae"])
     state = replace(state, year=(1900, 2000), coords=True)
-    result = browse.run_search(engine, state)
+    result = searching.run_search(engine, state)
     assert result.hits
     for h in result.hits:
         m = h.metadata
@@ -178,12 +179,12 @@ def test_state_to_filter_selects_what_it_says(engine):
 
 def test_species_filter_and_values_with_quotes(engine):
     state = BrowseState().with_values("species", ["Rosa canina"])
-    hits = browse.run_search(engine, state).hits
+    hits = searching.run_search(engine, state).hits
     assert len(hits) == 3 and {h.metadata["genus"] for h in hits} == {"Rosa"}
     state = BrowseState().with_values("collectionCode", ['PLANTS & "SEEDS"'])
-    assert len(browse.run_search(engine, state).hits) == 3
+    assert len(searching.run_search(engine, state).hits) == 3
     state = BrowseState().with_values("country", ["Côte d'Ivoire"])
-    assert len(browse.run_search(engine, state).hits) == 4
+    assert len(searching.run_search(engine, state).hits) == 4
 
 
 # -- searching ----------------------------------------------------------------------------
@@ -192,41 +193,41 @@ def test_species_filter_and_values_with_quotes(engine):
 def test_search_modes(engine, coll):
     target = by_catalog(engine, "MUS-005")
     vec = engine.embed_image(coll.image_path(5))
-    result = browse.run_search(engine, BrowseState().with_upload(), image_vector=vec, image_name="me.png")
+    result = searching.run_search(engine, BrowseState().with_upload(), image_vector=vec, image_name="me.png")
     assert result.hits[0].id == target.id
     assert result.interpretation == "images similar to the uploaded picture me.png"
 
-    result = browse.run_search(engine, BrowseState().more_like(target.id))
+    result = searching.run_search(engine, BrowseState().more_like(target.id))
     assert target.id not in [h.id for h in result.hits]
     assert str(target.id) in result.interpretation
 
-    result = browse.run_search(engine, BrowseState(q="Corvidae"))
+    result = searching.run_search(engine, BrowseState(q="Corvidae"))
     assert result.interpretation.startswith("family Corvidae")
 
-    listing = browse.run_search(engine, BrowseState())
+    listing = searching.run_search(engine, BrowseState())
     assert [h.id for h in listing.hits] == list(range(12)) and listing.candidates == 12
 
     with pytest.raises(QueryError):
-        browse.run_search(engine, BrowseState().with_upload())
+        searching.run_search(engine, BrowseState().with_upload())
     with pytest.raises(QueryError, match="no image with id"):
-        browse.run_search(engine, BrowseState().more_like(12345))
+        searching.run_search(engine, BrowseState().more_like(12345))
 
 
 def test_empty_results_say_why(engine):
     state = BrowseState(q="Corvidae").with_values("country", ["Atlantis"])
-    result = browse.run_search(engine, state)
+    result = searching.run_search(engine, state)
     assert result.hits == [] and "no image matches the filters" in result.notices
-    listing = browse.run_search(engine, BrowseState().with_values("species", ["Nonexistus fictus"]))
+    listing = searching.run_search(engine, BrowseState().with_values("species", ["Nonexistus fictus"]))
     assert listing.hits == [] and any("does not occur" in n for n in listing.notices)
 
 
 def test_suggestions_come_from_the_collection(engine):
-    names = [m.name for m in browse.suggest_taxa(engine, "co")]
+    names = [m.name for m in searching.suggest_taxa(engine, "co")]
     assert "Corvidae" in names and "Corvus" in names and "Corvus corax" in names
-    assert browse.suggest_taxa(engine, "Corvidae") == []  # already a taxon
-    assert browse.suggest_taxa(engine, "") == []
-    (m,) = [m for m in browse.suggest_taxa(engine, "red") if m.rank == "species"]
-    assert browse.describe_taxon(m) == "Vulpes vulpes (red fox) · species · 3 images"
+    assert searching.suggest_taxa(engine, "Corvidae") == []  # already a taxon
+    assert searching.suggest_taxa(engine, "") == []
+    (m,) = [m for m in searching.suggest_taxa(engine, "red") if m.rank == "species"]
+    assert searching.describe_taxon(m) == "Vulpes vulpes (red fox) · species · 3 images"
 
 
 # -- what results show ------------------------------------------------------------------
@@ -234,24 +235,24 @@ def test_suggestions_come_from_the_collection(engine):
 
 def test_cards_facets_chart_and_map(engine):
     hits = engine.get(range(12))
-    card = browse.card_fields(by_catalog(engine, "MUS-000"))
+    card = hit_fields.card_fields(by_catalog(engine, "MUS-000"))
     assert card["name"] == "Corvus corax" and card["rank"] == "species" and card["catalogNumber"] == "MUS-000"
     assert card["institution"] == "NHM" and card["date"] == "1900-05-01" and card["file"] == "img_00.png"
-    assert browse.card_fields(hits[0], scored=False)["score"] is None
+    assert hit_fields.card_fields(hits[0], scored=False)["score"] is None
 
-    facets = browse.result_facets(hits)
+    facets = searching.result_facets(hits)
     assert facets["country"] == {"Kenya": 4, "Norway": 4, "Côte d'Ivoire": 4}
     assert facets["family"] == {"Corvidae": 6, "Canidae": 3, "Rosaceae": 3}
     assert facets["species"]["Pica pica"] == 3
     assert sum(facets["license"].values()) == 12
 
-    assert browse.taxa_counts(hits, "family")[0] == ("Corvidae", 6)
-    assert browse.taxa_counts(hits, "kingdom") == [("Animalia", 9), ("Plantae", 3)]
-    points = browse.map_points(hits)
+    assert searching.taxa_counts(hits, "family")[0] == ("Corvidae", 6)
+    assert searching.taxa_counts(hits, "kingdom") == [("Animalia", 9), ("Plantae", 3)]
+    points = searching.map_points(hits)
     assert len(points) == 8 and all({"lat", "lon", "id", "name"} <= set(p) for p in points)
     bad = Hit(1, 0.0, "/x", {"decimalLatitude": 95.0, "decimalLongitude": 10.0})
-    assert browse.map_points([bad]) == []
-    rows = browse.result_rows(hits[:2])
+    assert searching.map_points([bad]) == []
+    rows = hit_fields.result_rows(hits[:2])
     assert set(rows[0]) >= {
         "id",
         "score",
@@ -266,31 +267,31 @@ def test_cards_facets_chart_and_map(engine):
 
 def test_facet_counts_of_a_filter_in_use_ignore_that_filter(engine):
     state = BrowseState().with_values("country", ["Kenya"])
-    result = browse.run_search(engine, state)
-    counts = browse.facet_counts(engine, state, result.hits)
+    result = searching.run_search(engine, state)
+    counts = searching.facet_counts(engine, state, result.hits)
     assert counts["country"] == {"Kenya": 4, "Norway": 4, "Côte d'Ivoire": 4}
     assert counts["license"] == {"CC0-1.0": 4}  # among the Kenya results
-    assert browse.facet_counts(engine, BrowseState(), result.hits)["country"] == {"Kenya": 4}
+    assert searching.facet_counts(engine, BrowseState(), result.hits)["country"] == {"Kenya": 4}
 
 
 def test_hit_rank_without_a_species():
     hit = Hit(1, 0.0, "/x", {"family": "Corvidae", "genus": None})
-    assert browse.hit_rank(hit) == "family"
-    assert browse.hit_rank(Hit(1, 0.0, "/x", {"taxonRank": "Genus"})) == "genus"
-    assert browse.hit_rank(Hit(1, 0.0, "/x", {"scientificName": "Corvus corax Linnaeus, 1758"})) == "species"
+    assert hit_fields.hit_rank(hit) == "family"
+    assert hit_fields.hit_rank(Hit(1, 0.0, "/x", {"taxonRank": "Genus"})) == "genus"
+    assert hit_fields.hit_rank(Hit(1, 0.0, "/x", {"scientificName": "Corvus corax Linnaeus, 1758"})) == "species"
 
 
 def test_detail_fields_and_source_link(engine):
     hit = by_catalog(engine, "MUS-000")
-    fields = dict(browse.detail_fields(hit))
-    names = [k for k, _ in browse.detail_fields(hit)]
+    fields = dict(hit_fields.detail_fields(hit))
+    names = [k for k, _ in hit_fields.detail_fields(hit)]
     assert names[0] == "scientificName" and names.index("license") < names.index("location")
     assert fields["rightsHolder"] == "Test Museum" and fields["notes"] == "note for image 0"
     assert "meta_hash" not in fields and "extra" not in fields
-    assert browse.source_record_url(hit) == "https://example.org/record/0"
-    assert browse.source_record_url(by_catalog(engine, "MUS-002")) == "https://example.org/occurrence/2"
-    assert browse.source_record_url(by_catalog(engine, "MUS-001")) is None  # a urn is shown, not linked
-    assert browse.source_record_url(Hit(1, 0, "/x", {"references": "javascript:alert(1)"})) is None
+    assert hit_fields.source_record_url(hit) == "https://example.org/record/0"
+    assert hit_fields.source_record_url(by_catalog(engine, "MUS-002")) == "https://example.org/occurrence/2"
+    assert hit_fields.source_record_url(by_catalog(engine, "MUS-001")) is None  # a urn is shown, not linked
+    assert hit_fields.source_record_url(Hit(1, 0, "/x", {"references": "javascript:alert(1)"})) is None
 
 
 def test_other_images_of_the_same_specimen(engine):
@@ -310,7 +311,7 @@ def test_other_images_of_the_same_specimen(engine):
     ],
 )
 def test_page_bounds(n, page, expected):
-    assert browse.page_bounds(n, page) == expected
+    assert searching.page_bounds(n, page) == expected
 
 
 # -- export -------------------------------------------------------------------------------
@@ -326,8 +327,8 @@ def read_export(data: bytes):
 def test_export_has_the_columns_and_the_query(engine):
     state = BrowseState(q="Corvidae").with_values("country", ["Kenya", "Côte d'Ivoire"])
     state = replace(state, year=(1900, None))
-    result = browse.run_search(engine, state)
-    data = browse.export_csv(
+    result = searching.run_search(engine, state)
+    data = export.export_csv(
         result.hits,
         state,
         collection="/c/app.coll",
@@ -340,7 +341,7 @@ def test_export_has_the_columns_and_the_query(engine):
     assert "filters: country: Kenya or Côte d'Ivoire; year: 1900–…" in comments
     assert f"url: ?{state.query_string()}" in comments
     assert "exported: 2024-01-02T03:04:05+00:00" in comments
-    assert list(rows[0]) == list(browse.EXPORT_COLUMNS)
+    assert list(rows[0]) == list(export.EXPORT_COLUMNS)
     assert [int(r["id"]) for r in rows] == [h.id for h in result.hits]
     first = result.hits[0]
     assert rows[0]["scientificName"] == first.scientific_name
@@ -367,7 +368,7 @@ def test_export_neutralises_spreadsheet_formulas_and_keeps_awkward_text():
         ),
     ]
     state = BrowseState(q='line\nbreak "quoted"')
-    comments, rows = read_export(browse.export_csv(hits, state))
+    comments, rows = read_export(export.export_csv(hits, state))
     assert 'query: text: line break "quoted"' in comments
     assert rows[0]["scientificName"].startswith("'=")
     assert rows[0]["catalogNumber"] == "-1.5"
@@ -377,8 +378,8 @@ def test_export_neutralises_spreadsheet_formulas_and_keeps_awkward_text():
 
 def test_export_of_a_listing_has_no_scores(engine):
     state = BrowseState().with_values("family", ["Canidae"])
-    result = browse.run_search(engine, state)
-    _, rows = read_export(browse.export_csv(result.hits, state))
+    result = searching.run_search(engine, state)
+    _, rows = read_export(export.export_csv(result.hits, state))
     assert len(rows) == 3 and {r["score"] for r in rows} == {""}
 
 
@@ -394,7 +395,7 @@ def encoded(fmt: str) -> bytes:
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF", "WEBP"])
 def test_uploads_of_accepted_kinds(fmt):
     data = encoded(fmt)
-    assert browse.read_upload("p.any", data) == data
+    assert upload.read_upload("p.any", data) == data
 
 
 @pytest.mark.parametrize(
@@ -413,34 +414,34 @@ def test_bad_uploads_are_refused_with_a_message(data, message):
     elif data == "truncated":
         data = encoded("PNG")[:200]
     with pytest.raises(UploadError, match=message):
-        browse.read_upload("photo.jpg", data)
+        upload.read_upload("photo.jpg", data)
 
 
 def test_too_large_uploads_are_refused(monkeypatch):
     data = encoded("PNG")
     with pytest.raises(UploadError, match="up to"):
-        browse.read_upload("big.png", data, max_bytes=100)
-    monkeypatch.setattr(browse, "MAX_UPLOAD_BYTES", 100)
+        upload.read_upload("big.png", data, max_bytes=100)
+    monkeypatch.setattr(upload, "MAX_UPLOAD_BYTES", 100)
     with pytest.raises(UploadError, match="big.png is 0.0 MB; pictures up to 0.0 MB"):
-        browse.read_upload("big.png", data)
+        upload.read_upload("big.png", data)
     assert issubclass(UploadError, QueryError)
 
 
 def test_uploads_with_too_many_pixels_are_refused_before_decoding(monkeypatch):
-    monkeypatch.setattr(browse, "MAX_UPLOAD_PIXELS", 10_000)
+    monkeypatch.setattr(upload, "MAX_UPLOAD_PIXELS", 10_000)
     with pytest.raises(UploadError, match="300 x 240 pixels"):
-        browse.read_upload("wide.png", encoded("PNG"))
+        upload.read_upload("wide.png", encoded("PNG"))
 
 
 # -- sidebar options ------------------------------------------------------------------
 
 
 def test_facet_catalog(engine):
-    cat = browse.FacetCatalog(engine)
+    cat = sidebar.FacetCatalog(engine)
     assert cat.options("country") == [("Côte d'Ivoire", 4), ("Kenya", 4), ("Norway", 4)]
     assert cat.options("family")[0] == ("Corvidae", 6)
     assert ("Corvus corax", 3) in cat.options("species")
-    assert cat.ranks() == list(browse.RANKS)
+    assert cat.ranks() == list(searching.RANKS)
     assert cat.year_range() == (1900, 2010)
     assert cat.has_coordinates() == 8
 
@@ -456,7 +457,7 @@ def test_most_likely_taxa_at_a_rank_are_cached(engine, coll, monkeypatch):
     monkeypatch.setattr(
         ZeroShotClassifier, "_embed_labels", lambda self: calls.append(len(self.labels)) or original(self)
     )
-    predictor = browse.TaxaPredictor(engine)
+    predictor = taxa.TaxaPredictor(engine)
     vec = engine.embed_image(coll.image_path(0))
     species = predictor.predict(vec, "species", k=10)
     assert [t.rank for t in species] == ["species"] * 4
@@ -480,7 +481,7 @@ def test_most_likely_taxa_are_rebuilt_for_a_new_generation(tmp_path, tiny_model_
 
     c = build_app_collection(tmp_path, tiny_model_dir, n=4)
     engine = SearchEngine.open(c.path, device="cpu", refresh_interval=None)
-    predictor = browse.TaxaPredictor(engine)
+    predictor = taxa.TaxaPredictor(engine)
     vec = engine.embed_image(c.image_path(0))
     assert len(predictor.predict(vec, "species", k=10)) == 4
     Image.new("RGB", (64, 64), (1, 2, 3)).save(c.images / "other" / "new.png")
@@ -500,11 +501,11 @@ def test_most_likely_taxa_are_rebuilt_for_a_new_generation(tmp_path, tiny_model_
 
 
 def test_collection_overview(engine, coll):
-    o = browse.collection_overview(engine)
+    o = overview.collection_overview(engine)
     assert o["images"] == 12 and o["failures"] == 1
     assert o["failures_by_reason"] == [("not-an-image", 1)]
     assert o["model"] == coll.model_source and o["dimension"] == 64
-    assert [r[0] for r in o["ranks"]] == list(browse.RANKS)
+    assert [r[0] for r in o["ranks"]] == list(searching.RANKS)
     assert {r: n for r, n, _ in o["ranks"]}["family"] == 12
     assert o["sources"] == [(str(coll.images), 12)]
     assert o["index"]
@@ -514,9 +515,9 @@ def test_collection_overview(engine, coll):
 
 
 def test_recall_is_found_whatever_it_is_called():
-    assert browse._find_recall({"recall": 0.97}) == 0.97
-    assert browse._find_recall({"tuning": {"recall_at_10": 0.91}, "recall_target": 0.95}) == 0.91
-    assert browse._find_recall({"nprobe": 8}) is None
+    assert overview._find_recall({"recall": 0.97}) == 0.97
+    assert overview._find_recall({"tuning": {"recall_at_10": 0.91}, "recall_target": 0.95}) == 0.91
+    assert overview._find_recall({"nprobe": 8}) is None
 
 
 def test_image_upload_of_the_model_itself(engine, coll):

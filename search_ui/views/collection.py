@@ -1,0 +1,74 @@
+"""The collection page (Streamlit): model and revision, counts, the index and its measured recall,
+failures by reason, images per rank, sources."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from search_ui import ui
+from search_ui.overview import collection_overview
+from search_ui.views import Context
+
+__all__ = ["collection_page"]
+
+
+def collection_page(ctx: Context) -> None:
+    """Model and revision, counts, index type and recall, failures by reason, images per rank."""
+    engine = ctx.engine
+    o = collection_overview(engine)
+    st.subheader("About this collection")
+    st.caption(ui.md(o["path"]))
+    c = st.columns(4)
+    c[0].metric("Images", f"{o['images']:,}")
+    c[1].metric("Failures", f"{o['failures']:,}")
+    c[2].metric("Retired", f"{o['retired']:,}")
+    c[3].metric("Generation", o["generation"])
+    st.markdown("**Model**")
+    st.table(
+        {
+            "": ["model", "source", "revision", "architecture", "dimension", "preprocessing"],
+            "value": [
+                str(o[k] or "")
+                for k in ("model", "model_source", "revision", "architecture", "dimension", "preprocess")
+            ],
+        }
+    )
+    st.markdown("**Index**")
+    recall = f"{o['recall']:.3f}" if o["recall"] is not None else "not measured"
+    if o["recall"] is not None and o["recall_target"] is not None:
+        recall += f" (target {o['recall_target']:.2f})"
+    st.table(
+        {
+            "": ["type", "measured recall", "search parameters", "images not yet in the index (searched exactly)"],
+            "value": [str(o["index"]), recall, o["index_params"] or "none", f"{o['unindexed']:,}"],
+        }
+    )
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Images per rank**")
+        st.table(
+            {
+                "rank": [r[0] for r in o["ranks"]],
+                "images": [r[1] for r in o["ranks"]],
+                "taxa": [r[2] for r in o["ranks"]],
+            }
+        )
+    with right:
+        st.markdown("**Failures by reason**")
+        if o["failures_by_reason"]:
+            st.table(
+                {"reason": [r for r, _ in o["failures_by_reason"]], "images": [n for _, n in o["failures_by_reason"]]}
+            )
+        else:
+            st.caption("No failures.")
+        st.markdown("**Sources**")
+        st.table({"source": [s for s, _ in o["sources"]], "images": [n for _, n in o["sources"]]})
+    if o["failures"]:
+        with st.expander(f"The failures ({o['failures']:,})"):
+            rows = engine.failures()[:500]
+            st.dataframe(
+                {k: [str(r.get(k) or "") for r in rows] for k in ("location", "stage", "reason", "detail")},
+                hide_index=True,
+                width="stretch",
+            )
+    st.caption(f"Created {o['created'] or '?'}; last published {o['updated'] or '?'}.")
