@@ -132,7 +132,7 @@ def cli_build(arch: str, folder: Path, batch: int, workdir: Path, device: str) -
     cmd = [
         sys.executable,
         "-c",
-        "from indexer.cli import index_main; index_main()",
+        "from indexer.cli.index import main; main()",
         "build",
         str(folder),
         "--out",

@@ -104,7 +104,7 @@ def main() -> None:
             return [
                 sys.executable,
                 "-c",
-                "from indexer.cli import index_main; index_main()",
+                "from indexer.cli.index import main; main()",
                 "build",
                 str(folder),
                 "--labels",

@@ -25,6 +25,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only; the real imports
     from .model import ClipModel, load_model, pick_device
     from .zeroshot import Prediction, ZeroShotClassifier, aggregate_to_rank, classify_images
 
+#: Marks this ``bioclip`` as bioclip-search's model layer (pybioclip installs a package of the same
+#: name; ``indexer`` checks for this before anything else, see indexer/_coexist.py).
+__bioclip_search__ = True
+
 # Names served lazily from their (heavy) modules on first access.
 _LAZY = {
     "ClipModel": "model",

@@ -11,19 +11,23 @@ import pytest
 from click.testing import CliRunner
 from imagegen import make_folder
 
-from indexer import cli
+from indexer.cli import app as app_cli
+from indexer.cli import demo as demo_cli
+from indexer.cli import index as index_cli
+from indexer.cli import search as search_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
-COMMANDS = {
-    "bioclip-index build": (cli.index_main, ["build"]),
-    "bioclip-index info": (cli.index_main, ["info"]),
-    "bioclip-index failures": (cli.index_main, ["failures"]),
-    "bioclip-index reindex": (cli.index_main, ["reindex"]),
-    "bioclip-search": (cli.search_main, []),
-    "bioclip-app": (cli.app_main, []),
-    "bioclip-demo": (cli.demo_main, []),
+# Every subcommand the group has (each a module of indexer/cli/index/), and the other scripts.
+COMMANDS = {f"bioclip-index {name}": (index_cli.main, [name]) for name in index_cli.main.commands} | {
+    "bioclip-search": (search_cli.main, []),
+    "bioclip-app": (app_cli.main, []),
+    "bioclip-demo": (demo_cli.main, []),
 }
+
+
+def test_the_index_group_finds_its_subcommand_modules():
+    assert {"build", "info", "failures", "reindex"} <= set(index_cli.main.commands)
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -51,7 +55,7 @@ def built(tmp_path_factory, tiny_model_source):
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     col = tmp / "col"
     result = CliRunner().invoke(
-        cli.index_main,
+        index_cli.main,
         [
             "build",
             str(folder),
@@ -80,26 +84,26 @@ def test_build_prints_a_summary(built):
 
 def test_info_json_has_the_documented_fields(built):
     col, _, _ = built
-    result = CliRunner().invoke(cli.index_main, ["info", str(col), "--json"])
+    result = CliRunner().invoke(index_cli.main, ["info", str(col), "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert info["images"] == 12 and info["failures"] == 1
     assert info["dimension"] == 64 and info["model"].startswith("local-dir:")
     assert info["index"]
-    plain = CliRunner().invoke(cli.index_main, ["info", str(col)])
+    plain = CliRunner().invoke(index_cli.main, ["info", str(col)])
     assert plain.exit_code == 0 and "failures by reason" in plain.output
 
 
 def test_failures_csv(built):
     col, _, _ = built
-    result = CliRunner().invoke(cli.index_main, ["failures", str(col)])
+    result = CliRunner().invoke(index_cli.main, ["failures", str(col)])
     rows = list(csv.DictReader(io.StringIO(result.output)))
     assert len(rows) == 1 and rows[0]["location"].endswith("broken.jpg") and rows[0]["reason"]
 
 
 def test_search_text_json_hits_have_id_score_location_metadata(built):
     col, _, _ = built
-    result = CliRunner().invoke(cli.search_main, [str(col), "Corvidae", "--k", "3", "--json"])
+    result = CliRunner().invoke(search_cli.main, [str(col), "Corvidae", "--k", "3", "--json"])
     assert result.exit_code == 0, result.output
     hits = json.loads(result.stdout)
     assert len(hits) == 3
@@ -110,17 +114,17 @@ def test_search_text_json_hits_have_id_score_location_metadata(built):
 def test_search_by_image_finds_it_first_and_by_id_excludes_itself(built):
     col, folder, _ = built
     img = folder / "a" / "img_0004.png"
-    result = CliRunner().invoke(cli.search_main, [str(col), "--image", str(img), "--k", "2", "--json"])
+    result = CliRunner().invoke(search_cli.main, [str(col), "--image", str(img), "--k", "2", "--json"])
     hits = json.loads(result.stdout)
     assert hits[0]["location"] == str(img)
-    result = CliRunner().invoke(cli.search_main, [str(col), "--id", str(hits[0]["id"]), "--json"])
+    result = CliRunner().invoke(search_cli.main, [str(col), "--id", str(hits[0]["id"]), "--json"])
     assert hits[0]["id"] not in [h["id"] for h in json.loads(result.stdout)]
 
 
 def test_search_filters_and_csv(built):
     col, _, _ = built
     result = CliRunner().invoke(
-        cli.search_main, [str(col), "bird", "--where", "country=Kenya", "--where", "year>=1900", "--format", "csv"]
+        search_cli.main, [str(col), "bird", "--where", "country=Kenya", "--where", "year>=1900", "--format", "csv"]
     )
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
@@ -141,7 +145,7 @@ def test_search_filters_and_csv(built):
 def test_bad_input_gets_a_message_not_a_traceback(built, args, message):
     col, _, _ = built
     args = [str(col) if a == "COL" else str(ROOT / "README.md") if a == "README" else a for a in args[1:]]
-    result = CliRunner().invoke(cli.search_main, args)
+    result = CliRunner().invoke(search_cli.main, args)
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output
@@ -149,14 +153,14 @@ def test_bad_input_gets_a_message_not_a_traceback(built, args, message):
 
 def test_build_errors_are_messages(tmp_path, built, tiny_model_source):
     col, folder, _ = built
-    r = CliRunner().invoke(cli.index_main, ["build", str(tmp_path / "missing"), "--out", str(tmp_path / "c")])
+    r = CliRunner().invoke(index_cli.main, ["build", str(tmp_path / "missing"), "--out", str(tmp_path / "c")])
     assert r.exit_code == 1 and "source not found" in r.output and "Traceback" not in r.output
-    r = CliRunner().invoke(cli.index_main, ["build", str(folder), "--out", str(col), "--model", "bioclip-2"])
+    r = CliRunner().invoke(index_cli.main, ["build", str(folder), "--out", str(col), "--model", "bioclip-2"])
     assert r.exit_code == 1 and "cannot be mixed" in r.output
     bad = tmp_path / "labels.csv"
     bad.write_text("name,scientificName\nx.jpg,Corvus corax\n")
     r = CliRunner().invoke(
-        cli.index_main,
+        index_cli.main,
         ["build", str(folder), "--labels", str(bad), "--out", str(tmp_path / "c2"), "--model", tiny_model_source],
     )
     assert r.exit_code == 1 and "no path column" in r.output and str(bad) in r.output

@@ -143,7 +143,7 @@ def test_unreadable_file_is_recorded_as_permission_denied(tmp_path, tiny_model_s
         *prefix,
         sys.executable,
         "-c",
-        "from indexer.cli import index_main; index_main()",
+        "from indexer.cli.index import main; main()",
         "build",
         str(root),
         "--out",

@@ -34,7 +34,7 @@ def _build_cmd(folder: Path, col: Path, model_source: str, *extra: str) -> list[
     return [
         sys.executable,
         "-c",
-        "from indexer.cli import index_main; index_main()",
+        "from indexer.cli.index import main; main()",
         "build",
         str(folder),
         "--labels",

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from indexer import cli
+from indexer.cli import index as index_cli
+from indexer.cli import search as search_cli
 from indexer.search.engine import SearchEngine
 from indexer.search.filters import Condition, Filter
 
@@ -127,7 +128,7 @@ def test_dwca_with_remote_media_indexes_and_finds_the_right_specimens(tmp_path, 
     archive = _archive(tmp_path / "export.zip", media_server)
     col = tmp_path / "museum.collection"
     run = CliRunner().invoke(
-        cli.index_main,
+        index_cli.main,
         ["build", str(archive), "--out", str(col), "--model", tiny_model_source, "--device", "cpu", "--workers", "0"],
     )
     assert run.exit_code == 0, run.output
@@ -155,13 +156,13 @@ def test_dwca_with_remote_media_indexes_and_finds_the_right_specimens(tmp_path, 
         assert (hit.get("catalogNumber"), hit.get("license")) == (cat, lic)
 
     # Through the CLI too, as JSON.
-    out = CliRunner().invoke(cli.search_main, [str(col), "Ursidae", "--taxon", "Ursidae", "--json"])
+    out = CliRunner().invoke(search_cli.main, [str(col), "Ursidae", "--taxon", "Ursidae", "--json"])
     assert out.exit_code == 0, out.output
     hits = json.loads(out.stdout)
     assert [h["catalogNumber"] for h in hits] == ["NHMUK 3001"] and hits[0]["license"] == "CC-BY-4.0"
 
     # A second run downloads nothing again (cache) and encodes nothing.
-    again = CliRunner().invoke(cli.index_main, ["build", str(archive), "--out", str(col), "--workers", "0", "--json"])
+    again = CliRunner().invoke(index_cli.main, ["build", str(archive), "--out", str(col), "--workers", "0", "--json"])
     assert again.exit_code == 0, again.output
     report = json.loads(again.stdout)
     assert report["encoded"] == 0 and report["unchanged"] == 5

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 from imagegen import make_folder, picture
 
-from indexer import cli
+from indexer.cli import index as index_cli
+from indexer.cli import search as search_cli
 from indexer.search.engine import SearchEngine
 from indexer.search.query import Term
 from indexer.store import Collection
@@ -23,7 +24,7 @@ def col(tmp_path_factory, tiny_model_source):
     folder = make_folder(tmp / "imgs", 20)
     path = tmp / "col"
     r = CliRunner().invoke(
-        cli.index_main,
+        index_cli.main,
         [
             "build",
             str(folder),
@@ -45,7 +46,7 @@ def col(tmp_path_factory, tiny_model_source):
 
 
 def run(*args):
-    return CliRunner().invoke(cli.search_main, [str(a) for a in args])
+    return CliRunner().invoke(search_cli.main, [str(a) for a in args])
 
 
 def ids_of(result) -> list[int]:
@@ -190,7 +191,7 @@ def test_notices_go_to_stderr_and_json_stays_clean(col, tiny_model_source):
 
 
 def test_help_shows_examples_of_every_query_type():
-    out = CliRunner().invoke(cli.search_main, ["--help"]).output
+    out = CliRunner().invoke(search_cli.main, ["--help"]).output
     for needle in (
         '"Corvus corax"',
         "--image query.jpg",

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from imagegen import make_folder, picture
 
-from indexer import cli
 from indexer.build import BuildOptions, build
 from indexer.build.sources import FolderSource
+from indexer.cli import search as search_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,14 +64,14 @@ def test_every_bioclip_search_line_works(photos, monkeypatch):
     assert len(lines) >= 8
     for line in lines:
         args = shlex.split(line, comments=True)[1:]
-        result = CliRunner().invoke(cli.search_main, args)
+        result = CliRunner().invoke(search_cli.main, args)
         assert result.exit_code == 0, (line, result.output)
         assert "Traceback" not in result.output
 
 
 def test_every_search_option_is_documented():
     section = search_section()
-    for param in cli.search_main.params:
+    for param in search_cli.main.params:
         for opt in getattr(param, "opts", []):
             if opt.startswith("--") and opt not in ("--help", "--verbose", "--quiet", "--device", "--json"):
                 assert opt in section, f"{opt} is not in the README's Search section"

@@ -1,0 +1,79 @@
+"""``bioclip-app``: start the Streamlit app on one or more collections."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from indexer.cli.common import device_option, friendly, setup_logging, verbosity
+
+__all__ = ["main", "run_app"]
+
+
+def _app_script() -> str:
+    import search_ui
+
+    return str(Path(search_ui.__file__).with_name("app.py"))
+
+
+def run_app(collections: list[str], *, port: int, host: str, device: str, extra_env: dict | None = None) -> int:
+    """Start the Streamlit app on ``collections`` (blocks until it stops); returns its exit status."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        _app_script(),
+        "--server.port",
+        str(port),
+        "--server.address",
+        host,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--client.showErrorDetails",
+        "none",
+        "--client.toolbarMode",
+        "viewer",
+        "--server.maxUploadSize",
+        os.environ.get("BIOCLIP_SEARCH_MAX_UPLOAD_MB", "20"),
+        "--",
+        *[os.path.abspath(c) for c in collections],
+        "--device",
+        device,
+    ]
+    env = dict(os.environ, **(extra_env or {}))
+    click.echo(f"bioclip-search app on http://{host}:{port}  (Ctrl-C to stop)", err=True)
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Examples:\n\n\b\n  bioclip-app ./photos.collection --port 8501\n  bioclip-app ./herbarium.collection ./insects.collection",
+)
+@click.argument("collections", nargs=-1, required=True, type=click.Path())
+@click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 to share on your network)."
+)
+@device_option
+@verbosity
+@friendly
+def main(*, collections, port, host, device, verbose, quiet):
+    """Start the search app (Streamlit) on one or more collections."""
+    setup_logging(verbose, quiet)
+    from indexer.store import Collection
+
+    for c in collections:
+        Collection.open(c)  # fail here, with a message, rather than inside the app
+    sys.exit(run_app(list(collections), port=port, host=host, device=device))

@@ -1,0 +1,84 @@
+"""What every console script shares: logging, named exceptions turned into messages, options.
+
+The library raises named exceptions; here (and only here, with the app) they become one-line
+messages and exit statuses: 1 for a refused or failed command, 2 for usage errors and for a
+``bioclip`` package that is not bioclip-search's (see :mod:`indexer._coexist`), 130 for Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+__all__ = ["CONTEXT", "setup_logging", "friendly", "parse_size", "verbosity", "device_option"]
+
+# Idle OpenMP threads of the encoder sleep instead of spinning, so on a machine with few cores they
+# leave the CPU to the decode workers between batches (set before torch is first imported).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+#: Context settings of every command.
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    from indexer._coexist import warn_if_pybioclip_installed
+
+    warn_if_pybioclip_installed()
+
+
+def friendly(fn: Callable) -> Callable:
+    """Turn the library's named exceptions into one-line errors (exit status 1), never tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from bioclip.errors import BioclipError
+        from indexer.errors import ForeignBioclipError, IndexerError
+
+        try:
+            return fn(*args, **kwargs)
+        except ForeignBioclipError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+        except (IndexerError, BioclipError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted; committed work is kept and the same command resumes it", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def parse_size(value: str | None) -> int | None:
+    """``600MB``, ``8GB``, ``1.5g`` -> bytes; None stays None."""
+    if value is None:
+        return None
+    m = _SIZE.match(value)
+    if not m:
+        raise click.BadParameter(f"{value!r} is not a size like 600MB or 4GB")
+    mult = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[m.group(2).lower()]
+    return int(float(m.group(1)) * mult)
+
+
+def verbosity(fn: Callable) -> Callable:
+    """``-v/--verbose`` (repeatable) and ``-q/--quiet``."""
+    fn = click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")(fn)
+    fn = click.option("-q", "--quiet", is_flag=True, help="Only errors.")(fn)
+    return fn
+
+
+def device_option(fn: Callable) -> Callable:
+    """``--device auto|cpu|cuda|mps``."""
+    return click.option(
+        "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True
+    )(fn)

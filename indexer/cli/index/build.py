@@ -1,0 +1,261 @@
+"""``bioclip-index build``: index images from sources into a collection (resumable, incremental)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from indexer.cli.common import CONTEXT, device_option, friendly, parse_size, setup_logging, verbosity
+
+__all__ = ["command", "format_report"]
+
+
+@click.command(
+    "build",
+    context_settings=CONTEXT,
+    epilog=(
+        "Examples:\n\n\b\n"
+        "  bioclip-index build ./photos --out ./photos.collection\n"
+        "  bioclip-index build ./photos --labels labels.csv --out ./photos.collection --model bioclip-2\n"
+        "  bioclip-index build dwca-export.zip --out ./museum.collection --media-root https://media.example.org/=/data/media\n"
+        "  bioclip-index build 'shards/{000..099}.tar' --out ./shards.collection --device cuda\n\n"
+        "Run the same command again to resume an interrupted build or to add new and changed images."
+    ),
+)
+@click.argument("sources", nargs=-1, required=True)
+@click.option(
+    "--out", "out", required=True, type=click.Path(file_okay=False), help="Collection folder (created if missing)."
+)
+@click.option(
+    "--model",
+    default=None,
+    help="bioclip (default), bioclip-2, hf-hub:ORG/REPO[@REV], local-dir:PATH, ARCH:TAG, ARCH:CHECKPOINT.",
+)
+@click.option("--revision", default=None, help="Pin a Hugging Face revision (branch, tag or commit).")
+@click.option(
+    "--labels",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="CSV joined on its path column (relative to the folder).",
+)
+@click.option("--source-type", default=None, help="folder, dwca, manifest, tar, ... (default: detected).")
+@click.option("--path-column", default=None, help="Manifest column with the image path or URL (default: detected).")
+@click.option(
+    "--media-root",
+    "media_roots",
+    multiple=True,
+    metavar="PREFIX=DIR",
+    help="Read URLs starting with PREFIX from DIR instead (repeatable).",
+)
+@click.option(
+    "--name",
+    "source_name",
+    default=None,
+    help="A stable name for the source (default: its path); keys of a re-downloaded archive then stay the same.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 65536),
+    default=None,
+    help="Images per forward pass (default 8 on CPU; on a GPU, sized from its free memory).",
+)
+@device_option
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option(
+    "--preprocess",
+    type=click.Choice(["squash", "crop"]),
+    default=None,
+    help="Image preprocessing for a new collection (default squash).",
+)
+@click.option(
+    "--workers", type=click.IntRange(0, 256), default=None, help="Decode worker processes (default: from the cores)."
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: decode tasks and GPU encoder actors on Ray Data (pip install 'bioclip-search[ray]').",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="Ray cluster to join (auto, ray://head:10001); default: RAY_ADDRESS, a `ray start` cluster here, else a new local one.",
+)
+@click.option(
+    "--commit-every", type=click.IntRange(1), default=2048, show_default=True, help="Commit after this many images..."
+)
+@click.option("--commit-seconds", type=float, default=60.0, show_default=True, help="...or this many seconds.")
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(1),
+    default=None,
+    help="Larger images are recorded as failures (default 400 MP).",
+)
+@click.option("--prune", is_flag=True, help="Retire images whose files are gone from the sources.")
+@click.option("--retry-failed", is_flag=True, help="Try recorded failures again even if unchanged.")
+@click.option(
+    "--rehash",
+    is_flag=True,
+    help="Read every file whose size and time look unchanged and re-encode it if its content hash differs.",
+)
+@click.option("--no-index", is_flag=True, help="Store vectors only; build the ANN index later with reindex.")
+@click.option(
+    "--index-type", default=None, help="FAISS index factory string (default: chosen from size and memory budget)."
+)
+@click.option("--memory-budget", default=None, help="Memory for the ANN index, e.g. 600MB, 8GB.")
+@click.option("--recall-target", type=click.FloatRange(0.5, 1.0), default=0.95, show_default=True)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Downloaded media cache (default COLLECTION/cache/media).",
+)
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
+@verbosity
+@friendly
+def command(
+    *,
+    sources,
+    out,
+    model,
+    revision,
+    labels,
+    source_type,
+    path_column,
+    media_roots,
+    source_name,
+    batch_size,
+    device,
+    precision,
+    preprocess,
+    workers,
+    executor,
+    ray_address,
+    commit_every,
+    commit_seconds,
+    max_pixels,
+    prune,
+    retry_failed,
+    rehash,
+    no_index,
+    index_type,
+    memory_budget,
+    recall_target,
+    cache_dir,
+    progress,
+    as_json,
+    verbose,
+    quiet,
+):
+    """Index images from SOURCES (folders, manifests, Darwin Core Archives, tar shards) into a collection."""
+    setup_logging(verbose, quiet)
+    from indexer.build import BuildOptions, build
+    from indexer.build.sources import open_source
+
+    roots = parse_media_roots(media_roots)
+    if labels and len(sources) > 1:
+        raise click.UsageError("--labels applies to one folder; give one SOURCE with it")
+    if source_name and len(sources) > 1:
+        raise click.UsageError("--name applies to one SOURCE")
+    srcs = [
+        open_source(
+            s,
+            source_type=source_type,
+            labels=labels,
+            path_column=path_column,
+            media_roots=roots or None,
+            name=source_name,
+        )
+        for s in sources
+    ]
+    options = BuildOptions(
+        batch_size=batch_size,
+        workers=workers,
+        commit_every=commit_every,
+        commit_seconds=commit_seconds,
+        max_pixels=max_pixels,
+        prune=prune,
+        retry_failed=retry_failed,
+        rehash=rehash,
+        build_index=not no_index,
+        index_factory=index_type,
+        memory_budget=parse_size(memory_budget),
+        recall_target=recall_target,
+        cache_dir=cache_dir,
+        progress=(sys.stderr.isatty() and not quiet) if progress is None else progress,
+        executor=executor,
+        ray_address=ray_address,
+    )
+    report = build(
+        out,
+        srcs,
+        model_name=model,
+        revision=revision,
+        device=device,
+        precision=precision,
+        preprocess=preprocess,
+        options=options,
+    )
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+        return
+    if not quiet:
+        click.echo(format_report(report))
+
+
+def parse_media_roots(items) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r}: write PREFIX=DIR", param_hint="--media-root")
+        prefix, _, d = item.rpartition("=")
+        if not prefix or not d:
+            raise click.BadParameter(f"{item!r}: write PREFIX=DIR", param_hint="--media-root")
+        out[prefix] = d
+    return out
+
+
+def format_report(r) -> str:
+    lines = [
+        f"collection  {r.collection}",
+        f"scanned     {r.scanned}",
+        f"indexed     {r.encoded} encoded, {r.reused} reused by content hash, {r.metadata_updated} metadata updates",
+        f"unchanged   {r.unchanged}",
+    ]
+    if r.rehashed:
+        lines.append(f"rehashed    {r.rehashed} files read to compare content")
+    if r.replaced or r.pruned or r.replaced_by_failure:
+        lines.append(
+            f"retired     {r.replaced} replaced, {r.pruned} pruned"
+            + (f", {r.replaced_by_failure} changed files that no longer read" if r.replaced_by_failure else "")
+        )
+    if r.pruned_failures:
+        lines.append(f"cleared     {r.pruned_failures} failures of files that are gone")
+    if r.skipped_failed:
+        lines.append(f"skipped     {r.skipped_failed} known failures (use --retry-failed to try them again)")
+    lines.append(
+        f"failed      {r.failed}"
+        + ("" if not r.failed else "  (" + ", ".join(f"{k}: {v}" for k, v in sorted(r.failed_by_reason.items())) + ")")
+    )
+    for name, rep in r.source_reports.items():
+        counts = {k: v for k, v in rep.items() if isinstance(v, int) and not isinstance(v, bool) and v and k != "rows"}
+        if counts:
+            lines.append(f"source      {name}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
+        for warning in rep.get("warnings") or []:
+            lines.append(f"warning     {warning}")
+    lines.append(f"time        {r.seconds:.1f}s, {r.images_per_second:.2f} images/s")
+    lines.append(f"total       {r.images} images in the collection (generation {r.generation})")
+    if r.index:
+        info = r.index.get("info") or {}
+        rec = info.get("measured_recall")
+        lines.append(
+            f"index       {r.index.get('factory')}"
+            + (f", recall@10 {rec:.3f}" if isinstance(rec, (int, float)) else "")
+        )
+    if r.failed:
+        lines.append(f"see the failures with: bioclip-index failures {r.collection}")
+    return "\n".join(lines)

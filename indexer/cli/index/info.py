@@ -1,0 +1,67 @@
+"""``bioclip-index info``: a collection's model, counts, index and failures by reason."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from indexer.cli.common import CONTEXT, friendly, setup_logging, verbosity
+
+__all__ = ["command"]
+
+
+@click.command(
+    "info", context_settings=CONTEXT, epilog="Example:\n\n\b\n  bioclip-index info ./photos.collection --json"
+)
+@click.argument("collection", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@verbosity
+@friendly
+def command(*, collection, as_json, verbose, quiet):
+    """Show a collection's model, counts, index and failures by reason."""
+    setup_logging(verbose, quiet)
+    from indexer.search.engine import SearchEngine
+
+    info = SearchEngine.open(collection, refresh_interval=None).info()
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    idx = info.get("index_info") or {}
+    rows = [
+        ("collection", info["path"]),
+        (
+            "model",
+            f"{info['model']} ({info['model_info'].get('source')}"
+            + (f" @ {info['model_info'].get('revision')}" if info["model_info"].get("revision") else "")
+            + ")",
+        ),
+        ("dimension", info["dimension"]),
+        ("preprocess", json.dumps(info.get("preprocess"))),
+        ("images", info["images"]),
+        ("failures", info["failures"]),
+        ("retired", info["retired"]),
+        (
+            "index",
+            f"{info['index']}"
+            + (
+                f" (recall@10 {idx['measured_recall']:.3f})"
+                if isinstance(idx.get("measured_recall"), (int, float))
+                else ""
+            ),
+        ),
+        ("not yet in index", info["unindexed_images"]),
+        ("generation", info["generation"]),
+        ("updated", info["updated"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    out = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    if info["sources"]:
+        out.append("by source:")
+        out += [f"  {n:8d}  {s}" for s, n in info["sources"].items()]
+    if info["failures_by_reason"]:
+        out.append("failures by reason:")
+        out += [f"  {n:8d}  {r}" for r, n in info["failures_by_reason"].items()]
+    out.append("images per rank:")
+    out += [f"  {rank:8s} {v['images']:8d} images, {v['taxa']} taxa" for rank, v in info["ranks"].items()]
+    click.echo("\n".join(out))
