@@ -22,7 +22,8 @@ from .registry import DEFAULT_MODEL, ModelSpec, list_models, register, resolve_s
 from .taxa import RANKS, Taxon, TextForm, taxon_prompt, taxon_text
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only; the real imports are lazy
-    from .model import ClipModel, load_model, pick_device
+    from .device import pick_device
+    from .model import ClipModel, load_model
     from .zeroshot import Prediction, ZeroShotClassifier, aggregate_to_rank, classify_images
 
 #: Marks this ``bioclip`` as bioclip-search's model layer (pybioclip installs a package of the same
@@ -33,7 +34,7 @@ __bioclip_search__ = True
 _LAZY = {
     "ClipModel": "model",
     "load_model": "model",
-    "pick_device": "model",
+    "pick_device": "device",
     "Prediction": "zeroshot",
     "ZeroShotClassifier": "zeroshot",
     "aggregate_to_rank": "zeroshot",

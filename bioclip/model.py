@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,108 +34,22 @@ import numpy as np
 import open_clip
 import torch
 
-from .errors import BioclipError, DeviceError, ModelNotAvailableError, ModelSpecError
+from .batching import check_batch_size, chunks, normalise, text_list
+from .device import pick_device, resolve_precision
+from .errors import ModelNotAvailableError, ModelSpecError
+from .hub import CONFIG_NAME, PICKLE_WEIGHTS, SAFETENSORS_WEIGHTS, find_weights, hf_cache_dir, hf_offline, snapshot
 from .preprocess import (
-    DEFAULT_MODE,
-    INTERPOLATIONS,
-    OPENAI_MEAN,
-    OPENAI_STD,
-    PREPROCESS_MODES,
     ImageTransform,
     PreprocessConfig,
+    choose_preprocess,
     make_transform,
 )
 from .registry import DEFAULT_MODEL, ModelSpec, resolve_spec
 from .taxa import Taxon, TextForm, taxon_prompt, taxon_text
 
-__all__ = [
-    "ClipModel",
-    "load_model",
-    "pick_device",
-    "resolve_precision",
-    "ensemble_texts",
-    "PRECISIONS",
-]
+__all__ = ["ClipModel", "load_model", "ensemble_texts"]
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-CONFIG_NAME = "open_clip_config.json"
-SAFETENSORS_WEIGHTS = "open_clip_model.safetensors"
-PICKLE_WEIGHTS = "open_clip_pytorch_model.bin"
-# What open_clip's local-dir loader looks for; checked first so that a folder without weights is
-# an error instead of open_clip's warning and random weights.
-_WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pth")
-# Files an open_clip model with a Hugging Face tokenizer keeps next to its config.
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-)
-_TRUE = {"1", "on", "yes", "true"}
-
-
-# --------------------------------------------------------------------------- device, precision
-
-
-def pick_device(device: str = "auto") -> str:
-    """The torch device string to use for ``device``.
-
-    ``auto``: cuda, then mps, then cpu. ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` are checked
-    and returned as given; one this machine does not have raises :class:`DeviceError`.
-    """
-    wanted = (device or "auto").strip().lower()
-    if wanted == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if _mps_available():
-            return "mps"
-        return "cpu"
-    if wanted == "cpu":
-        return "cpu"
-    if wanted == "cuda" or wanted.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                f"Device {device!r} was asked for but CUDA is not available (torch {torch.__version__}, "
-                f"built with CUDA {torch.version.cuda or 'none'}). Use --device cpu or auto."
-            )
-        if ":" in wanted:
-            index = wanted.split(":", 1)[1]
-            if not index.isdigit() or int(index) >= torch.cuda.device_count():
-                raise DeviceError(f"Device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s).")
-        return wanted
-    if wanted == "mps":
-        if not _mps_available():
-            raise DeviceError("Device 'mps' was asked for but Apple MPS is not available. Use cpu or auto.")
-        return "mps"
-    raise DeviceError(f"Unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps.")
-
-
-def _mps_available() -> bool:
-    backend = getattr(torch.backends, "mps", None)
-    return bool(backend is not None and backend.is_available())
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """``fp32``, ``bf16`` or ``fp16`` for ``precision`` on ``device``.
-
-    ``auto`` is fp32 on cpu and mps; on cuda bf16 autocast, or fp16 where the GPU has no bf16.
-    Weights stay fp32 in every case; bf16/fp16 mean autocast around the forward pass.
-    """
-    wanted = (precision or "auto").strip().lower()
-    if wanted not in PRECISIONS:
-        raise DeviceError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
-    if wanted != "auto":
-        return wanted
-    if device.startswith("cuda"):
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
 
 
 # --------------------------------------------------------------------------- the model
@@ -227,24 +141,22 @@ class ClipModel:
 
     def encode_images(self, images: Iterable[Any], batch_size: int = 32) -> np.ndarray:
         """Embed PIL images (RGB; other modes are converted) with :attr:`transform`, in batches."""
-        _check_batch_size(batch_size)
-        chunks = [
+        check_batch_size(batch_size)
+        parts = [
             self.encode_image_tensors(torch.stack([self.transform(image) for image in chunk]))
-            for chunk in _chunks(images, batch_size)
+            for chunk in chunks(images, batch_size)
         ]
-        return np.concatenate(chunks) if chunks else self._empty()
+        return np.concatenate(parts) if parts else self._empty()
 
     # ----------------------------------------------------------------- text
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """Embed texts as they are (no prompt added). Texts longer than :attr:`context_length`
         tokens are truncated by the tokenizer; see :meth:`text_is_truncated`."""
-        texts = _text_list(texts)
-        _check_batch_size(batch_size)
-        chunks = [
-            self._forward(self._encode_text, self._tokenizer(list(chunk))) for chunk in _chunks(texts, batch_size)
-        ]
-        return np.concatenate(chunks) if chunks else self._empty()
+        texts = text_list(texts)
+        check_batch_size(batch_size)
+        parts = [self._forward(self._encode_text, self._tokenizer(list(chunk))) for chunk in chunks(texts, batch_size)]
+        return np.concatenate(parts) if parts else self._empty()
 
     def text_token_count(self, text: str) -> int:
         """Tokens ``text`` takes, start and end tokens included (compare with :attr:`context_length`)."""
@@ -266,13 +178,13 @@ class ClipModel:
     def embed_text_ensemble(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """One vector per text from OpenAI's 80 ImageNet templates, as pybioclip and BioCLIP's
         evaluation do: embed every filled template, average the normalised vectors, renormalise."""
-        texts = _text_list(texts)
+        texts = text_list(texts)
         if not texts:
             return self._empty()
         filled = [t for text in texts for t in ensemble_texts(text)]
         per_template = self.encode_texts(filled, batch_size=batch_size)
         mean = per_template.reshape(len(texts), -1, self.dimension).mean(axis=1)
-        return _normalise(mean)
+        return normalise(mean)
 
     def embed_taxa(
         self,
@@ -336,37 +248,6 @@ class ClipModel:
             return features.cpu().numpy().astype(np.float32, copy=False)
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32, copy=False)
-
-
-def _text_list(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError("Pass a list of texts, not a single string (it would be split into characters).")
-    texts = list(texts)
-    bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
-    if bad:
-        raise TypeError(f"Texts must be strings, got {bad[0]}.")
-    return texts
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, not {batch_size!r}.")
-
-
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def ensemble_texts(text: str) -> list[str]:
     """``text`` filled into OpenAI's 80 ImageNet templates (from open_clip's zero_shot_metadata)."""
     return [template(text) for template in open_clip.OPENAI_IMAGENET_TEMPLATES]
@@ -419,7 +300,7 @@ def load_model(
         loaded = _load_builtin(spec, torch_device, cache_dir)
 
     oc_preprocess = dict(open_clip.get_model_preprocess_cfg(loaded.module))
-    preprocess_config = _choose_preprocess(preprocess, spec, oc_preprocess)
+    preprocess_config = choose_preprocess(preprocess, spec, oc_preprocess)
     text_cfg = loaded.model_cfg.get("text_cfg", {})
     context_length = (
         getattr(loaded.module, "context_length", None)
@@ -442,118 +323,9 @@ def load_model(
     return clip
 
 
-def _how_to_get_offline(spec: ModelSpec) -> str:
-    repo = spec.repo_id or "ORG/REPO"
-    return (
-        "To use it without network access: on a connected machine run "
-        f'`hf download {repo}` (or `python -c "import huggingface_hub; '
-        f"huggingface_hub.snapshot_download('{repo}')\"`), copy that machine's Hugging Face cache "
-        "folder (~/.cache/huggingface/hub) here and point HF_HUB_CACHE at it; or put "
-        "open_clip_config.json and the weights file (open_clip_model.safetensors or "
-        "open_clip_pytorch_model.bin) in a folder and use --model local-dir:PATH."
-    )
-
-
-def _hf_cache_dir(cache_dir: str | os.PathLike[str] | None) -> str:
-    """The Hugging Face cache to use, with the environment read now (huggingface_hub reads it once,
-    at import, which would make a later HF_HUB_CACHE invisible)."""
-    if cache_dir is not None:
-        return os.path.abspath(os.path.expanduser(os.fspath(cache_dir)))
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        value = os.environ.get(var)
-        if value:
-            return os.path.abspath(os.path.expandvars(os.path.expanduser(value)))
-    home = os.environ.get("HF_HOME")
-    if home:
-        return os.path.join(os.path.abspath(os.path.expandvars(os.path.expanduser(home))), "hub")
-    from huggingface_hub import constants
-
-    return os.path.abspath(constants.HF_HUB_CACHE)
-
-
-def _hf_offline() -> bool:
-    from huggingface_hub import constants
-
-    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").strip().lower()
-    return env in _TRUE or bool(constants.HF_HUB_OFFLINE)
-
-
-def _find_weights(folder: Path) -> Path | None:
-    for pattern in _WEIGHT_GLOBS:
-        found = sorted(folder.glob(pattern))
-        if found:
-            return found[0]
-    return None
-
-
-def _snapshot(spec: ModelSpec, cache_dir: str, offline: bool) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    repo_id = spec.repo_id or ""
-    where = f"the Hugging Face cache at {cache_dir}"
-    wanted = f"{spec.name!r} ({spec.source}, revision {spec.revision or 'main'})"
-
-    def fetch(weights_file: str) -> Path:
-        return Path(
-            snapshot_download(
-                repo_id,
-                revision=spec.revision,
-                cache_dir=cache_dir,
-                allow_patterns=[CONFIG_NAME, weights_file, *_TOKENIZER_FILES],
-                local_files_only=offline,
-            )
-        )
-
-    def unavailable(reason: str) -> ModelNotAvailableError:
-        return ModelNotAvailableError(
-            f"Model {wanted} is not available: {reason} Looked in {where}"
-            f"{' (offline: HF_HUB_OFFLINE is set)' if offline else ''}. {_how_to_get_offline(spec)}",
-            model=spec.name,
-            locations=(cache_dir,),
-        )
-
-    try:
-        try:
-            folder: Path | None = fetch(SAFETENSORS_WEIGHTS)
-        except LocalEntryNotFoundError:
-            # Offline, a cache holding only the pickled weights counts as incomplete for the
-            # safetensors pattern; the fallback below may still find a complete snapshot.
-            folder = None
-        if folder is None or _find_weights(folder) is None:
-            # Older repositories (and some caches) have only the pickled weights.
-            folder = fetch(PICKLE_WEIGHTS)
-    except GatedRepoError as exc:
-        raise unavailable(f"the repository is gated and needs a Hugging Face token ({exc}).") from exc
-    except RepositoryNotFoundError as exc:
-        raise unavailable(f"the repository {repo_id} was not found on the Hugging Face hub.") from exc
-    except RevisionNotFoundError as exc:
-        raise unavailable(f"revision {spec.revision!r} was not found in {repo_id}.") from exc
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
-        reason = "it is not in the local cache and the hub cannot be reached"
-        if offline:
-            reason = "it is not in the local cache and network access is off"
-        raise unavailable(f"{reason} ({type(exc).__name__}).") from exc
-    except ValueError as exc:  # huggingface_hub's validation of repo id / revision
-        raise ModelSpecError(f"Invalid Hugging Face model {spec.source!r}: {exc}") from exc
-
-    if not (folder / CONFIG_NAME).is_file() or _find_weights(folder) is None:
-        raise unavailable(
-            f"the snapshot at {folder} has no {CONFIG_NAME} or no weights file "
-            f"({SAFETENSORS_WEIGHTS} / {PICKLE_WEIGHTS}); it is incomplete or not an open_clip model."
-        )
-    return folder
-
-
 def _load_hf_hub(spec: ModelSpec, device: str, cache_dir: str | os.PathLike[str] | None) -> _Loaded:
-    cache = _hf_cache_dir(cache_dir)
-    folder = _snapshot(spec, cache, _hf_offline())
+    cache = hf_cache_dir(cache_dir)
+    folder = snapshot(spec, cache, hf_offline())
     loaded = _load_local_dir(folder, spec, device)
     # Snapshot folders are named by their commit hash: the exact weights this model used.
     loaded.revision = folder.name
@@ -588,7 +360,7 @@ def _load_local_dir(folder: Path, spec: ModelSpec, device: str) -> _Loaded:
         raise ModelSpecError(
             f"Model {spec.name!r}: {config_path} is not an open_clip config (needs model_cfg with embed_dim): {exc}"
         ) from exc
-    weights = _find_weights(folder)
+    weights = find_weights(folder)
     if weights is None:
         raise ModelNotAvailableError(
             f"Model {spec.name!r}: {folder} has {CONFIG_NAME} but no weights file "
@@ -643,7 +415,7 @@ def _load_builtin(spec: ModelSpec, device: str, cache_dir: str | os.PathLike[str
             )
         tag_cfg = open_clip.get_pretrained_cfg(arch, tag)
         if tag_cfg.get("hf_hub"):
-            where = _hf_cache_dir(cache_dir)
+            where = hf_cache_dir(cache_dir)
             download_dir: str | None = where
             where = f"the Hugging Face cache at {where}"
         else:
@@ -697,49 +469,3 @@ def _architecture_name(model_cfg: Mapping[str, Any]) -> str:
         return f"timm:{vision['timm_model_name']}"
     parts = [f"{key}={vision[key]}" for key in ("image_size", "patch_size", "width", "layers") if key in vision]
     return f"custom({', '.join(parts)}, embed_dim={model_cfg.get('embed_dim')})"
-
-
-def _choose_preprocess(
-    preprocess: str | PreprocessConfig | Mapping[str, Any] | None,
-    spec: ModelSpec,
-    oc_cfg: Mapping[str, Any],
-) -> PreprocessConfig:
-    size = oc_cfg.get("size", 224)
-    if isinstance(size, (tuple, list)):
-        if len(size) != 2 or size[0] != size[1]:
-            raise BioclipError(f"Model {spec.name!r} takes non-square images {size}; not supported.")
-        size = size[0]
-    size = int(size)
-    if isinstance(preprocess, Mapping):
-        preprocess = PreprocessConfig.from_dict(preprocess)
-    if isinstance(preprocess, PreprocessConfig):
-        if preprocess.size != size:
-            raise ValueError(
-                f"Preprocessing size {preprocess.size} does not match model {spec.name!r}, which takes {size} px."
-            )
-        return preprocess
-    mode = preprocess if preprocess is not None else (spec.preprocess or DEFAULT_MODE)
-    if mode not in PREPROCESS_MODES:
-        raise ValueError(f"Preprocessing mode must be one of {PREPROCESS_MODES}, not {mode!r}.")
-    if mode == "squash":
-        # pybioclip's squash: torchvision's Resize default, bilinear with antialias.
-        interpolation = "bilinear"
-    else:
-        interpolation = oc_cfg.get("interpolation") or "bicubic"
-        if interpolation not in INTERPOLATIONS:
-            interpolation = "bicubic"  # open_clip uses bicubic for anything else at inference
-    return PreprocessConfig(
-        size=size,
-        mode=mode,
-        mean=_per_channel(oc_cfg.get("mean"), OPENAI_MEAN),
-        std=_per_channel(oc_cfg.get("std"), OPENAI_STD),
-        interpolation=interpolation,
-    )
-
-
-def _per_channel(value: Any, default: tuple[float, float, float]) -> tuple[float, ...]:
-    if value is None:
-        return default
-    if isinstance(value, (int, float)):
-        return (float(value),) * 3  # open_clip allows one number for all channels
-    return tuple(float(v) for v in value)

@@ -21,7 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .errors import BioclipError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .registry import ModelSpec
 
 __all__ = [
     "OPENAI_MEAN",
@@ -32,6 +37,7 @@ __all__ = [
     "PreprocessConfig",
     "ImageTransform",
     "make_transform",
+    "choose_preprocess",
 ]
 
 #: OpenAI CLIP's normalisation, used by BioCLIP and BioCLIP 2.
@@ -163,3 +169,49 @@ class ImageTransform:
 def make_transform(cfg: PreprocessConfig) -> ImageTransform:
     """The picklable PIL -> tensor transform for ``cfg`` (see :class:`ImageTransform`)."""
     return ImageTransform(cfg)
+
+
+def choose_preprocess(
+    preprocess: str | PreprocessConfig | Mapping[str, Any] | None,
+    spec: ModelSpec,
+    oc_cfg: Mapping[str, Any],
+) -> PreprocessConfig:
+    size = oc_cfg.get("size", 224)
+    if isinstance(size, (tuple, list)):
+        if len(size) != 2 or size[0] != size[1]:
+            raise BioclipError(f"Model {spec.name!r} takes non-square images {size}; not supported.")
+        size = size[0]
+    size = int(size)
+    if isinstance(preprocess, Mapping):
+        preprocess = PreprocessConfig.from_dict(preprocess)
+    if isinstance(preprocess, PreprocessConfig):
+        if preprocess.size != size:
+            raise ValueError(
+                f"Preprocessing size {preprocess.size} does not match model {spec.name!r}, which takes {size} px."
+            )
+        return preprocess
+    mode = preprocess if preprocess is not None else (spec.preprocess or DEFAULT_MODE)
+    if mode not in PREPROCESS_MODES:
+        raise ValueError(f"Preprocessing mode must be one of {PREPROCESS_MODES}, not {mode!r}.")
+    if mode == "squash":
+        # pybioclip's squash: torchvision's Resize default, bilinear with antialias.
+        interpolation = "bilinear"
+    else:
+        interpolation = oc_cfg.get("interpolation") or "bicubic"
+        if interpolation not in INTERPOLATIONS:
+            interpolation = "bicubic"  # open_clip uses bicubic for anything else at inference
+    return PreprocessConfig(
+        size=size,
+        mode=mode,
+        mean=_per_channel(oc_cfg.get("mean"), OPENAI_MEAN),
+        std=_per_channel(oc_cfg.get("std"), OPENAI_STD),
+        interpolation=interpolation,
+    )
+
+
+def _per_channel(value: Any, default: tuple[float, float, float]) -> tuple[float, ...]:
+    if value is None:
+        return default
+    if isinstance(value, (int, float)):
+        return (float(value),) * 3  # open_clip allows one number for all channels
+    return tuple(float(v) for v in value)

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from bioclip import DeviceError, Taxon, TextForm, load_model, taxon_prompt, taxon_text
-from bioclip.model import ClipModel, ensemble_texts, pick_device, resolve_precision
+from bioclip.device import pick_device, resolve_precision
+from bioclip.model import ClipModel, ensemble_texts
 from bioclip.preprocess import OPENAI_MEAN, OPENAI_STD
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import click
 
@@ -15,9 +15,12 @@ __all__ = ["main", "run_app"]
 
 
 def _app_script() -> str:
-    import search_ui
-
-    return str(Path(search_ui.__file__).with_name("app.py"))
+    """The app's entry script, which Streamlit runs in its own process. Found, not imported: the
+    command line sits below the app (search_ui imports indexer, never the other way)."""
+    spec = importlib.util.find_spec("search_ui.app")
+    if spec is None or not spec.origin:  # pragma: no cover - search_ui is part of the package
+        raise click.ClickException("the search app (search_ui) is not installed")
+    return spec.origin
 
 
 def run_app(collections: list[str], *, port: int, host: str, device: str, extra_env: dict | None = None) -> int:

@@ -139,7 +139,16 @@ def main(
     if list_fields:
         _print_fields(engine.fields(), fmt)
         return
-    query = terms_from_options(text, plus, minus, images, minus_images, ids, minus_ids, terms)
+    query = terms_from_options(
+        text,
+        plus=plus,
+        minus=minus,
+        images=images,
+        minus_images=minus_images,
+        ids=ids,
+        minus_ids=minus_ids,
+        terms=terms,
+    )
     if not query:
         raise click.UsageError("give TEXT, --image PATH, --id N or --term KIND=VALUE (or --fields)")
     grouping = None

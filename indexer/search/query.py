@@ -353,6 +353,7 @@ def parse_term(spec: str) -> Term:
 
 def terms_from_options(
     text: str | None = None,
+    *,
     plus: Iterable[str] = (),
     minus: Iterable[str] = (),
     images: Iterable[str] = (),

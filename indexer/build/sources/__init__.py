@@ -18,13 +18,13 @@ import tarfile
 import zipfile
 from collections.abc import Mapping
 
-from indexer.errors import SourceError
 from indexer.build.sources.base import ERROR_COLUMNS, ITEM_COLUMNS, Source
 from indexer.build.sources.dwca import DwcaSource
 from indexer.build.sources.folder import FolderSource
 from indexer.build.sources.manifest import ManifestSource, detect_path_column, manifest_columns
 from indexer.build.sources.media_root import MediaRootSource, parse_media_root
 from indexer.build.sources.tar import IMAGE_EXTENSIONS, TarShardSource
+from indexer.errors import SourceError
 
 __all__ = [
     "Source",

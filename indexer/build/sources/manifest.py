@@ -11,7 +11,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from indexer.errors import SourceError
 from indexer.build.sources._common import (
     BATCH_ROWS,
     HTTP_URL_RE,
@@ -24,6 +23,7 @@ from indexer.build.sources._common import (
     rebatch,
     replace_columns,
 )
+from indexer.errors import SourceError
 from indexer.store.schema import canonical_column, quote_ident
 
 __all__ = ["ManifestSource", "PATH_COLUMNS", "detect_path_column", "manifest_columns"]

@@ -10,10 +10,10 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from indexer.errors import SourceError
-from indexer.locations import without_query
 from indexer.build.sources._common import path_to_text, stat_local, with_locations
 from indexer.build.sources.base import Source
+from indexer.errors import SourceError
+from indexer.locations import without_query
 
 __all__ = ["MediaRootSource", "parse_media_root", "map_location"]
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from indexer.build.sources._common import BATCH_ROWS, path_to_text
 from indexer.errors import SourceError
 from indexer.locations import shard_location, tar_key, tar_location
-from indexer.build.sources._common import BATCH_ROWS, path_to_text
 from indexer.store.schema import canonical_column
 
 __all__ = [

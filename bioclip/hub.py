@@ -1,0 +1,151 @@
+"""Where a model's files come from: Hugging Face snapshots (pinned revisions, offline caches) and
+the files an open_clip model folder holds. Never falls back to random weights: a model that is not
+available is a :class:`ModelNotAvailableError` that says where it looked and how to get it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import ModelNotAvailableError, ModelSpecError
+from .registry import ModelSpec
+
+__all__ = [
+    "CONFIG_NAME",
+    "SAFETENSORS_WEIGHTS",
+    "PICKLE_WEIGHTS",
+    "find_weights",
+    "hf_cache_dir",
+    "hf_offline",
+    "how_to_get_offline",
+    "snapshot",
+]
+
+CONFIG_NAME = "open_clip_config.json"
+SAFETENSORS_WEIGHTS = "open_clip_model.safetensors"
+PICKLE_WEIGHTS = "open_clip_pytorch_model.bin"
+# What open_clip's local-dir loader looks for; checked first so that a folder without weights is
+# an error instead of open_clip's warning and random weights.
+_WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pth")
+# Files an open_clip model with a Hugging Face tokenizer keeps next to its config.
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+_TRUE = {"1", "on", "yes", "true"}
+
+
+def how_to_get_offline(spec: ModelSpec) -> str:
+    repo = spec.repo_id or "ORG/REPO"
+    return (
+        "To use it without network access: on a connected machine run "
+        f'`hf download {repo}` (or `python -c "import huggingface_hub; '
+        f"huggingface_hub.snapshot_download('{repo}')\"`), copy that machine's Hugging Face cache "
+        "folder (~/.cache/huggingface/hub) here and point HF_HUB_CACHE at it; or put "
+        "open_clip_config.json and the weights file (open_clip_model.safetensors or "
+        "open_clip_pytorch_model.bin) in a folder and use --model local-dir:PATH."
+    )
+
+
+def hf_cache_dir(cache_dir: str | os.PathLike[str] | None) -> str:
+    """The Hugging Face cache to use, with the environment read now (huggingface_hub reads it once,
+    at import, which would make a later HF_HUB_CACHE invisible)."""
+    if cache_dir is not None:
+        return os.path.abspath(os.path.expanduser(os.fspath(cache_dir)))
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        value = os.environ.get(var)
+        if value:
+            return os.path.abspath(os.path.expandvars(os.path.expanduser(value)))
+    home = os.environ.get("HF_HOME")
+    if home:
+        return os.path.join(os.path.abspath(os.path.expandvars(os.path.expanduser(home))), "hub")
+    from huggingface_hub import constants
+
+    return os.path.abspath(constants.HF_HUB_CACHE)
+
+
+def hf_offline() -> bool:
+    from huggingface_hub import constants
+
+    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").strip().lower()
+    return env in _TRUE or bool(constants.HF_HUB_OFFLINE)
+
+
+def find_weights(folder: Path) -> Path | None:
+    for pattern in _WEIGHT_GLOBS:
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found[0]
+    return None
+
+
+def snapshot(spec: ModelSpec, cache_dir: str, offline: bool) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo_id = spec.repo_id or ""
+    where = f"the Hugging Face cache at {cache_dir}"
+    wanted = f"{spec.name!r} ({spec.source}, revision {spec.revision or 'main'})"
+
+    def fetch(weights_file: str) -> Path:
+        return Path(
+            snapshot_download(
+                repo_id,
+                revision=spec.revision,
+                cache_dir=cache_dir,
+                allow_patterns=[CONFIG_NAME, weights_file, *_TOKENIZER_FILES],
+                local_files_only=offline,
+            )
+        )
+
+    def unavailable(reason: str) -> ModelNotAvailableError:
+        return ModelNotAvailableError(
+            f"Model {wanted} is not available: {reason} Looked in {where}"
+            f"{' (offline: HF_HUB_OFFLINE is set)' if offline else ''}. {how_to_get_offline(spec)}",
+            model=spec.name,
+            locations=(cache_dir,),
+        )
+
+    try:
+        try:
+            folder: Path | None = fetch(SAFETENSORS_WEIGHTS)
+        except LocalEntryNotFoundError:
+            # Offline, a cache holding only the pickled weights counts as incomplete for the
+            # safetensors pattern; the fallback below may still find a complete snapshot.
+            folder = None
+        if folder is None or find_weights(folder) is None:
+            # Older repositories (and some caches) have only the pickled weights.
+            folder = fetch(PICKLE_WEIGHTS)
+    except GatedRepoError as exc:
+        raise unavailable(f"the repository is gated and needs a Hugging Face token ({exc}).") from exc
+    except RepositoryNotFoundError as exc:
+        raise unavailable(f"the repository {repo_id} was not found on the Hugging Face hub.") from exc
+    except RevisionNotFoundError as exc:
+        raise unavailable(f"revision {spec.revision!r} was not found in {repo_id}.") from exc
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        reason = "it is not in the local cache and the hub cannot be reached"
+        if offline:
+            reason = "it is not in the local cache and network access is off"
+        raise unavailable(f"{reason} ({type(exc).__name__}).") from exc
+    except ValueError as exc:  # huggingface_hub's validation of repo id / revision
+        raise ModelSpecError(f"Invalid Hugging Face model {spec.source!r}: {exc}") from exc
+
+    if not (folder / CONFIG_NAME).is_file() or find_weights(folder) is None:
+        raise unavailable(
+            f"the snapshot at {folder} has no {CONFIG_NAME} or no weights file "
+            f"({SAFETENSORS_WEIGHTS} / {PICKLE_WEIGHTS}); it is incomplete or not an open_clip model."
+        )
+    return folder
