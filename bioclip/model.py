@@ -221,7 +221,7 @@ class ClipModel:
         fraction of the cost for the short texts of queries (77 positions -> ~10). Models that pool
         differently or attend both ways go through open_clip's own ``encode_text``.
         """
-        m = self._module
+        m: Any = self._module
         mask = getattr(m, "attn_mask", None)
         if not isinstance(m, open_clip.CLIP) or mask is None or getattr(m, "text_pool_type", "argmax") != "argmax":
             return m.encode_text(tokens)

@@ -113,7 +113,7 @@ def _triple(name: str, value: Any) -> tuple[float, float, float]:
         raise ValueError(f"PreprocessConfig.{name} must be three numbers, not {value!r}.") from None
     if len(items) != 3 or not all(math.isfinite(v) for v in items):
         raise ValueError(f"PreprocessConfig.{name} must be three finite numbers, not {value!r}.")
-    return items  # type: ignore[return-value]
+    return items[0], items[1], items[2]
 
 
 class ImageTransform:
@@ -209,9 +209,9 @@ def choose_preprocess(
     )
 
 
-def _per_channel(value: Any, default: tuple[float, float, float]) -> tuple[float, ...]:
+def _per_channel(value: Any, default: tuple[float, float, float]) -> tuple[float, float, float]:
     if value is None:
         return default
     if isinstance(value, (int, float)):
         return (float(value),) * 3  # open_clip allows one number for all channels
-    return tuple(float(v) for v in value)
+    return _triple("mean/std", value)

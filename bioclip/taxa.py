@@ -174,9 +174,10 @@ class Taxon:
             if _rank_index(key_rank) >= index:
                 raise ValueError(f"{key_rank!r} is not above {rank!r}.")
             values[_FIELD[key_rank]] = value
-        name = _clean(name)
-        if name is None:
+        cleaned = _clean(name)
+        if cleaned is None:
             raise ValueError("from_name needs a non-empty name.")
+        name = cleaned
         if rank == "species":
             words = name.split()
             if len(words) > 1:

@@ -140,12 +140,15 @@ class ZeroShotClassifier:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int, not {k!r}.")
         probs = self.probabilities(image_embeddings)
+        labels: Sequence[Taxon | str]
         if rank is None:
             names = self.label_names
             labels = self.labels
         else:
-            labels, probs = aggregate_to_rank(probs, self.labels, rank)  # type: ignore[arg-type]
-            names = [taxon.scientific_name for taxon in labels]
+            # aggregate_to_rank refuses labels that are not taxa (text labels have no lineage)
+            groups, probs = aggregate_to_rank(probs, self.labels, rank)  # type: ignore[arg-type]
+            names = [taxon.scientific_name for taxon in groups]
+            labels = groups
         k = min(k, probs.shape[1])
         results: list[list[Prediction]] = []
         for row in probs:

@@ -94,6 +94,7 @@ def estimate(factory: str, n: int, d: int) -> tuple[float, int]:
     if len(parts) > 2:
         raise AnnError(f"cannot estimate the size of {factory!r}")
     fixed = 0
+    per: float
     if head == "Flat":
         per = 4 * d
     elif head.startswith("HNSW") and head[4:].isdigit() and code == "Flat":

@@ -136,6 +136,7 @@ class IdLists:
             inside = wanted < self.dense.size
             out[inside] = self.dense[wanted[inside]]
             return out
+        assert self.ids is not None and self.lists is not None  # the sparse form
         if self.ids.size == 0:
             return np.full(wanted.size, -1, dtype=np.int32)
         pos = np.minimum(np.searchsorted(self.ids, wanted), self.ids.size - 1)

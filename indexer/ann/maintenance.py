@@ -62,6 +62,7 @@ def update_index(
     rebuild = force or entry is None or (factory is not None and factory != entry.get("factory"))
     index = None
     if not rebuild:
+        assert entry is not None
         if not uncovered and int(entry.get("deleted_seen", -1)) == int(deleted.size):
             return entry  # nothing changed since the index was built
         try:

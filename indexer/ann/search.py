@@ -73,7 +73,7 @@ class Request:
     params: dict[str, int]
     lookup: VectorLookup | None = None
 
-    def rows(self, rows: np.ndarray) -> Request:
+    def rows(self, rows: np.ndarray | slice) -> Request:
         return dataclasses.replace(self, q=self.q[rows])
 
     def with_k(self, k: int) -> Request:

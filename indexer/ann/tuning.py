@@ -148,9 +148,11 @@ def tune(
     lay = ann.layout
     extra = 0 if tq.query_ids is None else 1
 
+    own_ids = tq.query_ids
+
     def score(found: np.ndarray, truth: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, float]:
-        if extra:
-            found = _drop_own(found, tq.query_ids if rows is None else tq.query_ids[rows], TUNE_K)
+        if own_ids is not None:
+            found = _drop_own(found, own_ids if rows is None else own_ids[rows], TUNE_K)
         per_query = recall_per_query(found, truth, TUNE_K)
         if per_query.size == 0:
             return 1.0, 1.0

@@ -24,6 +24,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Any
 
 from indexer._version import __version__
 from indexer.errors import FetchError, LocationError
@@ -125,7 +126,7 @@ class Downloader:
         self.cache_dir = os.path.abspath(os.fspath(config.cache_dir))
         os.makedirs(self.cache_dir, exist_ok=True)
         self._timeout = urllib3.Timeout(connect=config.timeout, read=config.timeout)
-        pool_kw = dict(
+        pool_kw: dict[str, Any] = dict(
             num_pools=max(64, 4 * config.concurrency),
             maxsize=config.per_host,
             block=False,

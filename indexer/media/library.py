@@ -192,11 +192,11 @@ class MediaLibrary:
         """The bytes of an image served from this machine, or None (not allowed, only remote,
         unreadable, too large)."""
         ref = self.resolve(hit)
-        if ref is None or ref.kind == "url":
+        if ref is None or ref.kind == "url" or ref.path is None:
             return None
         try:
             if ref.kind == "tar":
-                member = TarMember(path_to_text(ref.path), ref.member, ref.offset, ref.size)
+                member = TarMember(path_to_text(ref.path), ref.member or "", ref.offset, ref.size)
                 return read_tar_member(member, self.max_source_bytes)
             root_check = self._roots_for(_source(hit)) if ref.kind == "file" else (str(self.media_cache_dir),)
             return _read_checked(ref.path, root_check, self.max_source_bytes)

@@ -276,6 +276,7 @@ class SearchEngine:
         exclude = np.unique(np.asarray(q.excluded_ids, dtype=np.int64)) if q.excluded_ids else None
 
         n_images = int(state.generation.images)
+        hits: list[Hit]
         if offset >= n_images:  # nothing there; and k + offset never sizes a search beyond the collection
             hits, has_more = [], False
             if n_images:

@@ -217,10 +217,12 @@ class Filter:
             raise FilterError(
                 f"filters must be a Filter, a mapping or FIELD=VALUE strings, not {type(value).__name__}"
             ) from None
-        if all(isinstance(v, Condition) for v in items):
-            return cls(tuple(items))
-        if all(isinstance(v, str) for v in items):
-            return parse_where(items)
+        conditions = [v for v in items if isinstance(v, Condition)]
+        if len(conditions) == len(items):
+            return cls(tuple(conditions))
+        texts = [v for v in items if isinstance(v, str)]
+        if len(texts) == len(items):
+            return parse_where(texts)
         raise FilterError("filters must be a Filter, a mapping, Conditions or FIELD=VALUE strings")
 
     def __and__(self, other: Filter) -> Filter:

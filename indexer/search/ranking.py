@@ -94,12 +94,12 @@ def ranked(state: ServedState, page: Page, timings: dict[str, float]) -> tuple[l
         pairs = _pairs(state, page, want + 1)
         timings["search"] = (time.perf_counter() - t) * 1000
         has_more = len(pairs) > want
-        page = pairs[offset:want]
+        shown = pairs[offset:want]
         t = time.perf_counter()
-        meta = state.metadata([i for _, i in page])
+        meta = state.metadata([i for _, i in shown])
         timings["metadata"] = (time.perf_counter() - t) * 1000
         # An id retired between the vector search and the lookup has no metadata: leave it out.
-        return [Hit(i, s, meta[i]["location"], meta[i]) for s, i in page if i in meta], has_more
+        return [Hit(i, s, meta[i]["location"], meta[i]) for s, i in shown if i in meta], has_more
 
     depth = min(grouping.max_candidates, max(4 * want, want + 32))
     timings["search"] = timings["metadata"] = 0.0

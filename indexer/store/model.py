@@ -28,7 +28,7 @@ def check_model_compatible(collection: Collection, model_name: str | None, revis
     from bioclip.registry import resolve_spec
 
     recorded = collection.model
-    spec = resolve_spec(model_name or recorded.get("source"), revision=revision)
+    spec = resolve_spec(model_name or str(recorded.get("source") or ""), revision=revision)
     same = spec.source == recorded.get("source") and (spec.pretrained or None) == (recorded.get("pretrained") or None)
     rec_rev = str(recorded.get("revision") or "")
     if spec.revision and not (rec_rev.startswith(spec.revision) or spec.revision == recorded.get("requested_revision")):

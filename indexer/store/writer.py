@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -214,7 +214,7 @@ class Writer:
 
     # -- commit -------------------------------------------------------------------------
 
-    def commit(self, *, index: dict | None | bool = False, stats: dict | None = None) -> int | None:
+    def commit(self, *, index: dict | None | Literal[False] = False, stats: dict | None = None) -> int | None:
         """Write buffered changes as one segment and publish a new generation.
 
         ``index``: False keeps the current index entry, None drops it, a dict replaces it (see

@@ -26,7 +26,7 @@ def sidebar_filters(catalog: FacetCatalog, s: BrowseState, counts: dict[str, Any
             seed("w_taxon_rank", active[0] if active else ("family" if "family" in ranks else ranks[-1]))
             if ss["w_taxon_rank"] not in ranks:
                 ss["w_taxon_rank"] = ranks[-1]
-            rank = st.selectbox("Taxon rank", ranks, key="w_taxon_rank")
+            rank = st.selectbox("Taxon rank", ranks, key="w_taxon_rank") or ranks[-1]
             _multi_filter(catalog, s, rank, f"Taxon ({rank})", counts)
         for spec in FACET_FIELDS:
             if catalog.options(spec.param) or s.selected(spec.param):

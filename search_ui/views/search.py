@@ -80,7 +80,8 @@ def search_page(ctx: Context) -> None:
                 return
             _likely_taxa(predictor, catalog, image_vec, data)
 
-    result, counts = None, {}
+    result: Any = None
+    counts: dict[str, Any] = {}
     try:
         key = (engine.collection.path, engine.generation, s.search_key(), digest)
         result, counts = memo("search", key, lambda: _search(engine, s, image_vec, image_name))

@@ -349,7 +349,7 @@ def _wrap(exc: BaseException) -> BaseException:
     """Ray's exceptions as a RayExecutorError naming the first cause (ours pass through)."""
     if isinstance(exc, (IndexerError, KeyboardInterrupt, SystemExit)):
         return exc
-    cause = exc
+    cause: Any = exc
     while getattr(cause, "cause", None) is not None and cause.cause is not cause:  # RayTaskError.cause
         cause = cause.cause
     if isinstance(cause, IndexerError):

@@ -41,7 +41,8 @@ def is_junk(name: str) -> bool:
     return base.startswith("._") or base in (".DS_Store", "Thumbs.db", "desktop.ini")
 
 
-def _latin1_fallback(exc: UnicodeDecodeError):
+def _latin1_fallback(exc: UnicodeError) -> tuple[str, int]:
+    assert isinstance(exc, UnicodeDecodeError)  # registered for decoding only
     # Windows-1252 leaves five bytes undefined; real files that contain them mean the Latin-1
     # control characters, so map them like Latin-1 instead of failing the whole archive.
     bad = exc.object[exc.start : exc.end]

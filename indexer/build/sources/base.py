@@ -28,6 +28,7 @@ class Source(Protocol):
     source as a whole cannot be read; one bad item is a row with ``error_reason`` instead.
     """
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def scan(self) -> Iterator[pa.RecordBatch]: ...

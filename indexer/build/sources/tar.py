@@ -78,7 +78,9 @@ def _matching_brace(text: str, start: int) -> int:
 
 
 def _split_top(text: str) -> list[str]:
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch == "{":
             depth += 1
@@ -257,8 +259,7 @@ class TarShardSource:
         try:
             compressed = is_compressed(shard)
             end = None if compressed else os.path.getsize(shard)
-            mode = "r|*" if compressed else "r:"
-            with tarfile.open(shard, mode=mode) as tf:
+            with tarfile.open(shard, mode="r|*") if compressed else tarfile.open(shard, mode="r:") as tf:
                 for member in tf:
                     if not member.isfile():
                         continue
@@ -292,11 +293,11 @@ class TarShardSource:
                 report["samples_without_image"] += 1
                 continue
             meta = self._metadata(sample, f"{text}#{key}", report)
-            for member, offset, size, mtime in sample.images:
+            for member_name, offset, size, mtime in sample.images:
                 report["image_rows"] += 1
                 yield {
-                    "key": tar_key(text, member),
-                    "location": tar_location(text, member, offset, size),
+                    "key": tar_key(text, member_name),
+                    "location": tar_location(text, member_name, offset, size),
                     "size": size,
                     "mtime": mtime,
                     **meta,
