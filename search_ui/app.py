@@ -25,7 +25,7 @@ from bioclip.errors import BioclipError
 from indexer.errors import IndexerError
 from indexer.media.library import MediaLibrary
 from search_ui.args import collection_labels, configure_threads, parse_app_args
-from search_ui.session import change, follow_url, publish_url, seed, set_state, state
+from search_ui.session import bound, change, follow_url, publish_url, seed, set_state, state
 from search_ui.sidebar import FacetCatalog
 from search_ui.state import TABS, BrowseState
 from search_ui.taxa import TaxaPredictor
@@ -117,10 +117,7 @@ def main() -> None:
         st.radio(
             "Page",
             TABS,
-            key="w_tab",
-            on_change=change,
-            args=(BrowseState.with_tab,),
-            kwargs={"widget": "w_tab"},
+            **bound("w_tab", BrowseState.with_tab),
             format_func=str.capitalize,
             horizontal=True,
         )

@@ -15,7 +15,7 @@ import streamlit as st
 
 from search_ui.state import BrowseState
 
-__all__ = ["state", "set_state", "change", "seed", "memo", "follow_url", "publish_url", "sync_widgets"]
+__all__ = ["state", "set_state", "change", "bound", "seed", "memo", "follow_url", "publish_url", "sync_widgets"]
 
 T = TypeVar("T")
 ss = st.session_state
@@ -44,6 +44,12 @@ def change(transition: Callable[..., BrowseState], *args: Any, widget: str | Non
     set_state(new)
     if sync:
         sync_widgets(new)
+
+
+def bound(key: str, transition: Callable[..., BrowseState], *args: Any) -> dict[str, Any]:
+    """The keyword arguments that tie a widget to the state: its ``key``, and the callback that makes
+    the state ``transition(state, *args, the widget's new value)`` when the widget changes."""
+    return {"key": key, "on_change": change, "args": (transition, *args), "kwargs": {"widget": key}}
 
 
 def seed(key: str, value: Any) -> None:

@@ -276,24 +276,16 @@ class BrowseState:
             else:
                 notices.append(f"ignored has_coordinates={raw_coords!r}: use true or false")
         k = integer("k", 1)
-        if k is not None:  # the nearest choice the page offers at or above it
-            state = replace(state, k=next((c for c in sorted(K_CHOICES) if c >= k), max(K_CHOICES)))
-        page = integer("page", 1)
-        if page is not None:
-            state = replace(state, page=page)
-        view = choice("view", VIEWS)
-        if view:
-            state = replace(state, view=view)
-        detail = integer("detail", 0)
-        if detail is not None:
-            state = replace(state, detail=detail)
-        tab = choice("tab", TABS)
-        if tab:
-            state = replace(state, tab=tab)
-        coll = last("collection")
-        if coll:
-            state = replace(state, collection=coll)
-        return state, notices
+        given: dict[str, Any] = {
+            # k snaps to the nearest choice the page offers at or above it
+            "k": None if k is None else next((c for c in sorted(K_CHOICES) if c >= k), max(K_CHOICES)),
+            "page": integer("page", 1),
+            "view": choice("view", VIEWS),
+            "detail": integer("detail", 0),
+            "tab": choice("tab", TABS),
+            "collection": last("collection") or None,
+        }
+        return replace(state, **{name: v for name, v in given.items() if v is not None}), notices
 
     # -- transitions the page's widgets and buttons make ---------------------------------------
 

@@ -74,20 +74,8 @@ def atomic_path(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Pa
 def atomic_file(path: str | os.PathLike, *, durable: bool = True) -> Iterator[BinaryIO]:
     """A binary file open for writing that replaces ``path`` when the block ends normally (see the
     module's rule); when the block raises, nothing is left behind and ``path`` is untouched."""
-    target = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    if durable:
-        fsync_dir(target.parent)
+    with atomic_path(path, durable=durable) as tmp, open(tmp, "wb") as f:
+        yield f
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:

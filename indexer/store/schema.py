@@ -46,6 +46,17 @@ SYSTEM_COLUMNS: Final[tuple[str, ...]] = (
 #: Columns a source fills in for every item (besides metadata).
 SOURCE_COLUMNS: Final[tuple[str, ...]] = ("key", "location", "size", "mtime")
 
+#: The seven Linnaean ranks in order, as column names.
+RANK_COLUMNS: Final[tuple[str, ...]] = (
+    "kingdom",
+    "phylum",
+    "class",
+    "order",
+    "family",
+    "genus",
+    "specificEpithet",
+)
+
 #: Darwin Core (and a few media) terms kept as their own columns.
 DWC_COLUMNS: Final[tuple[str, ...]] = (
     "recordID",  # the record (specimen/occurrence) the image belongs to; several images may share it
@@ -56,13 +67,7 @@ DWC_COLUMNS: Final[tuple[str, ...]] = (
     "basisOfRecord",
     "scientificName",
     "taxonRank",
-    "kingdom",
-    "phylum",
-    "class",
-    "order",
-    "family",
-    "genus",
-    "specificEpithet",
+    *RANK_COLUMNS,
     "infraspecificEpithet",
     "vernacularName",
     "typeStatus",
@@ -88,16 +93,6 @@ METADATA_COLUMNS: Final[tuple[str, ...]] = DWC_COLUMNS + ("extra",)
 
 ALL_COLUMNS: Final[tuple[str, ...]] = SYSTEM_COLUMNS + METADATA_COLUMNS
 
-#: The seven Linnaean ranks in order, as column names.
-RANK_COLUMNS: Final[tuple[str, ...]] = (
-    "kingdom",
-    "phylum",
-    "class",
-    "order",
-    "family",
-    "genus",
-    "specificEpithet",
-)
 #: Rank names as users say them, parallel to RANK_COLUMNS.
 RANKS: Final[tuple[str, ...]] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 

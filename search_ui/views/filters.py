@@ -7,7 +7,7 @@ from typing import Any
 import streamlit as st
 
 from search_ui import state as browse_state
-from search_ui.session import change, seed
+from search_ui.session import bound, change, seed
 from search_ui.sidebar import FacetCatalog
 from search_ui.state import COORDS, FACET_FIELDS, BrowseState
 
@@ -41,30 +41,21 @@ def sidebar_filters(catalog: FacetCatalog, s: BrowseState, counts: dict[str, Any
                 "Year",
                 years[0],
                 years[1],
-                key="w_year",
-                on_change=change,
-                args=(BrowseState.with_year, years),
-                kwargs={"widget": "w_year"},
+                **bound("w_year", BrowseState.with_year, years),
             )
         if catalog.has_coordinates() or s.coords is not None:
             seed("w_coords", next(k for k, v in COORDS.items() if v == s.coords))
             st.radio(
                 "Coordinates",
                 list(COORDS),
-                key="w_coords",
-                on_change=change,
-                args=(BrowseState.with_coords,),
-                kwargs={"widget": "w_coords"},
+                **bound("w_coords", BrowseState.with_coords),
             )
         choices = browse_state.K_CHOICES
         seed("w_k", s.k if s.k in choices else browse_state.DEFAULT_K)
         st.select_slider(
             "Results per search",
             choices,
-            key="w_k",
-            on_change=change,
-            args=(BrowseState.with_k,),
-            kwargs={"widget": "w_k"},
+            **bound("w_k", BrowseState.with_k),
             help="How many results the search returns; the facets, map, chart and export describe them.",
         )
 
@@ -80,10 +71,7 @@ def _multi_filter(catalog: FacetCatalog, s: BrowseState, param: str, label: str,
     st.multiselect(
         label,
         options,
-        key=key,
-        on_change=change,
-        args=(BrowseState.with_values, param),
-        kwargs={"widget": key},
+        **bound(key, BrowseState.with_values, param),
         format_func=lambda v: f"{v} · {here.get(v, 0)}",
         placeholder="any",
     )

@@ -16,7 +16,7 @@ from indexer.store.schema import RANKS
 from search_ui import searching, ui, upload
 from search_ui.export import export_csv
 from search_ui.hit_fields import result_rows
-from search_ui.session import change, memo, seed, set_state, state
+from search_ui.session import bound, change, memo, seed, set_state, state
 from search_ui.state import VIEWS, BrowseState
 from search_ui.taxa import TaxaPredictor
 from search_ui.views import Context
@@ -36,10 +36,7 @@ def search_page(ctx: Context) -> None:
         seed("w_q", s.q)
         st.text_input(
             "Search",
-            key="w_q",
-            on_change=change,
-            args=(BrowseState.search_text,),
-            kwargs={"widget": "w_q"},
+            **bound("w_q", BrowseState.search_text),
             placeholder="A taxon at any rank (Corvidae, Corvus corax, common raven) or any words",
             help="A name the collection knows is searched as that taxon; anything else as free text.",
         )
@@ -48,10 +45,7 @@ def search_page(ctx: Context) -> None:
         st.file_uploader(
             "…or search with a photo",
             type=list(upload.UPLOAD_TYPES),
-            key="w_upload",
-            on_change=change,
-            args=(BrowseState.upload_changed,),
-            kwargs={"widget": "w_upload"},
+            **bound("w_upload", BrowseState.upload_changed),
             help=f"JPEG, PNG, TIFF or WebP, up to {upload.MAX_UPLOAD_BYTES // (1024 * 1024)} MB. It stays in memory.",
         )
 
@@ -133,10 +127,7 @@ def _results(s: BrowseState, hits: list, shown: list, lib: Any, catalog: Any) ->
     st.radio(
         "View",
         VIEWS,
-        key="w_view",
-        on_change=change,
-        args=(BrowseState.with_view,),
-        kwargs={"widget": "w_view"},
+        **bound("w_view", BrowseState.with_view),
         format_func=_VIEW_LABELS.get,
         horizontal=True,
         label_visibility="collapsed",
