@@ -74,3 +74,16 @@ def make_folder(root: Path, n: int, *, start: int = 0, labels: bool = True, fmt:
             w.writeheader()
             w.writerows(existing + rows)
     return root
+
+
+def write_shard(path: Path, members: dict[str, bytes], mode: str = "w") -> None:
+    """A tar shard holding ``members`` (name -> bytes), compressed as ``mode`` says (``w:gz`` ...)."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, mode) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1_700_000_000
+            tf.addfile(info, io.BytesIO(data))

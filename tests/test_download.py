@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from imagegen import write_shard
 from PIL import Image
 
 from indexer.build.download import DownloadConfig, Downloader
@@ -411,17 +412,9 @@ def test_read_location_url_needs_a_downloader(server, tmp_path):
         assert read_location(url, downloader=dl) == JPEG
 
 
-def _shard(path, members: dict[str, bytes], mode: str = "w") -> None:
-    with tarfile.open(path, mode) as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-
-
 def test_read_location_tar_member_by_offset(tmp_path):
     shard = tmp_path / "s.tar"
-    _shard(shard, {"a.jpg": JPEG, "b.jpg": b"second"})
+    write_shard(shard, {"a.jpg": JPEG, "b.jpg": b"second"})
     with tarfile.open(shard) as tf:
         b = tf.getmember("b.jpg")
     loc = tar_location(str(shard), "b.jpg", b.offset_data, b.size)
@@ -439,7 +432,7 @@ def test_read_location_tar_member_by_offset(tmp_path):
 
 def test_read_location_compressed_tar_member(tmp_path):
     shard = tmp_path / "s.tar.gz"
-    _shard(shard, {f"{i:03d}.jpg": f"img{i}".encode() for i in range(5)}, mode="w:gz")
+    write_shard(shard, {f"{i:03d}.jpg": f"img{i}".encode() for i in range(5)}, mode="w:gz")
     for i in (1, 3, 0, 4):  # in order and backwards
         assert read_location(tar_location(str(shard), f"{i:03d}.jpg")) == f"img{i}".encode()
     with pytest.raises(FetchError) as e:

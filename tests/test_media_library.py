@@ -10,6 +10,7 @@ import tarfile
 import threading
 
 import pytest
+from imagegen import write_shard
 from PIL import Image
 from test_app_fixtures import build_app_collection, picture_bytes
 
@@ -281,14 +282,6 @@ def test_a_source_added_later_is_served_after_the_engine_moves_on(tmp_path, tiny
     assert set(lib.roots) == {str(first), str(second)}
 
 
-def _write_shard(path, members: dict[str, bytes], mode: str = "w") -> None:
-    with tarfile.open(path, mode) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 def test_a_tar_shard_collection_shows_thumbnails_and_detail_images(tmp_path, tiny_model_source):
     """Built from real shards (one uncompressed: seekable locations with ?offset=&size=; one
     compressed), in a folder whose name is percent-encoded in the locations, and shown through the
@@ -301,8 +294,8 @@ def test_a_tar_shard_collection_shows_thumbnails_and_detail_images(tmp_path, tin
     folder.mkdir()
     plain = {f"s{i}.png": picture_bytes(10 + i) for i in range(3)}
     packed = {f"t{i}.png": picture_bytes(20 + i) for i in range(2)}
-    _write_shard(folder / "shard-000.tar", plain)
-    _write_shard(folder / "shard-001.tar.gz", packed, "w:gz")
+    write_shard(folder / "shard-000.tar", plain)
+    write_shard(folder / "shard-001.tar.gz", packed, "w:gz")
     coll = tmp_path / "shards.coll"
     report = build(
         coll,

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 
 import pytest
+from imagegen import write_shard
 
 from indexer.build.sources.tar import TarShardSource, expand_braces
 from indexer.errors import SourceError
 from indexer.locations import parse_location, tar_location
 from indexer.media.read import read_location
-
-
-def write_shard(path, members: dict[str, bytes], mode: str = "w") -> None:
-    with tarfile.open(path, mode) as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 1_700_000_000
-            tf.addfile(info, io.BytesIO(data))
 
 
 def rows_of(src) -> list[dict]:
