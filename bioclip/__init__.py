@@ -7,8 +7,8 @@ Public API, re-exported here::
     vectors = model.encode_images(pil_images)     # float32 (n, 512), rows L2-normalised
 
 Importing ``bioclip`` is light: torch and open_clip are imported only when a name from
-``bioclip.model`` (``load_model``, ``ClipModel``, ``pick_device``) is first used, and numpy only
-for ``bioclip.zeroshot``. See docs/ARCHITECTURE.md for the module contracts.
+``bioclip.model`` (``load_model``, ``ClipModel``) or ``bioclip.device`` (``pick_device``) is first
+used, and numpy only for ``bioclip.zeroshot``. See docs/ARCHITECTURE.md for the module contracts.
 """
 
 from __future__ import annotations
