@@ -1,0 +1,181 @@
+"""The local executor: decode worker processes (a torch DataLoader) feeding this process's model.
+
+Workers are forked processes (bounded prefetch, pinned memory on CUDA) that never raise: every
+problem is a failure record (:func:`indexer.build.item.process_item`). A worker that dies (killed,
+out of memory, a crash in a native decoder) loses only its batch: the items not yet done are tried
+again, and an item in a batch that crashed a worker twice is recorded as ``worker-crashed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+from indexer.build.encode import Results
+from indexer.build.item import ItemSettings, process_item
+from indexer.build.work import WorkPiece
+
+__all__ = ["LocalExecutor", "default_batch_size", "plan_threads"]
+
+log = logging.getLogger(__name__)
+
+
+def default_batch_size(model: Any) -> int:
+    """Images per forward pass when the user gives none.
+
+    CPU: 8, the fastest per image for ViT-B/16 on a small CPU in ``bench/encode_throughput.py``
+    (larger batches no longer keep their activations in cache). CUDA: a probe forward of 16 images
+    measures the memory one image takes under this precision, and the batch is the largest power of
+    two that fits in 60% of the free memory, between 32 and 1024 (256 if the probe fails).
+    """
+    if not str(model.device).startswith("cuda"):
+        return 8
+    try:
+        import torch
+
+        size = model.preprocess_config.size
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        model.encode_image_tensors(torch.zeros(16, 3, size, size))
+        per_image = max(1, (torch.cuda.max_memory_allocated() - base) / 16)
+        free, _total = torch.cuda.mem_get_info()
+        fit = int(0.6 * free / per_image)
+        batch = 1 << max(5, min(10, fit.bit_length() - 1))
+        log.info("batch size %d (%.1f MB per image, %.1f GB free)", batch, per_image / 1e6, free / 1e9)
+        return batch
+    except Exception as exc:  # never let a probe stop a build
+        log.warning("could not size the batch from GPU memory (%s); using 256", exc)
+        return 256
+
+
+def plan_threads(device: str, workers: int | None) -> tuple[int, int]:
+    """(decode workers, torch threads in this process)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.startswith("cuda"):
+        return (workers if workers is not None else max(1, min(16, cores - 1))), max(1, min(4, cores))
+    # On CPU the encoder is the bottleneck: it gets every core, and one decode worker (mostly
+    # idle, waiting on a full prefetch queue) overlaps decoding with encoding.
+    return (workers if workers is not None else (1 if cores <= 4 else max(1, cores // 4))), cores
+
+
+class _ItemDataset:
+    """Map-style dataset over some rows of one piece: index -> preprocessed tensor or a failure.
+
+    Runs in worker processes: it must never raise (a raised exception would end the whole
+    DataLoader), so every problem becomes a record with ``reason``.
+    """
+
+    def __init__(self, read_from: list[str], locations: list[str], settings: ItemSettings):
+        self.read_from = read_from  # a downloaded file for remote items
+        self.locations = locations
+        self.settings = settings
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+    def __getitem__(self, i: int) -> dict:
+        return process_item(i, self.read_from[i], self.locations[i], self.settings)
+
+
+def _collate(records: list[dict]) -> tuple[Any, list[dict], list[dict]]:
+    import torch
+
+    ok = [r for r in records if r["tensor"] is not None]
+    batch = torch.stack([r.pop("tensor") for r in ok]) if ok else None
+    for r in records:
+        r.pop("tensor", None)
+    return batch, ok, [r for r in records if "reason" in r]
+
+
+def _worker_init(_worker_id: int) -> None:
+    import torch
+
+    # One thread per decode worker: the cores belong to the encoder and the other workers.
+    torch.set_num_threads(1)
+
+
+def _mp_context() -> Any:
+    import multiprocessing as mp
+
+    # fork is fastest and shares the piece without pickling; fall back where it is unavailable.
+    methods = mp.get_all_start_methods()
+    return mp.get_context("fork" if "fork" in methods else "spawn")
+
+
+class _LoaderCrash(Exception):
+    """A decode worker process died (killed, out of memory, a crash in a native decoder)."""
+
+
+@dataclass(frozen=True)
+class LocalExecutor:
+    """Decode in ``workers`` processes (0: in this one), ``batch_size`` images per yielded batch,
+    tensors left for the build to encode with its model."""
+
+    model: Any
+    settings: ItemSettings
+    batch_size: int
+    workers: int
+
+    def run(self, pieces: Iterable[WorkPiece]) -> Iterator[Results]:
+        for piece in pieces:
+            if piece.todo:
+                yield from self._piece(piece)
+
+    def _piece(self, piece: WorkPiece) -> Iterator[Results]:
+        remaining = list(piece.todo)
+        crashes = 0
+        while remaining:
+            done: list[int] = []
+            try:
+                for batch, ok, failed in self._loader(piece, remaining):
+                    for r in ok + failed:
+                        r["i"] = remaining[r["i"]]
+                        done.append(r["i"])
+                    yield Results(piece.table, ok, failed, tensors=batch)
+                remaining = []
+            except _LoaderCrash as crash:
+                crashes += 1
+                finished = set(done)
+                remaining = [p for p in remaining if p not in finished]
+                if not remaining:
+                    break
+                # The first item not yet done was in the batch being decoded when the worker died;
+                # after a second crash there, record it as a failure rather than loop forever.
+                if crashes >= 2:
+                    bad = remaining.pop(0)
+                    crashed = {"i": bad, "stage": "decode", "reason": "worker-crashed", "detail": str(crash)}
+                    yield Results(piece.table, [], [crashed])
+                    crashes = 0
+                log.warning("a decode worker died (%s); continuing with %d items", crash, len(remaining))
+
+    def _loader(self, piece: WorkPiece, positions: list[int]) -> Iterator[tuple[Any, list[dict], list[dict]]]:
+        """Yield (tensor batch, ok records, failed records) with record["i"] indexing ``positions``."""
+        from torch.utils.data import DataLoader
+
+        locations = piece.table.column("location").to_pylist()
+        dataset = _ItemDataset(
+            [piece.read_from.get(p, locations[p]) for p in positions], [locations[p] for p in positions], self.settings
+        )
+        workers = self.workers
+        loader: Any = DataLoader(
+            cast(Any, dataset),  # a map-style dataset (len + getitem); not a torch class: torch loads late
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=str(self.model.device).startswith("cuda"),
+            worker_init_fn=_worker_init if workers else None,
+            prefetch_factor=2 if workers else None,
+            persistent_workers=False,
+            multiprocessing_context=_mp_context() if workers else None,
+        )
+        try:
+            yield from loader
+        except RuntimeError as exc:
+            if "DataLoader worker" in str(exc) or "exited unexpectedly" in str(exc):
+                raise _LoaderCrash(str(exc)) from exc
+            raise
