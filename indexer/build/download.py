@@ -11,8 +11,6 @@ read by :mod:`indexer.media.read`.)
 
 from __future__ import annotations
 
-import email.utils
-import hashlib
 import heapq
 import itertools
 import logging
@@ -27,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from indexer._version import __version__
-from indexer.errors import FetchError, LocationError
-from indexer.locations import RemoteUrl, parse_location
 from indexer.build.http import GENERIC_TYPES, RETRY_STATUS, content_length, host_of, looks_like_image, parse_retry_after
+from indexer.errors import FetchError
+from indexer.locations import RemoteUrl, parse_location
 from indexer.media.read import cache_file
 from indexer.store.files import atomic_file
 
@@ -40,9 +38,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 64 << 20
 
 # -- the downloader ----------------------------------------------------------------------------
-
-
-
 
 
 @dataclass(frozen=True)
@@ -448,9 +443,3 @@ class Downloader:
         finally:
             if not ok:
                 resp.close()
-
-
-
-
-
-

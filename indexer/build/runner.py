@@ -68,7 +68,9 @@ def build(
     collection, model, writer = open_target(collection_path, choice)
     report = BuildReport(collection=str(collection.path))
     with writer:
-        run = BuildRun(writer.con, writer, options, report, Committer(writer, options.commit_every, options.commit_seconds))
+        run = BuildRun(
+            writer.con, writer, options, report, Committer(writer, options.commit_every, options.commit_seconds)
+        )
         scan_sources(run, sources)
         classify(run, sources)
         try:
@@ -78,7 +80,10 @@ def build(
             run.committer.commit()  # whatever happens (Ctrl-C included), what is done is committed
         if options.build_index:
             report.index = update_index(
-                writer, factory=options.index_factory, memory_budget=options.memory_budget, recall_target=options.recall_target
+                writer,
+                factory=options.index_factory,
+                memory_budget=options.memory_budget,
+                recall_target=options.recall_target,
             )
         record_finished_build(run, sources, started)
     report.seconds = time.monotonic() - started

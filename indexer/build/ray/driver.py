@@ -115,7 +115,14 @@ def encode_with_ray(
         log.info("Ray is already initialised in this process; using it, not %s", options.ray_address)
     try:
         yield from _run(
-            ray, work, model_info=model_info, options=options, batch_size=batch_size, model=model, device=device, actors=actors
+            ray,
+            work,
+            model_info=model_info,
+            options=options,
+            batch_size=batch_size,
+            model=model,
+            device=device,
+            actors=actors,
         )
     finally:
         if connected_here:
@@ -203,7 +210,17 @@ class _Feeder:
 _END = object()
 
 
-def _run(ray: Any, work: Iterable, *, model_info: dict, options: Any, batch_size: int | None, model: Any, device: str | None, actors: int | None) -> Iterator:
+def _run(
+    ray: Any,
+    work: Iterable,
+    *,
+    model_info: dict,
+    options: Any,
+    batch_size: int | None,
+    model: Any,
+    device: str | None,
+    actors: int | None,
+) -> Iterator:
     resources = ray.cluster_resources()
     actor_kind = (device or ("cuda" if resources.get("GPU", 0) else "cpu")).split(":")[0]
     same_kind = model is not None and str(model.device).split(":")[0] == actor_kind
