@@ -21,6 +21,7 @@ __all__ = [
     "RayExecutorError",
     "RayNotInstalledError",
     "ForeignBioclipError",
+    "NameParserError",
 ]
 
 
@@ -121,3 +122,9 @@ class ForeignBioclipError(ImportError):
     """The ``bioclip`` package Python finds is not bioclip-search's own (pybioclip's, usually).
 
     An ImportError, so that tools which probe imports treat it as "this cannot be imported here"."""
+
+
+class NameParserError(IndexerError, ImportError):
+    """The scientific-name parser (the ``gbif-name-parser`` package, imported as ``nameparser``) is
+    missing, or the ``nameparser`` Python finds is the unrelated PyPI package of that name (for
+    people's names). The message says how to install the right one."""

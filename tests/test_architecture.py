@@ -32,6 +32,7 @@ RANKS: dict[str, int] = {
     "indexer.errors": 0,
     "indexer.locations": 1,  # every kind of location, parsed and formatted
     "indexer._coexist": 1,  # the check that our ``bioclip`` is the one imported
+    "indexer.dwc": 1,  # Darwin Core values in one vocabulary (normalised when written and on read)
     "indexer.store": 2,  # the collection on disk
     "indexer.media": 3,  # one image's bytes and pixels; serving a collection's images
     "indexer.ann": 4,  # FAISS: choice, build, tuning, search

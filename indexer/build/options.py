@@ -70,6 +70,7 @@ class BuildReport:
     images: int = 0
     index: dict | None = None
     source_reports: dict[str, dict] = field(default_factory=dict)
+    normalised: dict[str, dict] = field(default_factory=dict)  # what the value normalisation changed (indexer.dwc)
 
     @property
     def failed(self) -> int:

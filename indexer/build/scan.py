@@ -1,8 +1,10 @@
 """Stage 1, scan: every source's rows into the build's ``scan`` table (first occurrence of a key wins).
 
 A source yields Arrow batches (see :mod:`indexer.build.sources`); they are cast and appended in
-DuckDB, never looped over in Python. ``meta_hash`` digests the metadata columns, so the diff can
-tell an edited label from an unchanged row without comparing columns one by one.
+DuckDB, never looped over in Python. The Darwin Core values are then normalised, originals kept
+(:func:`indexer.dwc.normalise_query`; what changed is in the report's ``normalised``), and
+``meta_hash`` digests the metadata columns, so the diff can tell an edited label from an unchanged
+row without comparing columns one by one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pyarrow as pa
 
 from indexer.build.context import BuildRun
 from indexer.build.sources.base import Source
+from indexer.dwc import normalise_query
 from indexer.store.schema import METADATA_COLUMNS, quote_ident
 
 __all__ = ["scan_sources", "SCAN_META"]
@@ -50,12 +53,21 @@ def scan_sources(run: BuildRun, sources: Sequence[Source]) -> None:
             con.execute(f"INSERT INTO scan_raw BY NAME SELECT {sel} FROM _batch")
             con.unregister("_batch")
         report.source_reports[source.name] = dict(getattr(source, "report", {}) or {}, rows=n_source)
-    hash_expr = "md5(concat_ws(chr(31), " + ", ".join(f"coalesce({quote_ident(c)}, chr(0))" for c in SCAN_META) + "))"
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE scan AS SELECT *, {hash_expr} AS meta_hash FROM ("
+        "CREATE OR REPLACE TEMP TABLE scan_unique AS SELECT * EXCLUDE (_dup) FROM ("
         "SELECT *, row_number() OVER (PARTITION BY key ORDER BY seq) AS _dup FROM scan_raw) WHERE _dup = 1"
     )
     con.execute("DROP TABLE scan_raw")
+    normalised = normalise_query(con, "scan_unique")
+    hash_expr = (
+        "md5(concat_ws(chr(31), "
+        + ", ".join(f"coalesce(CAST({quote_ident(c)} AS VARCHAR), chr(0))" for c in SCAN_META)
+        + "))"
+    )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE scan AS SELECT *, {hash_expr} AS meta_hash FROM ({normalised.sql})")
+    normalised.drop(con)
+    con.execute("DROP TABLE scan_unique")
+    report.normalised = normalised.report
     report.scanned = con.execute("SELECT count(*) FROM scan").fetchall()[0][0]
     report.duplicates = seq - report.scanned
     if report.duplicates:

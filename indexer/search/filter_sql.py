@@ -13,9 +13,17 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from indexer.dwc import canonical_basis, canonical_license, canonical_rank, resolve_country
 from indexer.errors import FilterError
 from indexer.search.taxonomy import taxa_filter_sql
-from indexer.store.schema import ALL_COLUMNS, COLUMN_TYPES, canonical_column, quote_ident
+from indexer.store.schema import (
+    ALL_COLUMNS,
+    COLUMN_TYPES,
+    FOLDED_COLUMNS,
+    HIDDEN_COLUMNS,
+    canonical_column,
+    quote_ident,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from indexer.search.filters import Condition
@@ -32,7 +40,11 @@ _BOOL = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0":
 _NUMERIC = {"BIGINT": int, "INTEGER": int, "DOUBLE": float}
 
 
-_HIDDEN = {"meta_hash"}
+_HIDDEN = set(HIDDEN_COLUMNS) | {"verbatim"}  # verbatim is filtered by key: verbatim.FIELD
+
+#: Columns whose values a filter maps to their canonical spelling too (``HUMAN_OBSERVATION`` also
+#: finds ``HumanObservation``): the same functions the build normalises with.
+_CANONICAL = {"basisOfRecord": canonical_basis, "license": canonical_license, "taxonRank": canonical_rank}
 
 
 def compile_conditions(
@@ -43,7 +55,8 @@ def compile_conditions(
     ``extra_keys`` are the collection's extra JSON keys; ``taxonomy`` resolves ``taxon`` values
     (without it they are matched by name against the rank columns). Raises :class:`FilterError`
     for an unknown field, an operator the field does not take, or a value of the wrong type. The
-    condition is ``TRUE`` for no conditions.
+    condition is ``TRUE`` for no conditions. Text is compared case- and accent-blind through the
+    ``bioclip_fold`` macro (:func:`indexer.dwc.install_fold` defines it on the connection).
     """
     extra_keys = [k for k in extra_keys if k]
     groups: dict[tuple[str, str], list[Condition]] = {}
@@ -63,8 +76,12 @@ def compile_conditions(
             notices.extend(n)
         elif kind == "special":
             sql, p = _coords_sql(op, conds)
+        elif kind == "column" and name in ("country", "countryCode") and op in ("=", "!="):
+            sql, p = _country_sql(name, op, conds)
         elif kind == "column":
-            sql, p = _column_sql(quote_ident(name), COLUMN_TYPES.get(name, "VARCHAR"), op, conds)
+            sql, p = _column_sql(name, COLUMN_TYPES.get(name, "VARCHAR"), op, conds)
+        elif kind == "verbatim":
+            sql, p = _extra_sql(name, op, conds, "verbatim")
         else:
             sql, p = _extra_sql(name, op, conds)
         clauses.append(sql)
@@ -77,7 +94,7 @@ def available_fields(extra_keys: Iterable[str] = ()) -> list[tuple[str, str]]:
     out = [(c, COLUMN_TYPES.get(c, "VARCHAR").lower()) for c in ALL_COLUMNS if c not in _HIDDEN]
     cols = {c.lower() for c, _ in out}
     out += [(k, "text (extra)") for k in sorted(set(extra_keys), key=str.lower) if k and k.lower() not in cols]
-    out += [("taxon", "taxon name"), ("has_coordinates", "true/false")]
+    out += [("taxon", "taxon name"), ("has_coordinates", "true/false"), ("verbatim.FIELD", "text as published")]
     return out
 
 
@@ -92,6 +109,9 @@ def _resolve_field(field: str, extra_keys: Sequence[str]) -> str:
     canonical = canonical_column(field)
     if canonical is not None:
         return f"column:{canonical}"
+    if low.startswith("verbatim.") and len(field) > 9:
+        name = field.strip()[9:]
+        return f"verbatim:{canonical_column(name) or name}"
     extras = {k.lower(): k for k in extra_keys}
     if low.startswith("extra.") and low[6:] in extras:
         return f"extra:{extras[low[6:]]}"
@@ -188,7 +208,19 @@ def _range_clauses(
     return clauses, params
 
 
-def _column_sql(expr: str, typ: str, op: str, conds: Sequence[Condition]) -> tuple[str, list]:
+def _text_of(name: str) -> str:
+    """The SQL compared with a folded search term: the column's folded twin where it has one
+    (null where the fold is plain ``lower()``), else the lower-cased column."""
+    col = quote_ident(name)
+    if name in FOLDED_COLUMNS:
+        return f"coalesce({quote_ident(FOLDED_COLUMNS[name])}, lower({col}))"
+    return f"lower({col})"
+
+
+def _column_sql(name: str, typ: str, op: str, conds: Sequence[Condition], text: str | None = None) -> tuple[str, list]:
+    """``name`` is a column, or (with ``text``: the SQL of its folded text) any text expression."""
+    expr = quote_ident(name) if text is None else name
+    text = text or _text_of(name)
     fname = conds[0].field
     numeric = typ in _NUMERIC or typ == "TIMESTAMP"
     if op == "null":
@@ -201,27 +233,47 @@ def _column_sql(expr: str, typ: str, op: str, conds: Sequence[Condition]) -> tup
                 f"{fname} is a {'number' if typ in _NUMERIC else 'date'}: use =, !=, <, <=, >, >= or a range, not contains"
             )
         vals = [_convert(c.value, typ, fname) for c in conds]
-        # contains() on lower-cased text: % and _ in the value are plain characters (no LIKE pattern)
-        return " AND ".join(f"contains(lower({expr}), lower(?))" for _ in vals), vals
+        # contains() on folded text: % and _ in the value are plain characters (no LIKE pattern)
+        return " AND ".join(f"contains({text}, bioclip_fold(?))" for _ in vals), vals
     if op == "range":
         clauses, params = _range_clauses(expr, conds, lambda v: _convert(v, typ, fname), inclusive_prefix=not numeric)
         return " AND ".join(clauses), params
     vals = [_convert(v, typ, fname) for v in _values(conds)]
+    canonical = _CANONICAL.get(name) if not numeric else None
+    if canonical is not None:
+        # "HUMAN_OBSERVATION" also finds rows stored as "HumanObservation" (and the other way round)
+        vals = list(dict.fromkeys(vals + [c for c in map(canonical, vals) if c]))
     if op == "=":
         if numeric:
             return f"{expr} IN ({', '.join('?' for _ in vals)})", vals
-        return f"lower({expr}) IN ({', '.join('lower(?)' for _ in vals)})", vals
+        return f"{text} IN ({', '.join('bioclip_fold(?)' for _ in vals)})", vals
     if op == "!=":
         if numeric:
             return f"{expr} IS NULL OR {expr} NOT IN ({', '.join('?' for _ in vals)})", vals
-        return f"{expr} IS NULL OR lower({expr}) NOT IN ({', '.join('lower(?)' for _ in vals)})", vals
+        return f"{expr} IS NULL OR {text} NOT IN ({', '.join('bioclip_fold(?)' for _ in vals)})", vals
     raise FilterError(f"operator {op!r} is not supported on {fname}")  # pragma: no cover
 
 
-def _extra_sql(key: str, op: str, conds: Sequence[Condition]) -> tuple[str, list]:
-    """A key of the ``extra`` JSON object: text, except ranges with numbers (compared as numbers)."""
+def _country_sql(name: str, op: str, conds: Sequence[Condition]) -> tuple[str, list]:
+    """``country`` / ``countryCode`` = a name or a code, in any spelling (``USA``, ``United States``,
+    ``US``): rows whose code is that country's, and rows whose text (a country that did not
+    resolve at ingest) is the value itself."""
+    vals = [_convert(v, "VARCHAR", conds[0].field) for v in _values(conds)]
+    codes = sorted({c.code for c in map(resolve_country, vals) if c is not None and c.code})
+    parts = [f"{_text_of(name)} IN ({', '.join('bioclip_fold(?)' for _ in vals)})"]
+    params: list = list(vals)
+    if codes:
+        parts.append(f'"countryCode" IN ({", ".join("?" for _ in codes)})')
+        params += codes
+    match = " OR ".join(f"({p})" for p in parts)
+    return (match if op == "=" else f"NOT coalesce({match}, false)"), params
+
+
+def _extra_sql(key: str, op: str, conds: Sequence[Condition], column: str = "extra") -> tuple[str, list]:
+    """A key of the ``extra`` (or ``verbatim``) JSON object: text, except ranges with numbers
+    (compared as numbers). Text is folded per row here: extra fields have no folded twins."""
     path = '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    text = "json_extract_string(extra, ?)"
+    text = f"json_extract_string({column}, ?)"
     if op == "range":
         bounds = [v for c in conds for v in (c.value if c.op == "between" else (c.value,)) if v is not None]
         if all(_is_number(v) for v in bounds):
@@ -235,7 +287,7 @@ def _extra_sql(key: str, op: str, conds: Sequence[Condition]) -> tuple[str, list
         for p in params:
             out_params += [path, p]
         return " AND ".join(clauses), out_params
-    sql, params = _column_sql(text, "VARCHAR", op, conds)
+    sql, params = _column_sql(text, "VARCHAR", op, conds, text=f"bioclip_fold({text})")
     return sql, _interleave(sql, text, path, params)
 
 

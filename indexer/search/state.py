@@ -18,11 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from indexer.dwc import install_fold, normalise_query
 from indexer.errors import FilterError
 from indexer.search.filters import Filter
 from indexer.search.taxonomy import Taxonomy
 from indexer.store import Collection, Snapshot
+from indexer.store.generations import SegmentInfo
 from indexer.store.ids import member
+from indexer.store.schema import DERIVED_COLUMNS, quote_ident
 
 __all__ = ["ServedState", "StateOptions", "load_state", "FILTER_CACHE_BYTES"]
 
@@ -180,9 +183,12 @@ class ServedState:
         cur = self.cursor()
         # "id = ANY(list)" is a semi-join DuckDB answers fast; an IN list of k parameters becomes k
         # OR-ed comparisons over every row.
-        rel = cur.execute("SELECT * FROM images WHERE id = ANY(?)", [list(ids)])
+        rel = cur.execute(f"SELECT * EXCLUDE ({_DERIVED}) FROM images WHERE id = ANY(?)", [list(ids)])
         cols = [d[0] for d in rel.description]
         return {row[0]: dict(zip(cols, row)) for row in rel.fetchall()}
+
+
+_DERIVED = ", ".join(quote_ident(c) for c in DERIVED_COLUMNS)
 
 
 def load_state(collection: Collection, number: int, previous: ServedState | None, options: StateOptions) -> ServedState:
@@ -261,7 +267,7 @@ def _metadata(snap: Snapshot, previous: ServedState | None) -> Any:
             cur.execute("BEGIN TRANSACTION")
             try:
                 if new_segs:
-                    cur.execute(f"INSERT INTO images {snap.images_sql(new_segs, live=False)}")
+                    _insert_rows(cur, snap, new_segs, live=False)
                 if new_dels:
                     cur.execute(f"DELETE FROM images WHERE id IN ({snap.retired_sql(new_dels)})")
                 cur.execute("CREATE OR REPLACE VIEW failures AS " + snap.failures_sql())
@@ -270,9 +276,39 @@ def _metadata(snap: Snapshot, previous: ServedState | None) -> Any:
                 cur.execute("ROLLBACK")
                 raise
         return con
-    con = snap.connect(materialize=True)
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    install_fold(con)
+    con.execute(f"CREATE TABLE images AS {snap.images_sql([])}")
+    _insert_rows(con, snap, list(gen.segments), live=True)
+    con.execute(f"CREATE VIEW failures AS {snap.failures_sql()}")
     # An ART index on id turns the metadata join of a page of hits into index lookups (a scan of
     # the id column otherwise); DuckDB keeps it up to date through the incremental inserts and
     # deletes above.
     con.execute("CREATE INDEX images_id ON images (id)")
     return con
+
+
+def _insert_rows(con: Any, snap: Snapshot, segments: list[SegmentInfo], *, live: bool) -> None:
+    """Insert the rows of ``segments`` into ``images``; rows written before this version normalised
+    their Darwin Core values (an older collection) are normalised on the way in (originals kept in
+    ``verbatim``), so that collections built earlier answer filters the same way. The next build
+    stores them normalised."""
+    old = snap.segments_to_normalise(segments)
+    current = [s for s in segments if s not in old]
+    if current:
+        con.execute(f"INSERT INTO images {snap.images_sql(current, live=live)}")
+    if old:
+        rows = sum(s.rows for s in old)
+        log.info(
+            "%s: normalising the Darwin Core values of %d rows written by an earlier version (in memory; "
+            "the next build stores them)",
+            snap.collection.path,
+            rows,
+        )
+        normalised = normalise_query(con, f"({snap.images_sql(old, live=live)})")
+        try:
+            con.execute(f"INSERT INTO images {normalised.sql}")
+        finally:
+            normalised.drop(con)

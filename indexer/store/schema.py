@@ -4,6 +4,14 @@ Every source (folder + labels CSV, manifest, Darwin Core Archive, tar shards) ma
 onto these columns; anything else it knows about an image goes, as a JSON object, into ``extra``.
 Column names are case-sensitive Darwin Core terms; ``class`` and ``order`` are SQL keywords, so
 every SQL statement quotes identifiers (see :func:`quote_ident`).
+
+The build normalises the Darwin Core values (:mod:`indexer.dwc`): ``basisOfRecord``, ``license``,
+``country`` / ``countryCode``, ``taxonRank`` and the name columns hold one spelling per value, and
+``verbatim`` (a JSON object) keeps what the publisher wrote for every column that was changed or
+filled (``null``: the publisher gave nothing). ``meta_version`` says which version of that
+normalisation a row went through (null: a row written before it existed, normalised when read),
+and each column of :data:`FOLDED_COLUMNS` has a hidden twin holding its case- and accent-folded
+text (null where that is just ``lower()``), for filters that ignore case and accents.
 """
 
 from __future__ import annotations
@@ -12,8 +20,15 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
+from indexer.dwc.fold import FOLDED_COLUMNS
+from indexer.dwc.normalise import META_VERSION
+
 __all__ = [
     "SYSTEM_COLUMNS",
+    "FOLDED_COLUMNS",
+    "DERIVED_COLUMNS",
+    "HIDDEN_COLUMNS",
+    "META_VERSION",
     "SOURCE_COLUMNS",
     "DWC_COLUMNS",
     "METADATA_COLUMNS",
@@ -69,6 +84,10 @@ DWC_COLUMNS: Final[tuple[str, ...]] = (
     "taxonRank",
     *RANK_COLUMNS,
     "infraspecificEpithet",
+    "superfamily",  # ranks beyond the seven that Darwin Core names (2023)
+    "subfamily",
+    "tribe",
+    "subtribe",
     "vernacularName",
     "typeStatus",
     "eventDate",
@@ -88,8 +107,15 @@ DWC_COLUMNS: Final[tuple[str, ...]] = (
     "mediaFormat",
 )
 
-#: Everything a source may provide besides the system columns; ``extra`` is a JSON object (text).
-METADATA_COLUMNS: Final[tuple[str, ...]] = DWC_COLUMNS + ("extra",)
+#: Columns derived from the others (see the module docstring), never given by a source.
+DERIVED_COLUMNS: Final[tuple[str, ...]] = ("meta_version", *FOLDED_COLUMNS.values())
+
+#: Everything a source may provide besides the system columns; ``extra`` and ``verbatim`` are JSON
+#: objects (text); the derived columns come last.
+METADATA_COLUMNS: Final[tuple[str, ...]] = DWC_COLUMNS + ("extra", "verbatim") + DERIVED_COLUMNS
+
+#: Columns no user sees (in hits, field lists or exports).
+HIDDEN_COLUMNS: Final[frozenset[str]] = frozenset({"meta_hash", *DERIVED_COLUMNS})
 
 ALL_COLUMNS: Final[tuple[str, ...]] = SYSTEM_COLUMNS + METADATA_COLUMNS
 
@@ -105,6 +131,7 @@ COLUMN_TYPES: Final[dict[str, str]] = {
     "height": "INTEGER",
     "indexed_at": "TIMESTAMP",
     "year": "INTEGER",
+    "meta_version": "INTEGER",
     "decimalLatitude": "DOUBLE",
     "decimalLongitude": "DOUBLE",
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from indexer.store.generations import (
     vectors_file,
 )
 from indexer.store.ids import member
-from indexer.store.schema import ALL_COLUMNS, COLUMN_TYPES, quote_ident, sql_string_list
+from indexer.store.schema import ALL_COLUMNS, COLUMN_TYPES, META_VERSION, quote_ident, sql_string_list
 from indexer.store.vectors import SegmentVectors
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -157,16 +158,29 @@ class Snapshot:
         Paths are inlined as string literals (they are the collection's own file names).
         """
         segs = self.generation.segments if segments is None else segments
-        cols = ", ".join(quote_ident(c) for c in ALL_COLUMNS)
         if not segs:
             nulls = ", ".join(
                 f"CAST(NULL AS {COLUMN_TYPES.get(c, 'VARCHAR')}) AS {quote_ident(c)}" for c in ALL_COLUMNS
             )
             return f"SELECT {nulls} WHERE false"
-        sql = f"SELECT {cols} FROM read_parquet({sql_string_list(self.segment_paths(segs))}, union_by_name = true)"
+        paths = self.segment_paths(segs)
+        # Segments written by an older version lack the newer columns: null, of the schema's type.
+        present = set().union(*(_parquet_columns(p) for p in paths))
+        cols = ", ".join(
+            quote_ident(c) if c in present else f"CAST(NULL AS {COLUMN_TYPES.get(c, 'VARCHAR')}) AS {quote_ident(c)}"
+            for c in ALL_COLUMNS
+        )
+        sql = f"SELECT {cols} FROM read_parquet({sql_string_list(paths)}, union_by_name = true)"
         if live and self.generation.deletes:
             sql += f" WHERE id NOT IN ({self.retired_sql()})"
         return sql
+
+    def segments_to_normalise(self, segments: Sequence[SegmentInfo] | None = None) -> list[SegmentInfo]:
+        """The segments (default: all) holding rows whose Darwin Core values were not normalised by
+        this version (written before ``meta_version`` existed, or by an older normalisation); read
+        from the files' footers, which are cached (segment files never change)."""
+        segs = self.generation.segments if segments is None else segments
+        return [s for s in segs if _parquet_min_meta_version(self.collection.path / segment_file(s.n)) < META_VERSION]
 
     def retired_sql(self, numbers: Sequence[int] | None = None) -> str:
         """A SELECT of the ids retired by the given commits (default: every commit of this generation)."""
@@ -201,6 +215,39 @@ class Snapshot:
         con.execute(f"CREATE {kind} images AS {self.images_sql()}")
         con.execute(f"CREATE VIEW failures AS {self.failures_sql()}")
         return con
+
+
+@lru_cache(maxsize=65536)
+def _parquet_columns(path: str) -> frozenset[str]:
+    """The column names of a segment file (its footer; cached: segment files are immutable)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return frozenset(pq.read_schema(path).names)
+    except (OSError, pa.ArrowException) as exc:
+        raise CollectionError(f"cannot read {path}: {exc}") from exc
+
+
+@lru_cache(maxsize=65536)
+def _parquet_min_meta_version(path) -> int:
+    """The lowest ``meta_version`` of a segment's rows (0 when a row has none), from its footer."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except (OSError, pa.ArrowException) as exc:
+        raise CollectionError(f"cannot read {path}: {exc}") from exc
+    names = meta.schema.names
+    if "meta_version" not in names:
+        return 0
+    i = names.index("meta_version")
+    low = None
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(i).statistics
+        if stats is None or not stats.has_min_max or stats.null_count:
+            return 0
+        low = stats.min if low is None else min(low, stats.min)
+    return int(low) if low is not None else META_VERSION
 
 
 def _arrow_to_duck(t: pa.DataType) -> str:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pyarrow as pa
 
+from indexer.dwc import normalise_query
 from indexer.errors import CollectionError
 from indexer.store.files import atomic_file, atomic_write_json
 from indexer.store.generations import (
@@ -173,7 +174,8 @@ class Writer:
 
     def add(self, rows: pa.Table, vectors: np.ndarray) -> np.ndarray:
         """Buffer image rows (any subset of the schema's columns; ``key`` required) with their
-        vectors (n, d), L2-normalised float. Returns the ids they will have once committed."""
+        vectors (n, d), L2-normalised float. Returns the ids they will have once committed. Rows
+        without ``meta_version`` get their Darwin Core values normalised (originals in ``verbatim``)."""
         n = rows.num_rows
         vectors = np.asarray(vectors)
         if vectors.shape != (n, self.collection.dimension):
@@ -182,11 +184,26 @@ class Writer:
             return np.empty(0, dtype=np.int64)
         ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
         self.next_id += n
-        table = _conform(rows, ids)
+        table = self._normalised(_conform(rows, ids))
         self._pending_rows.append(table)
         self._pending_vecs.append(vectors.astype(np.float16))
         self._pending_count += n
         return ids
+
+    def _normalised(self, table: pa.Table) -> pa.Table:
+        """``table`` with its Darwin Core values normalised (:func:`indexer.dwc.normalise_query`)
+        unless every row already is (a build's rows are, from its scan): every stored row is."""
+        if table.column("meta_version").null_count == 0:
+            return table
+        con = self.con
+        con.register("_to_normalise", table)
+        normalised = normalise_query(con, "_to_normalise")
+        try:
+            out = con.sql(f"{normalised.sql} ORDER BY id").to_arrow_table()
+        finally:
+            normalised.drop(con)
+            con.unregister("_to_normalise")
+        return out.select(table.column_names).cast(table.schema)
 
     def retire(self, ids: Sequence[int] | np.ndarray) -> None:
         """Buffer the retirement of ids (a changed or removed image's old vector)."""
