@@ -20,6 +20,8 @@ __all__ = [
     "result_rows",
     "detail_fields",
     "source_record_url",
+    "license_link",
+    "as_published",
 ]
 
 
@@ -189,26 +191,51 @@ _DETAIL_ORDER = (
     "sha256",
     "indexed_at",
 )
-_DETAIL_HIDDEN = {"meta_hash", "key", "mtime", "extra"}
+_DETAIL_HIDDEN = {"meta_hash", "key", "mtime", "extra", "verbatim", "meta_version"}
+
+
+def as_published(hit) -> dict[str, Any]:
+    """What the publisher wrote for each field the build normalised or filled (``verbatim``;
+    None: the publisher gave nothing)."""
+    raw = hit.metadata.get("verbatim")
+    if not raw:
+        return {}
+    try:
+        obj = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    except (ValueError, TypeError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _with_original(name: str, value: Any, published: dict[str, Any]) -> str:
+    text = _text(value)
+    if name not in published:
+        return text
+    original = published[name]
+    if original is None or str(original) == "":
+        return f"{text} (filled in: the publisher gave none)"
+    return f"{text} (as published: {_text(original)})"
 
 
 def detail_fields(hit) -> list[tuple[str, str]]:
     """Every non-empty metadata field of a hit, in a reading order (taxon, specimen, event,
-    rights, file), then the source's own extra fields."""
+    rights, file), then the source's own extra fields. A field the build normalised says what the
+    publisher wrote ("PreservedSpecimen (as published: PRESERVED_SPECIMEN)")."""
     meta = dict(hit.metadata)
+    published = as_published(hit)
     out: list[tuple[str, str]] = []
     seen = set()
     for name in _DETAIL_ORDER:
         seen.add(name)
         v = meta.get(name)
         if v is not None and str(v) != "":
-            out.append((name, _text(v)))
+            out.append((name, _with_original(name, v, published)))
     for name in sorted(meta):
         if name in seen or name in _DETAIL_HIDDEN:
             continue
         v = meta.get(name)
         if v is not None and str(v) != "":
-            out.append((name, _text(v)))
+            out.append((name, _with_original(name, v, published)))
     extra = meta.get("extra")
     if extra:
         try:
@@ -226,6 +253,16 @@ def _text(v: Any) -> str:
     if hasattr(v, "isoformat"):
         return v.isoformat()
     return str(v)
+
+
+def license_link(hit) -> tuple[str, str | None] | None:
+    """(the licence as shown, its page or None) of a hit, or None when it has none recorded."""
+    from indexer.dwc import license_url
+
+    lic = hit.metadata.get("license")
+    if not lic:
+        return None
+    return str(lic), license_url(str(lic))
 
 
 def source_record_url(hit) -> str | None:

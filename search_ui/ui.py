@@ -11,7 +11,7 @@ from typing import Any
 
 import streamlit as st
 
-from search_ui.hit_fields import card_fields, detail_fields, key_facts, source_record_url, split_name
+from search_ui.hit_fields import card_fields, detail_fields, key_facts, license_link, source_record_url, split_name
 from search_ui.session import change
 from search_ui.state import BrowseState
 
@@ -99,11 +99,15 @@ def detail(engine: Any, hit: Any, lib: Any) -> None:
         facts = key_facts(hit)
         if facts:
             st.markdown("  \n".join(f"**{md(line)}**" if i == 0 else md(line) for i, line in enumerate(facts)))
-        lic = hit.metadata.get("license")
+        lic = license_link(hit)
         holder = hit.metadata.get("rightsHolder")
-        st.markdown(
-            f"**License:** {md(lic) if lic else 'not recorded'}  \n**Rights holder:** {md(holder) if holder else 'not recorded'}"
-        )
+        if lic is None:
+            lic_text = "not recorded"
+        elif lic[1]:
+            lic_text = f"[{md(lic[0])}](<{lic[1]}>)"  # the URL is ours, or an http(s) URL without spaces or <>
+        else:
+            lic_text = md(lic[0])
+        st.markdown(f"**License:** {lic_text}  \n**Rights holder:** {md(holder) if holder else 'not recorded'}")
         url = source_record_url(hit)
         if url:
             st.link_button("Open the source record", url)

@@ -64,6 +64,7 @@ class BuildReport:
     skipped_failed: int = 0  # known failures not retried
     failed_by_reason: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0  # rows whose key appeared earlier in the scan
+    alternative_locations: int = 0  # images read from an alternative URL (Audubon Core) because the first failed
     seconds: float = 0.0
     encode_seconds: float = 0.0
     generation: int = 0

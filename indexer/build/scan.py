@@ -34,7 +34,7 @@ def scan_sources(run: BuildRun, sources: Sequence[Source]) -> None:
     meta_cols = ", ".join(f"{quote_ident(c)} VARCHAR" for c in SCAN_META)
     con.execute(
         "CREATE OR REPLACE TEMP TABLE scan_raw (seq BIGINT, source VARCHAR, key VARCHAR, location VARCHAR, "
-        f"size BIGINT, mtime DOUBLE, error_reason VARCHAR, error_detail VARCHAR, {meta_cols})"
+        f"size BIGINT, mtime DOUBLE, error_reason VARCHAR, error_detail VARCHAR, alt_locations VARCHAR, {meta_cols})"
     )
     seq = 0
     for source in sources:
@@ -75,7 +75,18 @@ def scan_sources(run: BuildRun, sources: Sequence[Source]) -> None:
 
 
 def _scan_columns() -> set[str]:
-    return {"source", "seq", "key", "location", "size", "mtime", "error_reason", "error_detail", *SCAN_META}
+    return {
+        "source",
+        "seq",
+        "key",
+        "location",
+        "size",
+        "mtime",
+        "error_reason",
+        "error_detail",
+        "alt_locations",
+        *SCAN_META,
+    }
 
 
 def _scan_type(col: str) -> str:

@@ -100,25 +100,54 @@ def _pieces(chunk: pa.Table) -> Iterator[pa.Table]:
         yield chunk.slice(start, _REMOTE_PIECE)
 
 
-def _download(downloader: Any, chunk: pa.Table, remote: list[int]) -> tuple[dict[int, str], list[Failure]]:
-    """Download the remote items of ``chunk`` (bounded concurrency, cached).
+def _download(
+    downloader: Any, chunk: pa.Table, remote: list[int]
+) -> tuple[dict[int, str], list[Failure], dict[int, str]]:
+    """Download the remote items of ``chunk`` (bounded concurrency, cached). A row whose URL fails
+    and that has ``alt_locations`` (other URLs of the same image) tries them in order.
 
     Runs in the download thread: touches neither the writer nor the report. Returns
-    (row index -> downloaded file, failures as (row index, stage, reason, detail)).
+    (row index -> downloaded file, failures as (row index, stage, reason, detail), row index -> the
+    alternative URL its file came from).
     """
     locations = chunk.column("location").to_pylist()
-    by_url: dict[str, list[int]] = collections.defaultdict(list)
-    for i in remote:
-        by_url[locations[i]].append(i)
+    alts = (
+        chunk.column("alt_locations").to_pylist() if "alt_locations" in chunk.column_names else [None] * len(locations)
+    )
+    todo = {i: locations[i] for i in remote}
+    others = {
+        i: list(dict.fromkeys(u for u in (alts[i] or "").splitlines() if u.strip() and u != locations[i]))
+        for i in remote
+    }
     out: dict[int, str] = {}
-    failures: list[Failure] = []
-    for url, result in downloader.fetch_many(list(by_url)):
-        for i in by_url[url]:
-            if isinstance(result, FetchError):
-                failures.append((i, result.stage, result.reason, result.detail))
-            else:
-                out[i] = result
-    return out, failures
+    first_failure: dict[int, Failure] = {}
+    relocated: dict[int, str] = {}
+    while todo:
+        by_url: dict[str, list[int]] = collections.defaultdict(list)
+        for i, url in todo.items():
+            by_url[url].append(i)
+        todo = {}
+        for url, result in downloader.fetch_many(list(by_url)):
+            for i in by_url[url]:
+                if not isinstance(result, FetchError):
+                    out[i] = result
+                    if url != locations[i]:
+                        relocated[i] = url
+                    continue
+                first_failure.setdefault(i, (i, result.stage, result.reason, result.detail))
+                if others[i] and is_remote(others[i][0]):
+                    todo[i] = others[i].pop(0)
+    return out, [f for i, f in first_failure.items() if i not in out], relocated
+
+
+def _relocate(piece: pa.Table, relocated: dict[int, str]) -> pa.Table:
+    """``piece`` with the ``location`` of some rows replaced: the alternative URL their image came
+    from (their key and published ``mediaURL`` stay the first URL's)."""
+    locations = piece.column("location").to_pylist()
+    for i, url in relocated.items():
+        log.info("%s failed; its image was read from the alternative %s", locations[i], url)
+        locations[i] = url
+    return piece.set_column(piece.column_names.index("location"), "location", pa.array(locations, pa.string()))
 
 
 class WorkList:
@@ -163,10 +192,13 @@ class WorkList:
     def _finish(self, piece: pa.Table, remote: list[int], future: Future | None) -> WorkPiece:
         local_paths: dict[int, str] = {}
         if future is not None:
-            local_paths, failures = future.result()
+            local_paths, failures, relocated = future.result()
             if failures:
                 record_item_failures(self.run, piece, failures)
                 self.run.advance(len(failures))
+            if relocated:
+                piece = _relocate(piece, relocated)
+                self.run.report.alternative_locations += len(relocated)
         remote_set = set(remote)
         todo = [i for i in range(piece.num_rows) if i not in remote_set or i in local_paths]
         return WorkPiece(piece, todo, local_paths)

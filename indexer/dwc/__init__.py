@@ -17,7 +17,7 @@ from indexer.dwc.countries import Country, normalise_pair, resolve_country
 from indexer.dwc.fold import FOLD_MACRO, fold, fold_sql, install_fold
 from indexer.dwc.licenses import canonical_license, license_url
 from indexer.dwc.names import ParsedName, canonical_rank, parse_names
-from indexer.dwc.normalise import Normalised, normalise_query
+from indexer.dwc.normalise import LIFTED_COLUMNS, Normalised, lift_from_extra, normalise_query
 from indexer.dwc.taxa import derive_taxon
 
 __all__ = [
@@ -37,5 +37,7 @@ __all__ = [
     "FOLD_MACRO",
     "install_fold",
     "normalise_query",
+    "lift_from_extra",
+    "LIFTED_COLUMNS",
     "Normalised",
 ]

@@ -36,7 +36,7 @@ from indexer.dwc.licenses import canonical_license
 from indexer.dwc.names import canonical_rank, parse_names
 from indexer.dwc.taxa import FILL_RANKS, derive_taxon
 
-__all__ = ["Normalised", "normalise_query", "META_VERSION"]
+__all__ = ["Normalised", "normalise_query", "lift_from_extra", "META_VERSION", "LIFTED_COLUMNS"]
 
 #: The version of this normalisation, recorded in each row's ``meta_version``: rows of a lower one
 #: (or none) are normalised again when read. Raise it when a change here changes what rows hold.
@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 _NAME_COLUMNS = ("scientificName", "taxonRank", "genus", "specificEpithet", "infraspecificEpithet")
 _NAME_OUT = ("taxonRank", "genus", "specificEpithet", "infraspecificEpithet")
 _counter = itertools.count()
+
+#: Columns this version added that earlier ones kept in ``extra`` under the header's spelling.
+LIFTED_COLUMNS = ("superfamily", "subfamily", "tribe", "subtribe")
 
 
 _EXAMPLES = 5
@@ -147,6 +150,17 @@ def normalise_query(con: Any, relation: str) -> Normalised:
     return out
 
 
+def lift_from_extra(relation: str) -> str:
+    """A SELECT of ``relation`` with each of :data:`LIFTED_COLUMNS` that is null taken from
+    ``extra`` (its term as key, in lower or capitalised case), where a version before these columns
+    existed kept it. The value stays in ``extra`` too: that is what was stored."""
+    lifts = []
+    for c in LIFTED_COLUMNS:
+        keys = [f"json_extract_string(extra, '$.\"{k}\"')" for k in (c, c.capitalize())]
+        lifts.append(f"coalesce({quote_ident(c)}, {', '.join(keys)}) AS {quote_ident(c)}")
+    return f"SELECT * REPLACE ({', '.join(lifts)}) FROM {relation}"
+
+
 def _register(con: Any, name: str, table: pa.Table, out: Normalised) -> None:
     con.register("_dwc_rows", table)
     try:
@@ -207,6 +221,13 @@ def _country_map(con: Any, relation: str, name: str, out: Normalised) -> None:
     }
 
 
+def _complete(row: tuple) -> bool:
+    """Whether a (scientificName, taxonRank, genus, specificEpithet, infraspecificEpithet) row is a
+    species whose name columns leave nothing for its name to add."""
+    _, rank, genus, epithet, _ = row[:5]
+    return canonical_rank(rank) == "species" and bool(genus) and bool(epithet) and " " not in epithet.strip()
+
+
 def _names_map(con: Any, relation: str, name: str, out: Normalised) -> None:
     sel = ", ".join(quote_ident(c) for c in _NAME_COLUMNS)
     empties = ", ".join(f"count(*) FILTER (WHERE {quote_ident(c)} IS NULL)" for c in FILL_RANKS)
@@ -215,7 +236,9 @@ def _names_map(con: Any, relation: str, name: str, out: Normalised) -> None:
         + " OR ".join(f"{quote_ident(c)} IS NOT NULL" for c in ("scientificName", "taxonRank", "specificEpithet"))
         + " GROUP BY ALL"
     ).fetchall()
-    parsed = parse_names({(r[0], canonical_rank(r[1])) for r in rows if r[0] is not None})
+    # A species with its genus and a one-word epithet says all a parse could: not parsed (most rows
+    # of a GBIF download). Everything else is, once per distinct name.
+    parsed = parse_names({(r[0], canonical_rank(r[1])) for r in rows if r[0] is not None and not _complete(r)})
     outs = ("taxonRank", "genus", "specificEpithet", "infraspecificEpithet")
     cols: dict[str, list] = {c: [] for c in _NAME_COLUMNS}
     cols.update({f"new_{c}": [] for c in outs})
@@ -224,7 +247,7 @@ def _names_map(con: Any, relation: str, name: str, out: Normalised) -> None:
     counts: Counter[str] = Counter()
     unparsable: Counter = Counter()
     for sci, rank, genus, epithet, infra, count, *empty in rows:
-        p = parsed.get((sci, canonical_rank(rank))) if sci is not None else None
+        p = parsed.get((sci, canonical_rank(rank))) if sci is not None else None  # None when not parsed
         if p is not None and p.kind == "unparsable":
             unparsable[sci] += count
         fix = derive_taxon(

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.dwc import install_fold, normalise_query
+from indexer.dwc import install_fold, lift_from_extra, normalise_query
 from indexer.errors import FilterError
 from indexer.search.filters import Filter
 from indexer.search.taxonomy import Taxonomy
@@ -307,7 +307,7 @@ def _insert_rows(con: Any, snap: Snapshot, segments: list[SegmentInfo], *, live:
             snap.collection.path,
             rows,
         )
-        normalised = normalise_query(con, f"({snap.images_sql(old, live=live)})")
+        normalised = normalise_query(con, f"({lift_from_extra(f'({snap.images_sql(old, live=live)})')})")
         try:
             con.execute(f"INSERT INTO images {normalised.sql}")
         finally:

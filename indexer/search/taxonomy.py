@@ -1,13 +1,20 @@
 """The collection's own taxonomy: resolving a name typed by a user to a taxon in the collection.
 
-Built from the metadata (kingdom ... specificEpithet, scientificName, vernacularName), so a query
-like "corvidae", "Corvus corax" or "common raven" is understood only when the collection has such
-images, and is expanded to the lineage that BioCLIP was trained on.
+Built from the metadata (kingdom ... specificEpithet, scientificName, vernacularName, taxonRank,
+infraspecificEpithet, superfamily ... subtribe), so a query like "corvidae", "Corvus corax" or
+"common raven" is understood only when the collection has such images, and is expanded to the
+lineage that BioCLIP was trained on.
 
 Rules:
 
-- A row's lineage is its seven rank columns; a row with only a ``scientificName`` gets genus and
-  epithet from the name ("Corvus corax Linnaeus, 1758" -> Corvus, corax).
+- A row's lineage is its seven rank columns (the build fills them from ``scientificName`` and
+  ``taxonRank``: see :mod:`indexer.dwc.taxa`); a row with only a ``scientificName`` gets genus and
+  epithet from the name ("Corvus corax Linnaeus, 1758" -> Corvus, corax), unless its ``taxonRank``
+  says the name is of a higher rank ("Coleoptera", order).
+- Ranks beyond the seven are taxa too (:mod:`indexer.search.taxon_match`): a row's
+  ``superfamily``, ``subfamily``, ``tribe``, ``subtribe``, and a species with an
+  ``infraspecificEpithet`` (a subspecies, variety or form, "Abies alba var. acutifolia", which
+  also matches without its rank marker).
 - Names match case-, accent-width- and whitespace-insensitively, with a trailing full stop ignored.
   A scientific name with authorship ("Corvus corax Linnaeus, 1758") also finds its species.
 - Lineages that differ only in case, or only because one leaves a higher rank out, are one taxon
@@ -21,29 +28,40 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
-import unicodedata
 from collections import Counter
-from dataclasses import dataclass, field
 
+from indexer.dwc.names import INFRASPECIFIC_RANKS, canonical_rank
+from indexer.search.taxon_match import (
+    SUPRA_RANKS,
+    TaxonMatch,
+    normalise_name,
+    rank_order,
+    taxa_filter_sql,
+)
 from indexer.store.schema import RANK_COLUMNS, RANKS, quote_ident
 
-__all__ = ["TaxonMatch", "Taxonomy", "normalise_name", "looks_like_scientific_name", "taxa_filter_sql"]
+__all__ = ["TaxonMatch", "Taxonomy", "normalise_name", "looks_like_scientific_name", "taxa_filter_sql", "ROW_COLUMNS"]
 
-_WS = re.compile(r"\s+")
+#: The columns of a row :class:`Taxonomy` is built from (then its image count); rows of the first
+#: nine columns only (and the count) are accepted too.
+ROW_COLUMNS = (
+    *RANK_COLUMNS,
+    "scientificName",
+    "vernacularName",
+    "taxonRank",
+    "infraspecificEpithet",
+    *SUPRA_RANKS,
+)
+_BASE = 9  # kingdom .. specificEpithet, scientificName, vernacularName
 # Endings of names above genus (zoological and botanical codes): Corvidae, Rosaceae, Passeriformes ...
 _RANK_SUFFIX = re.compile(
     r"(idae|inae|oidea|ini|aceae|oideae|eae|ales|ineae|formes|phyta|phytina|opsida|mycota|mycetes|phyceae)$"
 )
 _LATIN_WORD = re.compile(r"^[A-Z][a-z]+$")
 _EPITHET = re.compile(r"^[a-z][a-z\-]+$")
-
-
-def normalise_name(text: str) -> str:
-    """Case-, accent-width- and whitespace-insensitive form of a name for matching."""
-    text = unicodedata.normalize("NFKC", text).strip().strip(".").casefold()
-    return _WS.sub(" ", text)
 
 
 def looks_like_scientific_name(text: str) -> bool:
@@ -69,159 +87,36 @@ def looks_like_scientific_name(text: str) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class TaxonMatch:
-    """A taxon of the collection: its rank, its lineage down to that rank, and an image count."""
-
-    rank: str  # one of RANKS
-    lineage: tuple[str | None, ...]  # values for RANK_COLUMNS up to ``rank`` (inclusive), rest None
-    count: int
-    common_name: str | None = None
-    matched: str = ""  # how the query matched: "scientific name", "common name", ...
-    alternatives: tuple[str, ...] = field(default=(), compare=False)
-    homonym: bool = field(default=False, compare=False)  # another taxon of the collection has this name
-
-    @property
-    def name(self) -> str:
-        """The scientific name at this rank ("Corvus corax" for a species)."""
-        i = RANKS.index(self.rank)
-        if self.rank == "species":
-            return f"{self.lineage[5] or ''} {self.lineage[6] or ''}".strip()
-        return self.lineage[i] or ""
-
-    @property
-    def column(self) -> str:
-        return RANK_COLUMNS[RANKS.index(self.rank)]
-
-    @property
-    def key(self) -> tuple[str, tuple]:
-        """(rank, case-folded lineage): identifies the taxon within a collection."""
-        return self.rank, tuple(None if v is None else v.casefold() for v in self.lineage)
-
-    def taxon(self):
-        """The bioclip ``Taxon`` for this match (for BioCLIP's text forms)."""
-        from bioclip.taxa import Taxon
-
-        vals = dict(zip(("kingdom", "phylum", "class_", "order", "family", "genus", "species"), self.lineage))
-        return Taxon(**vals, common_name=self.common_name)
-
-    def filter_sql(self) -> tuple[str, list]:
-        """SQL condition selecting every image of this taxon (including everything below it).
-
-        Matches the rank's own column (and for a species its genus, so "Corvus corax" does not pick
-        up "Pica corax"), any case; rows that carry only a scientific name match on it. For a
-        homonym, each higher rank the lineage gives must agree or be missing, so the genus Morus of
-        the plants does not select the gannets.
-        """
-        i = RANKS.index(self.rank)
-        conds, params = [], []
-        if self.rank == "species":
-            genus, epithet = self.lineage[5], self.lineage[6]
-            conds.append('lower("genus") = lower(?) AND lower("specificEpithet") = lower(?)')
-            params += [genus, epithet]
-            binomial = f"{genus} {epithet}"
-            conds.append(
-                '"specificEpithet" IS NULL AND (lower("scientificName") = lower(?) OR starts_with(lower("scientificName"), lower(?)))'
-            )
-            params += [binomial, binomial + " "]
-        else:
-            col = quote_ident(RANK_COLUMNS[i])
-            own = self.lineage[i] or ""  # a taxon's own rank is always named
-            conds.append(f"lower({col}) = lower(?)")
-            params.append(own)
-            if self.rank == "genus":
-                conds.append(
-                    '"genus" IS NULL AND (lower("scientificName") = lower(?) OR starts_with(lower("scientificName"), lower(?)))'
-                )
-                params += [own, own + " "]
-        sql = " OR ".join(f"({c})" for c in conds)
-        if self.homonym:
-            higher = [(RANK_COLUMNS[j], v) for j, v in enumerate(self.lineage[:i]) if v is not None]
-            extra = [f"({quote_ident(c)} IS NULL OR lower({quote_ident(c)}) = lower(?))" for c, _ in higher]
-            if extra:
-                sql = f"({sql}) AND " + " AND ".join(extra)
-                params += [v for _, v in higher]
-        return sql, params
-
-    def describe(self) -> str:
-        """``species Corvus corax``; a homonym adds its kingdom and parent: ``genus Morus (Plantae, Moraceae)``."""
-        text = f"{self.rank} {self.name}"
-        if self.homonym:
-            i = RANKS.index(self.rank)
-            higher = [v for v in self.lineage[:i] if v is not None]
-            context = [higher[0], higher[-1]] if len(higher) > 1 else higher
-            if context:
-                text += f" ({', '.join(dict.fromkeys(context))})"
-        return text
-
-
-def taxa_filter_sql(matches: list[TaxonMatch]) -> tuple[str, list]:
-    """One SQL condition selecting every image of any of ``matches`` (and everything below them).
-
-    The same semantics as OR-ing :meth:`TaxonMatch.filter_sql`, but one ``IN`` set per rank column
-    instead of one comparison per taxon: a filter naming 40 families costs one pass of
-    ``lower(family)`` over the rows, not 40 (an order of magnitude faster on large collections). Homonyms keep
-    their own condition (their higher ranks must agree).
-    """
-    ors: list[str] = []
-    params: list = []
-    by_rank: dict[str, list[TaxonMatch]] = {}
-    for m in matches:
-        if m.homonym:
-            sql, p = m.filter_sql()
-            ors.append(sql)
-            params += p
-        else:
-            by_rank.setdefault(m.rank, []).append(m)
-    for rank, ms in by_rank.items():
-        names = list(dict.fromkeys(m.name.casefold() for m in ms))
-        marks = ", ".join("?" for _ in names)
-        # rows that carry only a scientific name: its first word(s), compared only where the rank's
-        # own column is missing (AND evaluates the costly part on those rows only)
-        if rank == "species":
-            epithets = list(dict.fromkeys((m.lineage[6] or "").casefold() for m in ms))
-            ors.append(
-                f'lower("specificEpithet") IN ({", ".join("?" for _ in epithets)}) '
-                f'AND lower("genus") || \' \' || lower("specificEpithet") IN ({marks})'
-            )
-            params += epithets + names
-            ors.append(
-                f'"specificEpithet" IS NULL AND "scientificName" IS NOT NULL '
-                f"AND lower(split_part(\"scientificName\", ' ', 1) || ' ' || split_part(\"scientificName\", ' ', 2)) IN ({marks})"
-            )
-            params += names
-            continue
-        col = quote_ident(RANK_COLUMNS[RANKS.index(rank)])
-        ors.append(f"lower({col}) IN ({marks})")
-        params += names
-        if rank == "genus":
-            ors.append(
-                f'"genus" IS NULL AND "scientificName" IS NOT NULL AND lower(split_part("scientificName", \' \', 1)) IN ({marks})'
-            )
-            params += names
-    return " OR ".join(f"({c})" for c in ors) or "FALSE", params
-
-
 class Taxonomy:
     """Name lookup over the distinct lineages of a collection (built once per snapshot)."""
 
     def __init__(self, rows: list[tuple]):
-        """``rows``: (kingdom, phylum, class, order, family, genus, specificEpithet, scientificName,
-        vernacularName, count), one per distinct combination (see :meth:`from_connection`)."""
-        counts: dict[tuple[str, tuple], int] = {}
-        display: dict[tuple[str, tuple], Counter] = {}
-        commons: dict[tuple[str, tuple], Counter] = {}
-        sci_names: list[tuple[str, tuple[str, tuple]]] = []  # (scientificName, its taxon key)
+        """``rows``: the :data:`ROW_COLUMNS` of each distinct combination, then its image count (see
+        :meth:`from_connection`); rows of the first nine columns and the count are accepted too."""
+        counts: dict[tuple, int] = {}
+        display: dict[tuple, Counter] = {}
+        commons: dict[tuple, Counter] = {}
+        sci_names: list[tuple[str, tuple]] = []  # (scientificName, its taxon key)
+        extra = _ExtraRanks()
         for row in rows:
+            row = tuple(row)
+            if len(row) == _BASE + 1:
+                row = row[:_BASE] + (None,) * (len(ROW_COLUMNS) - _BASE) + row[_BASE:]
             lineage = tuple(_clean(v) for v in row[:7])
-            sci, vern, count = _clean(row[7]), _clean(row[8]), int(row[9])
-            if sci and lineage[5] is None:
+            sci, vern, count = _clean(row[7]), _clean(row[8]), int(row[-1])
+            declared = canonical_rank(_clean(row[9]))
+            if (
+                sci
+                and lineage[5] is None
+                and (declared is None or declared in ("genus", "species", *INFRASPECIFIC_RANKS))
+            ):
+                # a name of a higher rank ("Coleoptera", taxonRank order) is not a genus
                 lineage = lineage[:5] + _from_scientific(sci)
             elif sci and lineage[6] is None and lineage[5] is not None:
                 g, e = _from_scientific(sci)
                 if g and e and g.casefold() == lineage[5].casefold():
                     lineage = lineage[:6] + (e,)
-            own: tuple[str, tuple] | None = None
+            own: tuple | None = None
             for i, rank in enumerate(RANKS):
                 if lineage[i] is None or (rank == "species" and lineage[5] is None):
                     continue
@@ -230,16 +125,17 @@ class Taxonomy:
                 counts[key] = counts.get(key, 0) + count
                 display.setdefault(key, Counter())[cut] += count
                 own = key
+            own = extra.add(row, lineage, declared, count) or own
             if own is not None and vern:
                 commons.setdefault(own, Counter())[vern] += count
             if sci and own is not None:
                 sci_names.append((sci, own))
         merged = _merge_partial_lineages(counts)
         # taxon key -> TaxonMatch
-        self._taxa: dict[tuple[str, tuple], TaxonMatch] = {}
-        total: dict[tuple[str, tuple], int] = {}
-        vern_total: dict[tuple[str, tuple], Counter] = {}
-        shown: dict[tuple[str, tuple], Counter] = {}
+        self._taxa: dict[tuple, TaxonMatch] = {}
+        total: dict[tuple, int] = {}
+        vern_total: dict[tuple, Counter] = {}
+        shown: dict[tuple, Counter] = {}
         for key, target in merged.items():
             total[target] = total.get(target, 0) + counts[key]
             vern_total.setdefault(target, Counter()).update(commons.get(key, Counter()))
@@ -260,17 +156,17 @@ class Taxonomy:
                 else lineage[j]
                 for j in range(7)
             )
-            common = None
-            if vern_total.get(key):
-                common = sorted(vern_total[key].items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-            m = TaxonMatch(rank=rank, lineage=lineage, count=count, common_name=common)
+            m = TaxonMatch(rank=rank, lineage=lineage, count=count, common_name=_most_common(vern_total.get(key)))
             self._taxa[key] = m
             by_name.setdefault((rank, normalise_name(m.name)), []).append(key)
+        for key, m in extra.taxa(commons):
+            self._taxa[key] = m
+            vern_total[key] = commons.get(key, Counter())
+            by_name.setdefault((m.rank, normalise_name(m.name)), []).append(key)
         for keys in by_name.values():
             if len(keys) > 1:
                 for key in keys:
-                    m = self._taxa[key]
-                    self._taxa[key] = TaxonMatch(m.rank, m.lineage, m.count, m.common_name, homonym=True)
+                    self._taxa[key] = dataclasses.replace(self._taxa[key], homonym=True)
         self._names: dict[str, dict[tuple, str]] = {}
         self._by_initial: dict[str, list[str]] | None = None  # for close_matches, built on first use
         for key, m in self._taxa.items():
@@ -287,7 +183,8 @@ class Taxonomy:
     @classmethod
     def from_connection(cls, con) -> Taxonomy:
         """From a DuckDB connection with an ``images`` relation (one GROUP BY over the names)."""
-        cols = ", ".join(quote_ident(c) for c in (*RANK_COLUMNS, "scientificName", "vernacularName"))
+        present = {r[0] for r in con.execute("DESCRIBE images").fetchall()}
+        cols = ", ".join(quote_ident(c) if c in present else f"NULL AS {quote_ident(c)}" for c in ROW_COLUMNS)
         rows = con.execute(f"SELECT {cols}, count(*) FROM images GROUP BY ALL").fetchall()
         return cls(rows)
 
@@ -300,8 +197,7 @@ class Taxonomy:
     def _matches(self, norm: str) -> list[TaxonMatch]:
         out = []
         for key, how in self._names.get(norm, {}).items():
-            m = self._taxa[key]
-            out.append(TaxonMatch(m.rank, m.lineage, m.count, m.common_name, how, homonym=m.homonym))
+            out.append(dataclasses.replace(self._taxa[key], matched=how))
         return out
 
     def resolve(self, name: str) -> list[TaxonMatch]:
@@ -318,8 +214,8 @@ class Taxonomy:
         found = self._matches(norm)
         if not found:
             head, _, rest = norm.partition(" ")
-            if head in RANKS and rest:
-                found = [m for m in self._matches(rest) if m.rank == head]
+            if (head in RANKS or head in _EXTRA_RANK_WORDS) and rest:
+                found = [m for m in self._matches(rest) if m.rank == canonical_rank(head)]
         words = norm.split()
         if not found and len(words) > 2 and looks_like_scientific_name(name):
             # "Corvus corax Linnaeus, 1758" when only "Corvus corax" occurs in the data
@@ -334,7 +230,7 @@ class Taxonomy:
                 found = [m for m in self._matches(tail) if _has_parents(m, parents)]
                 if found:
                     break
-        return sorted(found, key=lambda m: (-m.count, RANKS.index(m.rank), _sortable(m.lineage)))
+        return sorted(found, key=lambda m: (-m.count, rank_order(m.rank), _sortable(m.lineage)))
 
     def suggest(self, prefix: str, limit: int = 10) -> list[TaxonMatch]:
         """Taxa whose scientific or common name starts with ``prefix`` (or has a word that does),
@@ -371,7 +267,7 @@ class Taxonomy:
 
     def taxa(self, rank: str | None = None) -> list[TaxonMatch]:
         """All taxa (at one rank, if given), most images first."""
-        vals = [m for (r, _), m in self._taxa.items() if rank is None or r == rank]
+        vals = [m for m in self._taxa.values() if rank is None or m.rank == rank]
         return sorted(vals, key=lambda m: (-m.count, m.name))
 
     def __len__(self) -> int:
@@ -380,10 +276,69 @@ class Taxonomy:
 
 def _has_parents(m: TaxonMatch, parents: list[str]) -> bool:
     """Every word of ``parents`` names a rank above ``m`` in its lineage."""
-    above = {v.casefold() for v in m.lineage[: RANKS.index(m.rank)] if v}
-    if m.rank == "species":
-        above.discard((m.lineage[5] or "").casefold())
+    above = {v.casefold() for v in m.higher()}
     return all(p in above for p in parents)
+
+
+def _most_common(names: Counter | None) -> str | None:
+    """The most frequent name (ties: the first in sort order), or None."""
+    if not names:
+        return None
+    return sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+
+
+#: Rank words a query may start with besides the seven ("subfamily Felinae", "variety ...").
+_EXTRA_RANK_WORDS = {*SUPRA_RANKS, *INFRASPECIFIC_RANKS, "subsp.", "var.", "f."}
+
+
+class _ExtraRanks:
+    """The taxa at ranks beyond the seven: a row's ``superfamily`` ... ``subtribe`` columns, and a
+    species with an ``infraspecificEpithet``. Keyed by rank and folded name (a subfamily is known by
+    its name within a collection), or by the folded trinomial."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self.lineages: dict[tuple, Counter] = {}
+        self.names: dict[tuple, Counter] = {}  # the spelling of the own name
+        self.ranks: dict[tuple, Counter] = {}  # the declared rank of an infraspecific name
+
+    def add(self, row: tuple, lineage: tuple, declared: str | None, count: int) -> tuple | None:
+        """Count ``row``'s extra-rank taxa; the key of the row's own taxon if it is one of them."""
+        own: tuple | None = None
+        for rank, value in zip(SUPRA_RANKS, row[_BASE + 2 : _BASE + 2 + len(SUPRA_RANKS)]):
+            name = _clean(value)
+            if name is None:
+                continue
+            parent = RANKS.index(SUPRA_RANKS[rank])
+            self._count((rank, name.casefold()), lineage[: parent + 1] + (None,) * (6 - parent), name, count)
+            if declared == rank:
+                own = (rank, name.casefold())
+        infra = _clean(row[_BASE + 1])
+        if infra and lineage[5] and lineage[6]:
+            key = ("infra", lineage[5].casefold(), lineage[6].casefold(), infra.casefold())
+            self._count(key, lineage, infra, count)
+            if declared in INFRASPECIFIC_RANKS:
+                self.ranks.setdefault(key, Counter())[declared] += count
+            own = key
+        return own
+
+    def _count(self, key: tuple, lineage: tuple, name: str, count: int) -> None:
+        self.counts[key] += count
+        self.lineages.setdefault(key, Counter())[lineage] += count
+        self.names.setdefault(key, Counter())[name] += count
+
+    def taxa(self, commons: dict[tuple, Counter]) -> list[tuple[tuple, TaxonMatch]]:
+        out = []
+        for key, count in self.counts.items():
+            lineage = max(self.lineages[key].items(), key=lambda kv: (sum(v is not None for v in kv[0]), kv[1]))[0]
+            if key[0] == "infra":
+                ranks = self.ranks.get(key)
+                rank = ranks.most_common(1)[0][0] if ranks else "subspecies"
+            else:
+                rank = key[0]
+            name = self.names[key].most_common(1)[0][0]
+            out.append((key, TaxonMatch(rank, lineage, count, _most_common(commons.get(key)), sub=name)))
+        return out
 
 
 def _clean(v) -> str | None:

@@ -22,8 +22,8 @@ from indexer.errors import DecodeError, QueryError
 from indexer.media.decode import decode_image
 from indexer.search.query import EmbeddedTerm, Query, Term, combine
 from indexer.search.state import ServedState
+from indexer.search.taxon_match import SUPRA_RANKS
 from indexer.search.taxonomy import TaxonMatch, looks_like_scientific_name
-from indexer.store.schema import RANKS
 
 __all__ = ["QueryEmbedder", "interpret", "taxon_prompt_for", "TEXT_CACHE_SIZE", "ImageInput"]
 
@@ -34,9 +34,15 @@ TEXT_CACHE_SIZE = 1024
 
 
 def taxon_prompt_for(match: TaxonMatch) -> str:
-    """The text BioCLIP is evaluated with for a taxon of the collection."""
-    from bioclip.taxa import TextForm, taxon_prompt
+    """The text BioCLIP is evaluated with for a taxon of the collection. A rank between the seven
+    (a subfamily, a tribe) is the lineage it hangs from followed by its own name."""
+    from bioclip.taxa import TextForm, taxon_prompt, taxon_text
 
+    if match.rank in SUPRA_RANKS:
+        text = f"{taxon_text(match.taxon(), TextForm.TAXONOMIC)} {match.name}"
+        if match.common_name:
+            text += f" with common name {match.common_name}"
+        return f"a photo of {text}."
     form = TextForm.TAXONOMIC_COMMON if match.common_name else TextForm.TAXONOMIC
     return taxon_prompt(match.taxon(), form)
 
@@ -215,7 +221,7 @@ def interpret(q: Query, parts: list[EmbeddedTerm], label: str | None) -> str:
 
 def _parent_hint(m: TaxonMatch) -> str | None:
     """'Moraceae Morus': the nearest higher taxon and the name, which resolves to just ``m``."""
-    above = [v for v in m.lineage[: RANKS.index(m.rank)] if v and v != m.lineage[5]]
+    above = m.higher()
     return f"{above[-1]} {m.name}" if above else None
 
 

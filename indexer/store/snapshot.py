@@ -6,6 +6,7 @@ no writer modifies or deletes while the generation is among the last ``KEEP_GENE
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
@@ -165,7 +166,7 @@ class Snapshot:
             return f"SELECT {nulls} WHERE false"
         paths = self.segment_paths(segs)
         # Segments written by an older version lack the newer columns: null, of the schema's type.
-        present = set().union(*(_parquet_columns(p) for p in paths))
+        present = set().union(*(_parquet_columns(*_file_id(p)) for p in paths))
         cols = ", ".join(
             quote_ident(c) if c in present else f"CAST(NULL AS {COLUMN_TYPES.get(c, 'VARCHAR')}) AS {quote_ident(c)}"
             for c in ALL_COLUMNS
@@ -180,7 +181,8 @@ class Snapshot:
         this version (written before ``meta_version`` existed, or by an older normalisation); read
         from the files' footers, which are cached (segment files never change)."""
         segs = self.generation.segments if segments is None else segments
-        return [s for s in segs if _parquet_min_meta_version(self.collection.path / segment_file(s.n)) < META_VERSION]
+        paths = self.segment_paths(segs)
+        return [s for s, p in zip(segs, paths) if _parquet_min_meta_version(*_file_id(p)) < META_VERSION]
 
     def retired_sql(self, numbers: Sequence[int] | None = None) -> str:
         """A SELECT of the ids retired by the given commits (default: every commit of this generation)."""
@@ -217,8 +219,18 @@ class Snapshot:
         return con
 
 
+def _file_id(path: str) -> tuple[str, int, int]:
+    """(path, size, mtime in ns): the key of a file's cached footer facts (a collection deleted and
+    made again at the same path has new files under the old names)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise CollectionError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return path, st.st_size, st.st_mtime_ns
+
+
 @lru_cache(maxsize=65536)
-def _parquet_columns(path: str) -> frozenset[str]:
+def _parquet_columns(path: str, size: int = 0, mtime_ns: int = 0) -> frozenset[str]:
     """The column names of a segment file (its footer; cached: segment files are immutable)."""
     import pyarrow.parquet as pq
 
@@ -229,7 +241,7 @@ def _parquet_columns(path: str) -> frozenset[str]:
 
 
 @lru_cache(maxsize=65536)
-def _parquet_min_meta_version(path) -> int:
+def _parquet_min_meta_version(path: str, size: int = 0, mtime_ns: int = 0) -> int:
     """The lowest ``meta_version`` of a segment's rows (0 when a row has none), from its footer."""
     import pyarrow.parquet as pq
 

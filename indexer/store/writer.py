@@ -38,7 +38,7 @@ from indexer.store.generations import (
     vectors_file,
 )
 from indexer.store.lock import WriterLock
-from indexer.store.schema import arrow_schema
+from indexer.store.schema import META_VERSION, arrow_schema
 from indexer.store.snapshot import FAILURE_SCHEMA, Snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -153,7 +153,11 @@ class Writer:
         snap = Snapshot(self.collection, self.generation)
         con = duckdb.connect(":memory:")
         con.execute(
-            f"CREATE TABLE live AS SELECT id, key, source, size, mtime, sha256, meta_hash FROM ({snap.images_sql()})"
+            # A row normalised by an earlier version (or none) has no usable digest: the build
+            # re-commits its metadata (normalised; its vector kept), whatever the hash says.
+            "CREATE TABLE live AS SELECT id, key, source, size, mtime, sha256, "
+            f"CASE WHEN coalesce(meta_version, 0) >= {META_VERSION} THEN meta_hash END AS meta_hash "
+            f"FROM ({snap.images_sql()})"
         )
         con.execute(
             "CREATE TABLE failed AS SELECT key, source, location, stage, reason, detail, size, mtime, failed_at "

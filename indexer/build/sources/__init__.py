@@ -18,7 +18,7 @@ import tarfile
 import zipfile
 from collections.abc import Mapping
 
-from indexer.build.sources.base import ERROR_COLUMNS, ITEM_COLUMNS, Source
+from indexer.build.sources.base import ALT_COLUMNS, ERROR_COLUMNS, ITEM_COLUMNS, Source
 from indexer.build.sources.dwca import DwcaSource
 from indexer.build.sources.folder import FolderSource
 from indexer.build.sources.manifest import ManifestSource, detect_path_column, manifest_columns
@@ -37,6 +37,7 @@ __all__ = [
     "parse_media_root",
     "ITEM_COLUMNS",
     "ERROR_COLUMNS",
+    "ALT_COLUMNS",
     "SOURCE_TYPES",
 ]
 
@@ -53,12 +54,14 @@ def open_source(
     path_column: str | None = None,
     media_roots: Mapping[str, str] | None = None,
     name: str | None = None,
+    record_license: bool = False,
 ) -> Source:
     """Return the source that ``spec`` (a path, pattern or URL) names.
 
     ``labels`` applies to folders, ``path_column`` to manifests (its presence also makes a
     CSV/TSV a manifest rather than a Darwin Core file); ``media_roots`` maps URL prefixes to local
-    folders for every kind; ``name`` labels the source in reports (and in Darwin Core keys).
+    folders for every kind; ``name`` labels the source in reports (and in Darwin Core keys);
+    ``record_license`` lets a Darwin Core record's licence fill in for its images without one.
     Raises SourceError when ``spec`` names nothing usable, or an option does not fit the kind.
     """
     spec = os.fspath(spec)
@@ -69,13 +72,19 @@ def open_source(
         raise SourceError(f"--labels applies to a folder of images; {spec} is a {kind} source", spec)
     if path_column is not None and kind != "manifest":
         raise SourceError(f"--path-column applies to a manifest; {spec} is a {kind} source", spec)
+    if record_license and kind != "dwca":
+        raise SourceError(
+            f"--license-from-record applies to Darwin Core Archives; in a {kind} source each row is an image "
+            f"and its license is the image's own ({spec})",
+            spec,
+        )
     source: Source
     if kind == "folder":
         source = FolderSource(spec, labels=labels, name=name)
     elif kind == "manifest":
         source = ManifestSource(spec, path_column=path_column, name=name)
     elif kind == "dwca":
-        source = DwcaSource(spec, name=name)
+        source = DwcaSource(spec, name=name, record_license=record_license)
     else:
         source = TarShardSource(spec, name=name)
     if media_roots:

@@ -91,6 +91,17 @@ class Descriptor:
     metadata: str | None = None
     #: defects that do not stop the archive (an extension without files, a missing EML file)
     warnings: tuple[str, ...] = ()
+    #: made from a data file's header (no meta.xml)
+    inferred: bool = False
+
+    @property
+    def is_gbif_simple_csv(self) -> bool:
+        """A GBIF SIMPLE_CSV download: one inferred table with GBIF's own columns (gbifID,
+        datasetKey) and nothing that links to media (no associatedMedia, identifier, accessURI)."""
+        if not self.inferred or self.extensions:
+            return False
+        names = {f.name.lower() for f in self.core.fields}
+        return {"gbifid", "datasetkey"} <= names and not names & {"associatedmedia", "identifier", "accessuri"}
 
 
 def _unescape(value: str) -> str:
@@ -283,4 +294,4 @@ def _simple_descriptor(files: ArchiveFiles, member: str, where: str) -> Descript
         id_index=id_index,
         fields=fields,
     )
-    return Descriptor(core=spec, warnings=warnings)
+    return Descriptor(core=spec, warnings=warnings, inferred=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from indexer.build.sources._archive import ArchiveFiles
@@ -49,7 +50,9 @@ def _media_role_columns(ent: _Entity) -> dict[str, list[str]]:
         return out
 
     return {
-        "url": pick("accessURI") + pick("identifier"),
+        # Audubon Core: accessURI, else the good-quality and the thumbnail versions (tried in that
+        # order when the first fails: see "alts")
+        "url": pick("accessURI") + pick("identifier") + pick("goodQualityAccessURI") + pick("thumbnailAccessURI"),
         "type": ent.columns_named("type"),
         "format": pick("format"),
         "license": pick("license", "WebStatement", "UsageTerms")
@@ -59,6 +62,16 @@ def _media_role_columns(ent: _Entity) -> dict[str, list[str]]:
     }
 
 
+def _alternatives(cols: list[str], alias: str) -> str:
+    """SQL: the other URLs of ``cols`` than the first one given (the one used), in order, one per
+    line (a downloader tries them when the first fails), or NULL."""
+    if len(cols) < 2:
+        return "CAST(NULL AS VARCHAR)"
+    used = f"coalesce({', '.join(f'{alias}.{c}' for c in cols)})"
+    others = ", ".join(f"CASE WHEN {alias}.{c} <> {used} THEN {alias}.{c} END" for c in cols)
+    return f"nullif(concat_ws(chr(10), {others}), '')"
+
+
 def _coalesce(cols: list[str], alias: str) -> str | None:
     if not cols:
         return None
@@ -66,15 +79,25 @@ def _coalesce(cols: list[str], alias: str) -> str | None:
     return exprs[0] if len(exprs) == 1 else f"coalesce({', '.join(exprs)})"
 
 
+@dataclass(frozen=True)
+class PlanOptions:
+    """``name``: the source's name (the start of every key); ``record_license``: a record's licence
+    also applies to its images that have none of their own."""
+
+    name: str
+    record_license: bool = False
+
+
 class _Plan:
     """Loads the archive's entities and builds the one query that yields its image rows."""
 
-    def __init__(self, con, files: ArchiveFiles, base: str, descriptor: Descriptor, report: dict, name: str):
+    def __init__(self, con, files: ArchiveFiles, base: str, descriptor: Descriptor, report: dict, options: PlanOptions):
         self.con = con
         self.loader = _Loader(con, files, base, report)
         self.descriptor = descriptor
         self.report = report
-        self.name = name
+        self.name = options.name
+        self.record_license = options.record_license
         self.params: dict[str, Any] = {}
 
     def build(self) -> tuple[str, dict[str, Any]]:
@@ -97,6 +120,7 @@ class _Plan:
         core_is_record = d.core.kind not in _NON_RECORD_CORES
         media: list[_Entity] = []
         occ: _Entity | None = None
+        verbatim: _Entity | None = None
         others: list[_Entity] = []
         for n, spec in enumerate(d.extensions):
             if d.core.id_index is None:
@@ -115,6 +139,9 @@ class _Plan:
                 media.append(ent)
             elif spec.kind == _OCCURRENCE and not core_is_record and occ is None:
                 occ = ent
+            elif spec.kind == _OCCURRENCE and d.core.kind == _OCCURRENCE and verbatim is None:
+                # a GBIF download's verbatim.txt: the same occurrences as the publisher wrote them
+                verbatim = ent
             else:
                 others.append(ent)
 
@@ -127,6 +154,12 @@ class _Plan:
         aggs = self._build_aggregates(others)
         for ent in others:
             con.execute(f"DROP TABLE {ent.table}")
+        self.verbatim = verbatim
+        if verbatim is not None:
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE vb AS SELECT * FROM {verbatim.table} "
+                "WHERE _id IS NOT NULL QUALIFY row_number() OVER (PARTITION BY _id ORDER BY rowid) = 1"
+            )
         return self._final_query(core, occ, aggs, core_is_record)
 
     # media -------------------------------------------------------------------------------------
@@ -139,7 +172,7 @@ class _Plan:
         a million media rows are not copied. Its parameters are added to ``self.params``.
         """
         con, params = self.con, self.params
-        cols = "_coreid, _orow, _src, _seq, url, mformat, mlicense, mrights, mx"
+        cols = "_coreid, _orow, _src, _seq, url, alts, mformat, mlicense, mrights, mx"
         if occ is not None:
             occ_id = occ.column("occurrenceID")
             con.execute(
@@ -174,6 +207,7 @@ class _Plan:
                 f"SELECT count(*) FROM {ent.table} e WHERE NOT ({where})"
             ).fetchall()[0][0]
             used = {roles[r][0] for r in ("url", "format", "license", "rightsHolder", "occurrenceID") if roles[r]}
+            used |= set(roles["url"])
             extras = _unique_keys([("media:" + f.name, f"e.{col}") for f, col in ent.columns if col not in used])
             mx = json_object_sql(extras, params, f"m{n}k")
             orow, joins = "CAST(NULL AS BIGINT)", ""
@@ -184,6 +218,7 @@ class _Plan:
                     orow = "coalesce(b._orow, s._orow)"
             parts.append(
                 f"SELECT e._id AS _coreid, {orow} AS _orow, $src{n} AS _src, e.rowid + 1 AS _seq, {url} AS url, "
+                f"{_alternatives(roles['url'], 'e')} AS alts, "
                 f"{mformat or 'CAST(NULL AS VARCHAR)'} AS mformat, "
                 f"{_coalesce(roles['license'], 'e') or 'CAST(NULL AS VARCHAR)'} AS mlicense, "
                 f"{_coalesce(roles['rightsHolder'], 'e') or 'CAST(NULL AS VARCHAR)'} AS mrights, {mx} AS mx "
@@ -192,7 +227,8 @@ class _Plan:
         if not parts:
             parts.append(
                 "SELECT CAST(NULL AS VARCHAR) AS _coreid, CAST(NULL AS BIGINT) AS _orow, CAST(NULL AS VARCHAR) AS _src, "
-                "CAST(NULL AS BIGINT) AS _seq, CAST(NULL AS VARCHAR) AS url, CAST(NULL AS VARCHAR) AS mformat, "
+                "CAST(NULL AS BIGINT) AS _seq, CAST(NULL AS VARCHAR) AS url, CAST(NULL AS VARCHAR) AS alts, "
+                "CAST(NULL AS VARCHAR) AS mformat, "
                 "CAST(NULL AS VARCHAR) AS mlicense, CAST(NULL AS VARCHAR) AS mrights, CAST(NULL AS VARCHAR) AS mx WHERE FALSE"
             )
         ctes = [f"ext_media AS ({' UNION ALL '.join(parts)})"]
@@ -209,7 +245,8 @@ class _Plan:
                 "$assoc_space, '|\\1', 'g'), '[|;]')"
             )
             assoc.append(
-                f"SELECT _coreid, _orow, $assoc_src AS _src, _seq, nullif(trim(u), '') AS url, CAST(NULL AS VARCHAR) AS mformat, "
+                f"SELECT _coreid, _orow, $assoc_src AS _src, _seq, nullif(trim(u), '') AS url, CAST(NULL AS VARCHAR) AS alts, "
+                "CAST(NULL AS VARCHAR) AS mformat, "
                 "CAST(NULL AS VARCHAR) AS mlicense, CAST(NULL AS VARCHAR) AS mrights, CAST(NULL AS VARCHAR) AS mx "
                 f"FROM (SELECT t._id AS _coreid, {orow} AS _orow, t.rowid + 1 AS _seq, unnest({split}) AS u FROM {ent.table} t "
                 f"WHERE t.{col} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ext_media x WHERE x._coreid = t._id)) "
@@ -297,13 +334,24 @@ class _Plan:
             "CASE WHEN m.url IS NULL THEN 'media row ' || m._seq || ' of ' || m._src || ' (record ' || m._coreid "
             "|| ') has no URL' END AS error_detail",
             "m._coreid AS recordID",
+            "m.alts AS alt_locations",
         ]
+        values: dict[str, str] = {}
+        extra_pairs += self._record_rights(record_cols)
+        gbif = core.column("gbifID")
+        if gbif is not None:
+            # A GBIF download: the occurrence's page on GBIF, when the record names no page of its own.
+            values["_gbif_page"] = (
+                f"CASE WHEN regexp_full_match(trim(c.{gbif}), '[0-9]+') "
+                f"THEN 'https://www.gbif.org/occurrence/' || trim(c.{gbif}) END"
+            )
+            record_cols.setdefault("references", []).append(values["_gbif_page"])
         for canon in DWC_COLUMNS:
             if canon in ("recordID", "mediaURL", "mediaFormat"):
                 continue
             exprs = list(record_cols.get(canon, []))
             if canon == "license":
-                exprs.insert(0, "m.mlicense")
+                exprs = ["m.mlicense"] + (exprs if self.record_license else [])
             elif canon == "rightsHolder":
                 exprs.insert(0, "m.mrights")
             if canon == "vernacularName":
@@ -311,8 +359,9 @@ class _Plan:
             if not exprs:
                 continue
             value = exprs[0] if len(exprs) == 1 else f"coalesce({', '.join(exprs)})"
+            values[canon] = value
             selects.append(f"{value} AS {quote_ident(canon)}")
-        selects += ["m.url AS mediaURL", "m.mformat AS mediaFormat"]
+        selects += ["m.url AS mediaURL", "m.mformat AS mediaFormat", f"{self._verbatim_sql(values)} AS verbatim"]
 
         # Members of the record's terms, then the media row's ("media:" keys) and one list per other
         # extension: keys cannot clash, so the object is assembled as text (see json_object_text_sql).
@@ -321,6 +370,8 @@ class _Plan:
         joins = ["JOIN core c ON c._id = m._coreid"]
         if occ is not None:
             joins.append(f"LEFT JOIN {occ.table} o ON o.rowid = m._orow")
+        if self.verbatim is not None:
+            joins.append("LEFT JOIN vb ON vb._id = m._coreid")
         for n, (table, key, _) in enumerate(aggs):
             params[f"g{n}"] = json.dumps(key, ensure_ascii=False) + ":"
             joins.append(f"LEFT JOIN {table} ON {table}._coreid = m._coreid")
@@ -351,6 +402,42 @@ class _Plan:
         if dup:
             body += " QUALIFY row_number() OVER (PARTITION BY key ORDER BY m._src, m._seq) = 1"
         return body, self._params_for(body)
+
+    def _record_rights(self, record_cols: dict[str, list[str]]) -> list[tuple[str, str]]:
+        """Extra members for the record's own licence: an image's licence is its media row's, so the
+        record's goes to ``record:license`` (with ``record_license``, it also fills in for images
+        without one, which then say ``licenseFrom: record``)."""
+        lic = record_cols.get("license")
+        if not lic:
+            return []
+        value = lic[0] if len(lic) == 1 else f"coalesce({', '.join(lic)})"
+        if self.record_license:
+            return [("licenseFrom", f"CASE WHEN m.mlicense IS NULL AND {value} IS NOT NULL THEN 'record' END")]
+        return [("record:license", value)]
+
+    def _verbatim_sql(self, values: dict[str, str]) -> str:
+        """The ``verbatim`` JSON object: a GBIF download's verbatim.txt values that differ from the
+        interpreted ones, and ``"references": null`` when the GBIF page filled it in."""
+        members: list[str] = []
+        if "_gbif_page" in values and "references" in values:
+            members.append(f"CASE WHEN {values['references']} = {values['_gbif_page']} THEN '\"references\":null' END")
+        seen: set[str] = set()
+        for f, col in self.verbatim.columns if self.verbatim is not None else []:
+            canon = canonical_column(f.term)
+            # the record's licence and rights holder are not the image's: not compared
+            if (
+                canon is None
+                or canon in seen
+                or canon in ("references", "license", "rightsHolder", *_NOT_RECORD_COLUMNS)
+            ):
+                continue
+            seen.add(canon)
+            value = values.get(canon, "CAST(NULL AS VARCHAR)")
+            members.append(
+                f"CASE WHEN vb.{col} IS NOT NULL AND vb.{col} IS DISTINCT FROM {value} "
+                f"THEN '{json.dumps(canon)}:' || to_json(vb.{col}) END"
+            )
+        return json_object_text_sql(members)
 
     def _params_for(self, sql: str) -> dict[str, Any]:
         """The parameters ``sql`` uses (DuckDB refuses unused ones)."""

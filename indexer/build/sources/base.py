@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
 
-__all__ = ["Source", "ITEM_COLUMNS", "ERROR_COLUMNS"]
+__all__ = ["Source", "ITEM_COLUMNS", "ERROR_COLUMNS", "ALT_COLUMNS"]
 
 #: Columns every batch a source yields has.
 ITEM_COLUMNS = ("key", "location", "size", "mtime")
@@ -16,6 +16,11 @@ ITEM_COLUMNS = ("key", "location", "size", "mtime")
 #: failure found while scanning (a broken symlink, a media row without a usable URL, ...); the
 #: pipeline records it with its reason and goes on.
 ERROR_COLUMNS = ("error_reason", "error_detail")
+
+#: Optional: ``alt_locations`` holds other URLs of the same image, one per line, in the order to try
+#: them when ``location`` cannot be downloaded (Audubon Core's good-quality and thumbnail versions);
+#: the row is then stored with the alternative that worked as its ``location``.
+ALT_COLUMNS = ("alt_locations",)
 
 
 @runtime_checkable

@@ -44,7 +44,7 @@ from indexer.build.sources._dwca_meta import (
     _simple_descriptor,
     parse_meta_xml,
 )
-from indexer.build.sources._dwca_plan import _Plan
+from indexer.build.sources._dwca_plan import PlanOptions, _Plan
 from indexer.errors import SourceError
 
 __all__ = ["DwcaSource", "Descriptor", "FileSpec", "Field", "parse_meta_xml"]
@@ -69,13 +69,25 @@ class DwcaSource:
     ``non_image_media_rows``, ``duplicate_media_rows``, ``duplicate_core_ids``, and lists
     ``warnings``. The archive is opened and its descriptor checked on construction, so a broken
     archive fails before anything is encoded.
+
+    What a publisher's archive means, kept as such: an image's ``license`` is its media row's own
+    (a meta.xml default for the media extension counts as its own); the record's licence is kept as
+    ``record:license`` in ``extra``, and fills in for images without one only with
+    ``record_license`` (``--license-from-record``: the operator says the record's licence covers its
+    images; those images then say ``licenseFrom: record``). In a GBIF download, ``verbatim.txt``
+    (the publisher's values) fills ``verbatim`` where it differs from the interpreted
+    ``occurrence.txt``, and a record without ``references`` links to its GBIF occurrence page
+    (``https://www.gbif.org/occurrence/{gbifID}``). An Audubon Core media row's
+    ``goodQualityAccessURI`` and ``thumbnailAccessURI`` are its ``alt_locations``, tried when
+    ``accessURI`` fails. A GBIF SIMPLE_CSV download (no media links at all) is said to be one.
     """
 
-    def __init__(self, path: str | os.PathLike, *, name: str | None = None):
+    def __init__(self, path: str | os.PathLike, *, name: str | None = None, record_license: bool = False):
         self.path = os.path.abspath(os.fspath(path))
         if not os.path.exists(self.path):
             raise SourceError(f"Darwin Core Archive not found: {self.path}", self.path)
         self.name = name or path_to_text(self.path)
+        self.record_license = record_license
         self.report: dict[str, Any] = {}
         self._unpacked: ArchiveFiles | None = None
         opened = self._open()
@@ -122,9 +134,12 @@ class DwcaSource:
             for w in descriptor.warnings:
                 log.warning("%s: %s", self.name, w)
                 report["warnings"].append(w)
+            if descriptor.is_gbif_simple_csv:
+                report["gbif_simple_csv"] = True
             con = connect()
             try:
-                query, params = _Plan(con, files, base, descriptor, report, self.name).build()
+                options = PlanOptions(self.name, self.record_license)
+                query, params = _Plan(con, files, base, descriptor, report, options).build()
                 media_base = self._media_base_dir(base)
                 # Row order within the output does not matter (keys do): let DuckDB stream the join
                 # without keeping order, which it does with less memory.
@@ -157,7 +172,14 @@ class DwcaSource:
                 r["orphan_extension_rows"],
                 ", ".join(f"{k}: {v}" for k, v in r["orphans_by_file"].items()),
             )
-        if not r["image_rows"] and not r["error_rows"]:
+        if r.get("gbif_simple_csv"):
+            message = (
+                f"a GBIF SIMPLE_CSV download: its {r['records']} occurrences have no media links, so there are "
+                "no images to index; download the same query from GBIF as a Darwin Core Archive (with multimedia.txt)"
+            )
+            log.info("%s is %s", self.name, message)  # the build's summary says it
+            r["empty_because"] = message
+        elif not r["image_rows"] and not r["error_rows"]:
             log.warning("%s: no image in this archive (%d records, none with a still image)", self.name, r["records"])
         if r["duplicate_media_rows"]:
             log.warning(

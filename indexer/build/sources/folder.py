@@ -8,10 +8,11 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
+from indexer.build.sources.labels import LabelsTable, read_table
 from indexer.errors import SourceError
 from indexer.store.schema import canonical_column, quote_ident
 
-__all__ = ["FolderSource", "read_labels"]
+__all__ = ["FolderSource", "read_labels", "read_labels_file"]
 
 log = logging.getLogger(__name__)
 
@@ -26,21 +27,25 @@ def read_labels(labels: str | os.PathLike) -> pa.Table:
 
     The path column is ``path`` (or ``file`` / ``filename``), relative to the folder, with either
     slash. Columns that are Darwin Core terms map onto the collection's columns; every other
-    column is kept in ``extra`` (a JSON object). Raises SourceError naming the file, and the row
-    where one is at fault.
+    column is kept in ``extra`` (a JSON object). Encodings, line endings, separators and ragged
+    rows are handled as :mod:`indexer.build.sources.labels` says. Raises SourceError naming the
+    file, and the row where one is at fault.
     """
+    return read_labels_file(labels).table
+
+
+def read_labels_file(labels: str | os.PathLike) -> LabelsTable:
+    """:func:`read_labels`, with the encoding it was read as and the warnings for the summary."""
     import duckdb
 
     path = os.fspath(labels)
     if not os.path.isfile(path):
         raise SourceError(f"labels file not found: {path}", path)
+    read = read_table(path)
     con = duckdb.connect()
     try:
-        try:
-            rel = con.read_csv(path, header=True, all_varchar=True)
-            columns = list(rel.columns)
-        except duckdb.Error as exc:
-            raise SourceError(f"cannot read labels file {path}: {exc}", path) from exc
+        rel = read.table
+        columns = [c for c in rel.column_names if c != "_line"]
         lowered = {c.strip().lstrip("\ufeff").lower(): c for c in columns}
         path_col = next((lowered[c] for c in PATH_COLUMNS if c in lowered), None)
         if path_col is None:
@@ -65,9 +70,7 @@ def read_labels(labels: str | os.PathLike) -> pa.Table:
             pairs = ", ".join(f"'{c.replace(chr(39), chr(39) * 2)}', {quote_ident(c)}" for c in extras)
             selects.append(f"CAST(json_object({pairs}) AS VARCHAR) AS extra")
         con.register("labels_rel", rel)
-        table = con.sql(
-            f"SELECT row_number() OVER () + 1 AS _line, {', '.join(selects)} FROM labels_rel"
-        ).to_arrow_table()
+        table = con.sql(f"SELECT _line, {', '.join(selects)} FROM labels_rel").to_arrow_table()
         con.register("table_", table)
         dup = con.execute(
             "SELECT relpath, list(_line ORDER BY _line) FROM table_ WHERE relpath IS NOT NULL "
@@ -79,7 +82,8 @@ def read_labels(labels: str | os.PathLike) -> pa.Table:
         missing = con.execute("SELECT min(_line) FROM table_ WHERE relpath IS NULL OR relpath = ''").fetchall()[0][0]
         if missing is not None:
             raise SourceError(f"labels file {path}, line {missing}: empty {path_col!r}", path)
-        return table.drop(["_line"])
+        read.table = table.drop(["_line"])
+        return read
     finally:
         con.close()
 
@@ -99,8 +103,11 @@ class FolderSource:
         self.root = os.path.abspath(root)
         self.labels = os.fspath(labels) if labels is not None else None
         self.name = name or self.root
+        self.report: dict = {}
         # Read eagerly: a bad labels file must fail before any encoding starts.
-        self._labels_table = read_labels(self.labels) if self.labels else None
+        read = read_labels_file(self.labels) if self.labels else None
+        self._labels_table = read.table if read is not None else None
+        self._labels_warnings = list(read.warnings) if read is not None else []
 
     def __repr__(self) -> str:
         return f"FolderSource({self.root!r}, labels={self.labels!r})"
@@ -133,8 +140,20 @@ class FolderSource:
         if rows["key"]:
             yield self._finish(rows)
         if self._labels_table is not None:
-            unmatched = [p for p in self._labels_table.column("relpath").to_pylist() if p not in seen_relpaths]
+            labelled = self._labels_table.column("relpath").to_pylist()
+            unmatched = [p for p in labelled if p not in seen_relpaths]
+            self.report = {
+                "label_rows": len(labelled),
+                "label_rows_matched": len(labelled) - len(unmatched),
+                "label_rows_unmatched": len(unmatched),
+                "images_without_labels": len(seen_relpaths - set(labelled)),
+                "warnings": list(self._labels_warnings),
+            }
             if unmatched:
+                self.report["warnings"].append(
+                    f"{len(unmatched)} rows of {os.path.basename(self.labels or '')} name no image under the folder "
+                    f"(first: {', '.join(unmatched[:3])})"
+                )
                 log.warning(
                     "%d rows of %s name no image under %s (first: %s)",
                     len(unmatched),

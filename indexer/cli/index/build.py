@@ -56,6 +56,18 @@ __all__ = ["command", "format_report"]
     help="A stable name for the source (default: its path); keys of a re-downloaded archive then stay the same.",
 )
 @click.option(
+    "--license-from-record",
+    "record_license",
+    is_flag=True,
+    help="Darwin Core Archives: a record's license also covers its images that have none of their own "
+    "(by default an image's license is only its media row's).",
+)
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Exit 0 even when the collection ends with no images (by default that is an error, exit status 1).",
+)
+@click.option(
     "--batch-size",
     type=click.IntRange(1, 65536),
     default=None,
@@ -128,6 +140,8 @@ def command(
     path_column,
     media_roots,
     source_name,
+    record_license,
+    allow_empty,
     batch_size,
     device,
     precision,
@@ -169,6 +183,7 @@ def command(
             path_column=path_column,
             media_roots=roots or None,
             name=source_name,
+            record_license=record_license,
         )
         for s in sources
     ]
@@ -202,9 +217,22 @@ def command(
     )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
-        return
-    if not quiet:
+    elif not quiet:
         click.echo(format_report(report))
+    if report.images == 0 and not allow_empty:
+        raise click.ClickException(empty_message(report))
+    if report.images == 0 and not quiet:
+        click.echo(f"note: {empty_message(report, allowed=True)}", err=True)
+
+
+def empty_message(report, *, allowed: bool = False) -> str:
+    """Why the collection has no images, in one line (and, unless ``allowed``, how to accept that)."""
+    why = [
+        f"{name} is {rep['empty_because']}" for name, rep in report.source_reports.items() if rep.get("empty_because")
+    ]
+    reason = why[0] if why else f"{report.scanned} items scanned, {report.failed} failed"
+    tail = "" if allowed else "; --allow-empty accepts an empty collection"
+    return f"the collection {report.collection} has no images: {reason}{tail}"
 
 
 def parse_media_roots(items) -> dict[str, str]:
@@ -241,12 +269,17 @@ def format_report(r) -> str:
         f"failed      {r.failed}"
         + ("" if not r.failed else "  (" + ", ".join(f"{k}: {v}" for k, v in sorted(r.failed_by_reason.items())) + ")")
     )
+    if r.alternative_locations:
+        lines.append(f"alternative {r.alternative_locations} images read from their alternative URL (the first failed)")
     for name, rep in r.source_reports.items():
         counts = {k: v for k, v in rep.items() if isinstance(v, int) and not isinstance(v, bool) and v and k != "rows"}
         if counts:
             lines.append(f"source      {name}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
         for warning in rep.get("warnings") or []:
             lines.append(f"warning     {warning}")
+        if rep.get("empty_because") and r.images:  # with no images at all, the error line says it
+            lines.append(f"warning     {name} is {rep['empty_because']}")
+    lines += normalised_lines(r.normalised)
     lines.append(f"time        {r.seconds:.1f}s, {r.images_per_second:.2f} images/s")
     lines.append(f"total       {r.images} images in the collection (generation {r.generation})")
     if r.index:
@@ -259,3 +292,45 @@ def format_report(r) -> str:
     if r.failed:
         lines.append(f"see the failures with: bioclip-index failures {r.collection}")
     return "\n".join(lines)
+
+
+def normalised_lines(normalised: dict) -> list[str]:
+    """What the value normalisation changed and what it could not resolve, one line per field."""
+    lines = []
+
+    def examples(rep: dict) -> str:
+        shown = [f"{v!r} x{n}" for v, n in rep.get("examples") or []]
+        return f" ({', '.join(shown)})" if shown else ""
+
+    for field, label in (("basisOfRecord", "basisOfRecord"), ("license", "license")):
+        rep = normalised.get(field) or {}
+        if rep.get("changed") or rep.get("unrecognised"):
+            text = f"{rep.get('changed', 0)} rows to one spelling"
+            if rep.get("unrecognised"):
+                text += f", {rep['unrecognised']} rows not recognised, kept as written{examples(rep)}"
+            lines.append(f"values      {label}: {text}")
+    rep = normalised.get("country") or {}
+    if rep.get("changed") or rep.get("unresolved"):
+        text = f"{rep.get('changed', 0)} rows normalised ({rep.get('filled', 0)} filled from the other column)"
+        if rep.get("conflicts"):
+            text += f", {rep['conflicts']} rows whose country and countryCode disagree (the code wins)"
+        if rep.get("unresolved"):
+            text += f", {rep['unresolved']} rows name no ISO 3166 country, kept as written{examples(rep)}"
+        lines.append(f"values      country/countryCode: {text}")
+    rep = normalised.get("names") or {}
+    if rep.get("changed") or rep.get("unparsable"):
+        parts = [
+            f"{rep[k]} {label}"
+            for k, label in (
+                ("genus_filled", "genus"),
+                ("epithet_filled", "epithet"),
+                ("rank_filled", "rank"),
+                ("higher_rank_filled", "higher rank"),
+            )
+            if rep.get(k)
+        ]
+        text = "from scientificName: " + (", ".join(parts) if parts else "nothing")
+        if rep.get("unparsable"):
+            text += f"; {rep['unparsable']} rows whose name does not parse{examples(rep)}"
+        lines.append(f"values      names {text}")
+    return lines
