@@ -207,6 +207,29 @@ def test_licences_are_one_canonical_short_form_with_their_page(gbif):
     assert dog.get("license") is None and json.loads(dog.get("extra"))["record:license"] == "CC0_1_0"
 
 
+def test_the_app_lists_each_licence_once_links_it_and_has_a_country_filter(gbif, monkeypatch):
+    """The Streamlit page on a GBIF download (which carries only countryCode, and licences in three
+    spellings): one License choice per licence, a Country filter, the licence linked in the detail view."""
+    from streamlit.testing.v1 import AppTest
+
+    _, col, _ = gbif
+    monkeypatch.setenv("BIOCLIP_SEARCH_COLLECTIONS", str(col))
+    monkeypatch.setenv("BIOCLIP_SEARCH_DEVICE", "cpu")
+    app = str(Path(__file__).resolve().parents[1] / "search_ui" / "app.py")
+    at = AppTest.from_file(app, default_timeout=60)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.multiselect(key="w_f_license").options == ["CC-BY-4.0 · 2", "CC-BY-NC-4.0 · 1"]
+    assert at.multiselect(key="w_f_country").options == ["United States · 2", "Germany · 1", "Kenya · 1"]
+    ids = {h.get("catalogNumber"): h.id for h in SearchEngine.open(col).browse(k=9).hits}
+    at = AppTest.from_file(app, default_timeout=60)
+    at.query_params["detail"] = str(ids["T-3"])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("[CC-BY-4.0](<https://creativecommons.org/licenses/by/4.0/>)" in m.value for m in at.markdown)
+    assert [b.proto.url for b in at.get("link_button")][:1] == ["https://www.gbif.org/occurrence/1003"]
+
+
 def test_a_record_licence_fills_in_for_an_image_only_when_asked(gbif):
     archive, _, _ = gbif
     rows = {r["recordID"]: r for b in DwcaSource(archive, record_license=True).scan() for r in b.to_pylist()}

@@ -162,9 +162,20 @@ def test_occurrence_core_with_gbif_multimedia(tmp_path, kind):
     )
     assert a["license"] == "CC BY 4.0" and a["rightsHolder"] == "Museum"  # the media row's own
     assert a["mediaFormat"] == "image/jpeg"
-    assert extra(a) == {"habitat": "cliff", "media:title": "dorsal", "media:type": "StillImage"}
+    # the record's licence is kept as the record's
+    assert extra(a) == {
+        "habitat": "cliff",
+        "media:title": "dorsal",
+        "media:type": "StillImage",
+        "record:license": "CC0",
+    }
     b = by_url["https://img.example.org/1b.jpg"]
-    assert b["license"] == "CC0"  # no license on the media row: the record's
+    assert b["license"] is None  # no license on the media row: none (an image's licence is its own) ...
+    assert extra(b)["record:license"] == "CC0"
+    lent = {r["mediaURL"]: r for r in rows_of(DwcaSource(path, record_license=True))}
+    assert lent["https://img.example.org/1b.jpg"]["license"] == "CC0"  # ... unless the record's is asked for
+    assert extra(lent["https://img.example.org/1b.jpg"])["licenseFrom"] == "record"
+    assert lent["https://img.example.org/1a.jpg"]["license"] == "CC BY 4.0"  # its own still wins
     assert b["mediaFormat"] is None  # an empty media format is still an image
     assert src.report["non_image_media_rows"] == 1
     assert src.report["records_without_media"] == 1  # record 3

@@ -63,12 +63,16 @@ def _media_role_columns(ent: _Entity) -> dict[str, list[str]]:
 
 
 def _alternatives(cols: list[str], alias: str) -> str:
-    """SQL: the other URLs of ``cols`` than the first one given (the one used), in order, one per
-    line (a downloader tries them when the first fails), or NULL."""
+    """SQL: the other http(s) URLs of ``cols`` than the first one given (the one used), in order,
+    one per line (a downloader tries them when the first fails), or NULL. A column that holds no
+    URL (an ``identifier`` such as ``media-17``) is no alternative; every column stays in ``extra``."""
     if len(cols) < 2:
         return "CAST(NULL AS VARCHAR)"
     used = f"coalesce({', '.join(f'{alias}.{c}' for c in cols)})"
-    others = ", ".join(f"CASE WHEN {alias}.{c} <> {used} THEN {alias}.{c} END" for c in cols)
+    others = ", ".join(
+        f"CASE WHEN {alias}.{c} <> {used} AND regexp_matches({alias}.{c}, '^https?://') THEN {alias}.{c} END"
+        for c in cols
+    )
     return f"nullif(concat_ws(chr(10), {others}), '')"
 
 
@@ -207,7 +211,6 @@ class _Plan:
                 f"SELECT count(*) FROM {ent.table} e WHERE NOT ({where})"
             ).fetchall()[0][0]
             used = {roles[r][0] for r in ("url", "format", "license", "rightsHolder", "occurrenceID") if roles[r]}
-            used |= set(roles["url"])
             extras = _unique_keys([("media:" + f.name, f"e.{col}") for f, col in ent.columns if col not in used])
             mx = json_object_sql(extras, params, f"m{n}k")
             orow, joins = "CAST(NULL AS BIGINT)", ""
