@@ -347,6 +347,23 @@ def test_audubon_core_alternatives_are_used_when_access_uri_fails(symbiota):
     assert "alternative 1 images read from their alternative URL" in output
 
 
+def test_audubon_core_alternatives_under_a_media_root(tmp_path, tiny_model_source):
+    """With --media-root the published URLs are read from a local copy: a missing original is
+    replaced by the good-quality version's file there, recorded as such and counted."""
+    media = tmp_path / "media"
+    for rel in IMAGES:
+        (media / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SAMPLE / rel, media / rel)
+    base = "https://media.example.org"
+    archive = symbiota_export(tmp_path / "SEINet-ASU_DwC-A.zip", SYMBIOTA, _symbiota_media(base))
+    run = _build(archive, tmp_path / "c", tiny_model_source, "--media-root", f"{base}/={media}")
+    assert run.exit_code == 0, run.output
+    assert "failed      0" in run.output and "alternative 1 images read from their alternative URL" in run.output
+    hit = _by_catalog(SearchEngine.open(tmp_path / "c"))["ASU-1"]
+    assert hit.location == str(media / "cats" / "pybioclip_mycat.jpg")
+    assert hit.get("mediaURL") == f"{base}/missing/original-1.jpg"
+
+
 def test_symbiota_countries_are_one_value(symbiota):
     col, _, _ = symbiota
     engine = SearchEngine.open(col)
@@ -363,7 +380,7 @@ def test_genus_and_epithet_come_from_a_binomial_and_ranks_are_counted(symbiota):
     assert sorted(_list(engine, ["taxon=Felis"])) == ["ASU-1", "ASU-2", "ASU-3"]
     ranks = engine.info()["ranks"]
     assert ranks["genus"]["images"] == 4 and ranks["species"]["images"] == 4  # Felis x3, Abies alba x1
-    assert "values      names from scientificName:" in output
+    assert "values      names: " in output and "rows made consistent with scientificName and taxonRank (" in output
 
 
 def test_a_uninomial_with_its_rank_is_that_rank_not_a_genus(symbiota):

@@ -52,7 +52,10 @@ def scan_sources(run: BuildRun, sources: Sequence[Source]) -> None:
             sel = ", ".join(f"CAST({quote_ident(c)} AS {_scan_type(c)}) AS {quote_ident(c)}" for c in cols)
             con.execute(f"INSERT INTO scan_raw BY NAME SELECT {sel} FROM _batch")
             con.unregister("_batch")
-        report.source_reports[source.name] = dict(getattr(source, "report", {}) or {}, rows=n_source)
+        source_report = dict(getattr(source, "report", {}) or {}, rows=n_source)
+        # images a source already read from an alternative location (--media-root): one count
+        report.alternative_locations += source_report.pop("alternative_locations", 0)
+        report.source_reports[source.name] = source_report
     con.execute(
         "CREATE OR REPLACE TEMP TABLE scan_unique AS SELECT * EXCLUDE (_dup) FROM ("
         "SELECT *, row_number() OVER (PARTITION BY key ORDER BY seq) AS _dup FROM scan_raw) WHERE _dup = 1"

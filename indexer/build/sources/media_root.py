@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -10,12 +11,14 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from indexer.build.sources._common import path_to_text, stat_local, with_locations
+from indexer.build.sources._common import LocalPath, path_to_text, stat_local, with_locations
 from indexer.build.sources.base import Source
 from indexer.errors import SourceError
-from indexer.locations import without_query
+from indexer.locations import is_remote, without_query
 
 __all__ = ["MediaRootSource", "parse_media_root", "map_location"]
+
+log = logging.getLogger(__name__)
 
 
 def parse_media_root(text: str) -> tuple[str, str]:
@@ -51,7 +54,9 @@ class MediaRootSource:
     For such a row, ``location`` becomes the file under DIR (longest matching prefix wins),
     ``size``/``mtime`` its stat, ``mediaURL`` keeps the published URL, and ``key`` is unchanged
     (switching between the web and a local mirror does not re-encode anything). A path that
-    would leave DIR is an ``invalid-url`` error row, a missing file ``not-found``. Every other
+    would leave DIR is an ``invalid-url`` error row, a missing file ``not-found`` unless the row
+    has ``alt_locations`` (Audubon Core's other versions) of which one is a file under a root, or
+    a URL outside them (then downloaded): that one is the row's location. Every other
     attribute (``name``, ``report``, ...) is the wrapped source's.
     """
 
@@ -99,20 +104,54 @@ class MediaRootSource:
         mtimes = batch.column("mtime").to_pylist()
         reasons = err.to_pylist()
         details = batch.column("error_detail").to_pylist() if "error_detail" in names else [None] * n
+        alts = batch.column("alt_locations").to_pylist() if "alt_locations" in names else [None] * n
         for i in idx:
             url = locations[i]
-            prefix, root = next((p, r) for p, r in self.roots if url.startswith(p))
-            path, why = map_location(url, prefix, root)
             if media[i] is None:
                 media[i] = url
-            if path is None:
+            found, why = self._resolve(url)
+            if found is not None and found.error_reason is None:
+                locations[i], sizes[i], mtimes[i] = found.path, found.size, found.mtime
+                continue
+            other = self._alternative(url, alts[i])
+            if other is not None:
+                locations[i], sizes[i], mtimes[i] = other
+                continue
+            if found is None:
                 reasons[i], details[i] = "invalid-url", why
                 continue
-            text = path_to_text(path)
-            found = stat_local(text)
-            locations[i] = text
-            if found.error_reason is not None:
-                reasons[i], details[i] = found.error_reason, f"{found.error_detail} (media root for {url})"
-                continue
-            sizes[i], mtimes[i] = found.size, found.mtime
+            locations[i] = found.path
+            reasons[i], details[i] = found.error_reason, f"{found.error_detail} (media root for {url})"
         return with_locations(batch, locations, sizes, mtimes, reasons, details, mediaURL=pa.array(media, pa.string()))
+
+    def _resolve(self, url: str) -> tuple[LocalPath | None, str | None]:
+        """(the stat of ``url``'s file under its media root, None) or (None, why it maps to none)."""
+        prefix, root = next((p, r) for p, r in self.roots if url.startswith(p))
+        path, why = map_location(url, prefix, root)
+        if path is None:
+            return None, why
+        return stat_local(path_to_text(path)), None
+
+    def _alternative(self, url: str, alts: str | None) -> tuple[str, int | None, float | None] | None:
+        """The first alternative location of a row whose file under the media root is missing
+        (Audubon Core's good-quality and thumbnail versions): a file under a media root that
+        exists, or an http(s) URL outside every root (downloaded then). Counted in the source's
+        report as ``alternative_locations``; None when there is none."""
+        for alt in (a.strip() for a in (alts or "").splitlines()):
+            if not alt or alt == url:
+                continue
+            if any(alt.startswith(p) for p, _ in self.roots):
+                found, _ = self._resolve(alt)
+                if found is None or found.error_reason is not None:
+                    continue
+                chosen: tuple[str, int | None, float | None] = (found.path, found.size, found.mtime)
+            elif is_remote(alt):
+                chosen = (alt, None, None)
+            else:
+                continue
+            log.info("%s: no file for %s under the media root; using its alternative %s", self.name, url, alt)
+            report = getattr(self.inner, "report", None)
+            if isinstance(report, dict):
+                report["alternative_locations"] = report.get("alternative_locations", 0) + 1
+            return chosen
+        return None

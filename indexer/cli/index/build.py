@@ -320,17 +320,19 @@ def normalised_lines(normalised: dict) -> list[str]:
     rep = normalised.get("names") or {}
     if rep.get("changed") or rep.get("unparsable"):
         parts = [
-            f"{rep[k]} {label}"
+            f"{label} {rep[k]}"
             for k, label in (
-                ("genus_filled", "genus"),
-                ("epithet_filled", "epithet"),
-                ("rank_filled", "rank"),
-                ("higher_rank_filled", "higher rank"),
+                ("genus_filled", "genus filled"),
+                ("epithet_filled", "epithet filled"),
+                ("rank_filled", "taxonRank set"),
+                ("higher_rank_filled", "higher rank filled"),
             )
             if rep.get(k)
         ]
-        text = "from scientificName: " + (", ".join(parts) if parts else "nothing")
+        text = f"{rep.get('changed', 0)} rows made consistent with scientificName and taxonRank"
+        if parts:
+            text += f" ({', '.join(parts)})"
         if rep.get("unparsable"):
             text += f"; {rep['unparsable']} rows whose name does not parse{examples(rep)}"
-        lines.append(f"values      names {text}")
+        lines.append(f"values      names: {text}")
     return lines
