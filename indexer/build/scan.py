@@ -20,7 +20,7 @@ from indexer.build.sources.base import Source
 from indexer.dwc import normalise_query
 from indexer.store.schema import METADATA_COLUMNS, quote_ident
 
-__all__ = ["scan_sources", "SCAN_META"]
+__all__ = ["scan_sources", "SCAN_META", "meta_hash_sql"]
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,7 @@ def scan_sources(run: BuildRun, sources: Sequence[Source]) -> None:
     )
     con.execute("DROP TABLE scan_raw")
     normalised = normalise_query(con, "scan_unique")
-    hash_expr = (
-        "md5(concat_ws(chr(31), "
-        + ", ".join(f"coalesce(CAST({quote_ident(c)} AS VARCHAR), chr(0))" for c in SCAN_META)
-        + "))"
-    )
-    con.execute(f"CREATE OR REPLACE TEMP TABLE scan AS SELECT *, {hash_expr} AS meta_hash FROM ({normalised.sql})")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE scan AS SELECT *, {meta_hash_sql()} AS meta_hash FROM ({normalised.sql})")
     normalised.drop(con)
     con.execute("DROP TABLE scan_unique")
     report.normalised = normalised.report
@@ -75,6 +70,12 @@ def scan_sources(run: BuildRun, sources: Sequence[Source]) -> None:
     report.duplicates = seq - report.scanned
     if report.duplicates:
         log.warning("%d rows repeat a key seen earlier in the sources; the first one is used", report.duplicates)
+
+
+def meta_hash_sql() -> str:
+    """The SQL digest of a row's metadata columns (all of SCAN_META, as text): equal digests, equal
+    metadata. Importers compute it the same way, so a build and an import agree on what changed."""
+    return "md5(concat_ws(chr(31), " + ", ".join(f"coalesce(CAST({quote_ident(c)} AS VARCHAR), chr(0))" for c in SCAN_META) + "))"
 
 
 def _scan_columns() -> set[str]:
