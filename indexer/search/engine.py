@@ -186,6 +186,21 @@ class SearchEngine:
         (``year``: the years the sidebar's slider spans); None when no image has a value."""
         return catalog.value_range(self._served(), column, Filter.coerce(filters))
 
+    def export(
+        self, out: str | os.PathLike, *, fmt: str = "parquet", filters: FilterInput = None, shard_rows: int = 500_000
+    ) -> Any:
+        """Write the vectors and key metadata of the images passing ``filters`` (all without) to the
+        folder ``out`` as Parquet or clip-retrieval's npy layout (see :mod:`indexer.search.export`)."""
+        from indexer.search.export import export_state
+
+        state = self._served()
+        flt = Filter.coerce(filters)
+        if flt:
+            ids = state.allowed(flt)[0]
+        else:
+            ids = np.asarray(state.cursor().execute("SELECT id FROM images ORDER BY id").fetchnumpy()["id"], np.int64)
+        return export_state(state, ids, out, fmt=fmt, shard_rows=shard_rows)
+
     def source_roots(self) -> dict[str, tuple[str, ...]]:
         """The folder(s) each source's local files live in: the only places its images may be served
         from (see :func:`indexer.search.catalog.source_roots`)."""

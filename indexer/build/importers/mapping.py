@@ -5,7 +5,8 @@ whose name is a Darwin Core term (or one of its listed spellings: ``common_name`
 becomes that column, the first one winning; every other column goes, with its Parquet type kept,
 into the ``extra`` JSON object (:func:`indexer.build.sources._common.json_object_sql`). One
 addition for embedding releases: ``species``, the seventh rank as TreeOfLife and pybioclip name it,
-fills ``specificEpithet`` when no column does, a binomial (``Panthera leo``) losing its genus.
+fills ``specificEpithet`` when no column does, a binomial (``Panthera leo``) losing its genus; and
+``identifier``, the image URL in TreeOfLife and emb-explorer files, fills ``mediaURL``.
 Locations (paths and URLs) are resolved here too: http(s) URLs as they are, paths against the
 file's folder, local files stat'ed so that a later build of the same folder knows them.
 """
@@ -41,6 +42,8 @@ class MetadataMapper:
         species: str | None = None
         for col in self.columns:
             canon = canonical_column(col)
+            if canon is None and col.strip().lower() == "identifier":
+                canon = "mediaURL"
             if canon is not None and canon not in taken:
                 taken[canon] = _text(col)
             elif canon is None and col.strip().lower() == "species" and species is None:

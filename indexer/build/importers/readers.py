@@ -46,6 +46,7 @@ ID_COLUMNS = ("uuid", "id", "key", "image_id", "image_path", "path", "file_name"
 VECTOR_COLUMNS = ("emb", "embedding", "embeddings", "vector", "vectors", "img_emb", "image_embedding", "features")
 #: Columns that say where the image is (a path or an http(s) URL), first present wins (``--path-column``).
 LOCATION_COLUMNS = (
+    "location",
     "path",
     "image_path",
     "file_path",
@@ -59,7 +60,6 @@ LOCATION_COLUMNS = (
     "mediaurl",
     "accessuri",
     "identifier",
-    "location",
 )
 
 

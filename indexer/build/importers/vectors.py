@@ -20,8 +20,10 @@ from indexer.errors import SourceError
 
 __all__ = ["CheckedVectors", "check_vectors", "check_vector_type", "UNIT_TOLERANCE"]
 
-#: A row whose L2 norm is within this of 1 counts as already normalised (float16 storage of a unit
-#: vector is within ~1e-3; anything further was not normalised by whoever wrote the file).
+#: A row whose L2 norm is within this of 1 counts as already normalised and is kept as it is (float16
+#: storage of a unit vector is within ~1e-3 of 1, and dividing it by its norm again would only move
+#: its float16 rounding: an exported collection imports back bit for bit); anything further was not
+#: normalised by whoever wrote the file and is divided by its norm.
 UNIT_TOLERANCE = 2e-3
 
 
@@ -111,5 +113,5 @@ def check_vectors(column: pa.Array | pa.ChunkedArray, dimension: int, where: str
         result.renormalised = int(off.sum())
         if result.renormalised:
             result.norm_range = (float(norms[off].min()), float(norms[off].max()))
-        out[usable] /= norms[usable, None].astype(np.float32)
+            out[off] /= norms[off, None].astype(np.float32)
     return result
