@@ -124,10 +124,12 @@ class ClipModel:
 
     # ----------------------------------------------------------------- images
 
-    def encode_image_tensors(self, batch: torch.Tensor) -> np.ndarray:
+    def encode_image_tensors(self, batch: torch.Tensor, *, normalize: bool = True) -> np.ndarray:
         """Embed a batch already made by :attr:`transform` (stacked: (n, 3, size, size)).
 
         The batch is moved to the device (non-blocking) and encoded in one forward pass.
+        ``normalize=False`` returns the image tower's raw features (what pybioclip's ``embed``
+        writes), outside the embedding contract.
         """
         if not isinstance(batch, torch.Tensor) or batch.ndim != 4 or batch.shape[1] != 3:
             shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
@@ -137,13 +139,13 @@ class ClipModel:
         size = self.preprocess_config.size
         if tuple(batch.shape[2:]) != (size, size):
             raise ValueError(f"Image batch is {tuple(batch.shape[2:])}, the model takes {(size, size)}.")
-        return self._forward(self._module.encode_image, batch.to(dtype=torch.float32))
+        return self._forward(self._module.encode_image, batch.to(dtype=torch.float32), normalize=normalize)
 
-    def encode_images(self, images: Iterable[Any], batch_size: int = 32) -> np.ndarray:
+    def encode_images(self, images: Iterable[Any], batch_size: int = 32, *, normalize: bool = True) -> np.ndarray:
         """Embed PIL images (RGB; other modes are converted) with :attr:`transform`, in batches."""
         check_batch_size(batch_size)
         parts = [
-            self.encode_image_tensors(torch.stack([self.transform(image) for image in chunk]))
+            self.encode_image_tensors(torch.stack([self.transform(image) for image in chunk]), normalize=normalize)
             for chunk in chunks(images, batch_size)
         ]
         return np.concatenate(parts) if parts else self._empty()
@@ -238,13 +240,15 @@ class ClipModel:
             x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
         return x
 
-    def _forward(self, encode: Any, inputs: torch.Tensor) -> np.ndarray:
+    def _forward(self, encode: Any, inputs: torch.Tensor, *, normalize: bool = True) -> np.ndarray:
         with self._lock, torch.inference_mode():
             inputs = inputs.to(self._torch_device, non_blocking=True)
             with self._autocast():
                 features = encode(inputs)
             # Normalise in fp32 whatever the autocast dtype was.
-            features = torch.nn.functional.normalize(features.float(), dim=-1)
+            features = features.float()
+            if normalize:
+                features = torch.nn.functional.normalize(features, dim=-1)
             return features.cpu().numpy().astype(np.float32, copy=False)
 
 

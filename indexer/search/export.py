@@ -134,7 +134,7 @@ def export_state(
             have += table.num_rows
         table = pa.concat_tables(tables)
         vecs = np.concatenate(vectors)
-        _write_shard(out, fmt, shard, digits, table, vecs, report)
+        _write_shard(out, fmt, table, vecs, report, shard=shard, digits=digits)
         report.rows += table.num_rows
     report.columns = (["uuid", "emb"] if fmt == "parquet" else ["image_path"]) + [
         c for c in table.column_names if c != "uuid" or fmt == "npy"
@@ -144,7 +144,7 @@ def export_state(
 
 
 def _write_shard(
-    out: str, fmt: str, shard: int, digits: int, table: pa.Table, vecs: np.ndarray, report: ExportReport
+    out: str, fmt: str, table: pa.Table, vecs: np.ndarray, report: ExportReport, *, shard: int, digits: int
 ) -> None:
     import pyarrow.parquet as pq
 

@@ -40,6 +40,9 @@ __all__ = [
 
 KINDS = ("parquet", "pybioclip", "clip-retrieval")
 
+#: Parquet file metadata key under which bioclip-embed records the model, revision, preprocessing.
+EMBEDDINGS_METADATA_KEY = b"bioclip_search.embeddings"
+
 #: Default id columns, first present wins (``--id-column`` overrides).
 ID_COLUMNS = ("uuid", "id", "key", "image_id", "image_path", "path", "file_name", "filename", "url", "identifier")
 #: Default vector columns, first present wins; else the one list column (``--vector-column`` overrides).
@@ -248,11 +251,26 @@ def _as_text(array: pa.Array | pa.ChunkedArray) -> pa.Array:
     return pa.array([None if v is None else str(v) for v in array.to_pylist()], pa.string())
 
 
+def _declared_model(path: str) -> str | None:
+    """The model ``bioclip-embed --format parquet`` records in the file's metadata, if any."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        info = json.loads(meta.get(EMBEDDINGS_METADATA_KEY, b"null"))
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+    model = info.get("model") if isinstance(info, dict) else None
+    return model if isinstance(model, str) and model else None
+
+
 class ParquetReader:
-    """Parquet files of embeddings with their ids and metadata (see the module docstring)."""
+    """Parquet files of embeddings with their ids and metadata (see the module docstring). A file
+    written by ``bioclip-embed`` names its model in its metadata (``bioclip_search.embeddings``)."""
 
     kind = "parquet"
-    declared_model: str | None = None
 
     def __init__(self, spec: str, columns: ImportColumns | None = None, *, name: str | None = None):
         self.spec = spec
@@ -260,6 +278,7 @@ class ParquetReader:
         self._paths = expand_files(spec, (".parquet", ".pq"))
         self.name = name or path_to_text(os.path.abspath(spec))
         self._choice: dict[str, ColumnChoice] = {}
+        self.declared_model = _declared_model(self._paths[0])
 
     def __repr__(self) -> str:
         return f"ParquetReader({self.spec!r}, {len(self._paths)} files)"
