@@ -449,7 +449,7 @@ def test_facet_catalog(engine):
 # -- most likely taxa ------------------------------------------------------------------
 
 
-def test_most_likely_taxa_at_a_rank_are_cached(engine, coll, monkeypatch):
+def test_most_likely_taxa_sum_species_scores_at_every_rank_from_one_set_of_labels(engine, coll, monkeypatch):
     from bioclip.zeroshot import ZeroShotClassifier
 
     calls = []
@@ -464,14 +464,28 @@ def test_most_likely_taxa_at_a_rank_are_cached(engine, coll, monkeypatch):
     assert {t.name for t in species} == {"Corvus corax", "Pica pica", "Vulpes vulpes", "Rosa canina"}
     assert sum(t.score for t in species) == pytest.approx(1.0)
     assert species == sorted(species, key=lambda t: -t.score)
-    families = predictor.predict(vec[0], "family", k=2)
-    assert len(families) == 2 and all(t.rank == "family" for t in families)
-    assert calls == [4, 3]
-    predictor.predict(vec, "species")
-    predictor.predict(vec, "family")
-    assert calls == [4, 3] and predictor.builds == 2  # label embeddings made once per rank
+    by_name = {t.name: t.score for t in species}
+    families = predictor.predict(vec[0], "family", k=10)
+    assert all(t.rank == "family" for t in families)
+    # pybioclip's method: a family's score is the sum of its species' scores (no family-name labels)
+    assert {t.name: t.score for t in families}["Corvidae"] == pytest.approx(
+        by_name["Corvus corax"] + by_name["Pica pica"]
+    )
+    assert sum(t.score for t in families) == pytest.approx(1.0)
+    kingdoms = predictor.predict(vec, "kingdom", k=1)
+    assert kingdoms[0].score == pytest.approx(max(by_name["Rosa canina"], 1 - by_name["Rosa canina"]))
+    assert calls == [4] and predictor.builds == 1  # the species' embeddings serve every rank
+    predictor.predict(vec, "genus")
+    assert calls == [4] and predictor.coverage() is None
     with pytest.raises(QueryError):
         predictor.predict(vec, "subspecies")
+
+
+def test_most_likely_taxa_say_when_they_rank_only_part_of_the_species(engine, coll):
+    predictor = taxa.TaxaPredictor(engine, max_labels=2)
+    vec = engine.embed_image(coll.image_path(0))
+    assert len(predictor.predict(vec, "species", k=10)) == 2
+    assert predictor.coverage() == "Ranked among the 2 species with most images, of the collection's 4."
 
 
 def test_most_likely_taxa_are_rebuilt_for_a_new_generation(tmp_path, tiny_model_dir):

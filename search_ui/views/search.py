@@ -230,8 +230,10 @@ def _likely_taxa(predictor: TaxaPredictor, catalog: Any, vector: Any, data: byte
             for t in scores:
                 label = f"*{ui.md(t.name)}*" + (f" ({ui.md(t.common_name)})" if t.common_name else "")
                 st.progress(min(1.0, max(0.0, t.score)), text=f"{label} — {t.score:.1%} · {t.images} images")
+            note = predictor.coverage()
             st.caption(
-                "Zero-shot scores against this collection's own taxa; they sum to 100% over its taxa at this rank."
+                "Zero-shot scores against this collection's own species (pybioclip's method); a higher rank's "
+                "score is the sum of its species' scores." + (f" {note}" if note else "")
             )
 
 
