@@ -10,6 +10,10 @@ import pytest
 # Tests never touch the network, and must not pick up a developer's real model cache.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# bioclip-search searches in-process in tests unless a test asks for its background server (and then
+# in a folder of the test's own, never the user's).
+os.environ["BIOCLIP_SEARCH_NO_SERVER"] = "1"
+os.environ.pop("BIOCLIP_SEARCH_SERVER", None)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

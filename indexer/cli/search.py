@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
-import sys
-
 import click
 
 from indexer.cli.common import CONTEXT, device_option, friendly, setup_logging, verbosity
@@ -96,133 +92,64 @@ weight (KIND: text, taxon, image, id, vector = a .npy file)."""
 )
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--fields", "list_fields", is_flag=True, help="List the fields --where can filter on, and stop.")
+@click.option(
+    "--server",
+    "server",
+    envvar="BIOCLIP_SEARCH_SERVER",
+    metavar="URL",
+    help="Ask this bioclip-serve server (COLLECTION: its name there; key in $BIOCLIP_SEARCH_API_KEY).",
+)
+@click.option(
+    "--no-server",
+    "no_server",
+    is_flag=True,
+    envvar="BIOCLIP_SEARCH_NO_SERVER",
+    help="Search in this process; start no background server.",
+)
 @device_option
 @verbosity
 @friendly
-def main(
-    *,
-    collection,
-    text,
-    plus,
-    minus,
-    images,
-    minus_images,
-    ids,
-    minus_ids,
-    terms,
-    k,
-    offset,
-    where,
-    taxa,
-    min_score,
-    group,
-    group_similarity,
-    fmt,
-    as_json,
-    list_fields,
-    device,
-    verbose,
-    quiet,
-):
+def main(*, collection, as_json, fmt, list_fields, server, no_server, device, verbose, quiet, **opts):
     """Search COLLECTION by TEXT (free text or a taxon name), by pictures (--image), by indexed
-    images (--id), or by a weighted combination of them, with metadata filters (--where)."""
+    images (--id), or by a weighted combination of them, with metadata filters (--where).
+
+    The first query starts a background server for the collection, so later ones skip loading the
+    model (it stops after $BIOCLIP_SEARCH_IDLE_MINUTES, 30, idle minutes; see bioclip-serve status)."""
     setup_logging(verbose, quiet)
-    from indexer.search.engine import SearchEngine
-    from indexer.search.filters import Filter, parse_where
-    from indexer.search.query import Grouping, terms_from_options
+    from indexer.cli.search_output import print_fields, render
+    from indexer.cli.search_request import build_request, choose_transport
 
     fmt = "json" if as_json else (fmt or "table")
-    filters = parse_where(where)
-    if taxa:
-        filters = filters & Filter.taxon(*taxa)
-    engine = SearchEngine.open(collection, device=device, refresh_interval=None)
+    request = None
+    if not list_fields:
+        request = build_request(opts)
+        if not request["terms"]:
+            raise click.UsageError("give TEXT, --image PATH, --id N or --term KIND=VALUE (or --fields)")
+    transport = choose_transport(collection, server=server, no_server=no_server, device=device)
     if list_fields:
-        _print_fields(engine.fields(), fmt)
+        print_fields(_answer(transport, "fields", None, collection, device), fmt)
         return
-    query = terms_from_options(
-        text,
-        plus=plus,
-        minus=minus,
-        images=images,
-        minus_images=minus_images,
-        ids=ids,
-        minus_ids=minus_ids,
-        terms=terms,
-    )
-    if not query:
-        raise click.UsageError("give TEXT, --image PATH, --id N or --term KIND=VALUE (or --fields)")
-    grouping = None
-    if group:
-        grouping = Grouping(
-            by_record=group in ("record", "both"), similarity=group_similarity if group in ("similar", "both") else None
-        )
-    result = engine.search(
-        query=query, k=k, offset=offset, filters=filters or None, min_score=min_score, group=grouping
-    )
-    for n in result.notices:
-        click.echo(f"note: {n}", err=True)
-    if fmt == "json":
-        click.echo(json.dumps([h.to_dict() for h in result.hits], indent=2, ensure_ascii=False, default=str))
-        return
-    if fmt == "csv":
-        _write_csv(result.hits)
-        return
-    summary = f"{result.interpretation} -- {len(result.hits)} results"
-    if result.candidates is not None:
-        summary += f" of {result.candidates} matching the filters"
-    click.echo(summary, err=True)
-    for rank, h in enumerate(result.hits, start=offset + 1):
-        name = h.scientific_name or "(no name)"
-        common = h.get("vernacularName")
-        extra = " | ".join(
-            x
-            for x in (h.get("catalogNumber"), h.get("institutionCode"), h.get("country"), str(h.get("year") or ""))
-            if x
-        )
-        click.echo(
-            f"{rank:3d}. {h.score:.4f}  id {h.id:<7d} {name}"
-            + (f" ({common})" if common else "")
-            + (f"  [{extra}]" if extra else "")
-        )
-        click.echo(f"      {h.location}")
-        if h.group:
-            click.echo(
-                f"      +{len(h.group)} in its group: "
-                + ", ".join(f"id {g.id} ({g.score:.4f})" for g in h.group[:8])
-                + (" ..." if len(h.group) > 8 else "")
-            )
-    if result.has_more:
-        click.echo(f"more: --offset {offset + k}", err=True)
+    render(_answer(transport, "search", request, collection, device), fmt)
 
 
-def _print_fields(fields: list[tuple[str, str]], fmt: str) -> None:
-    if fmt == "json":
-        click.echo(json.dumps([{"field": f, "type": t} for f, t in fields], indent=2))
-        return
-    if fmt == "csv":
-        w = csv.writer(sys.stdout)
-        w.writerow(["field", "type"])
-        w.writerows(fields)
-        return
-    width = max(len(f) for f, _ in fields)
-    for f, t in fields:
-        click.echo(f"{f.ljust(width)}  {t}")
+def _answer(transport, what: str, request, collection: str, device: str):
+    """The transport's answer; a background server that stopped answering is replaced once."""
+    from indexer.cli.search_request import DirectTransport, LocalServerTransport
+    from indexer.serve.client import ServerUnavailable
 
+    def ask(t):
+        return t.fields() if what == "fields" else t.search(request)
 
-def _write_csv(hits) -> None:
-    from indexer.store.schema import ALL_COLUMNS
+    try:
+        return ask(transport)
+    except ServerUnavailable as exc:
+        if not isinstance(transport, LocalServerTransport):
+            raise click.ClickException(str(exc)) from None
+        from indexer.serve.local import LocalServerError, forget
 
-    cols = ["id", "score", "location"] + [
-        c
-        for c in ALL_COLUMNS
-        if c not in ("id", "location", "meta_hash") and any(h.metadata.get(c) is not None for h in hits)
-    ]
-    grouped = any(h.group for h in hits)
-    w = csv.writer(sys.stdout)
-    w.writerow(cols + (["group"] if grouped else []))
-    for h in hits:
-        d = h.to_dict()
-        row = ["" if d.get(c) is None else d.get(c) for c in cols]
-        if grouped:
-            row.append(" ".join(str(g.id) for g in h.group))
-        w.writerow(row)
+        forget(transport.server)
+        try:
+            return ask(LocalServerTransport(collection, device))
+        except (ServerUnavailable, LocalServerError) as again:
+            click.echo(f"note: the background server does not answer ({again}); searching directly", err=True)
+            return ask(DirectTransport(collection, device))
