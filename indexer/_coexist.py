@@ -24,7 +24,7 @@ log = logging.getLogger("indexer")
 #: The name our ``bioclip/__init__.py`` sets (to True).
 MARKER = "__bioclip_search__"
 #: Our console scripts: run as one of them, a foreign ``bioclip`` is one line and exit status 2.
-SCRIPTS = frozenset({"bioclip-index", "bioclip-search", "bioclip-app", "bioclip-demo"})
+SCRIPTS = frozenset({"bioclip-index", "bioclip-search", "bioclip-app", "bioclip-demo", "bioclip-serve"})
 
 
 def _foreign_origin() -> str | None:

@@ -153,3 +153,7 @@ def _answer(transport, what: str, request, collection: str, device: str):
         except (ServerUnavailable, LocalServerError) as again:
             click.echo(f"note: the background server does not answer ({again}); searching directly", err=True)
             return ask(DirectTransport(collection, device))
+
+
+if __name__ == "__main__":
+    main()

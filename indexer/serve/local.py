@@ -41,6 +41,7 @@ __all__ = [
     "ensure_running",
     "servers",
     "stop",
+    "forget",
 ]
 
 RUNTIME_ENV = "BIOCLIP_SEARCH_RUNTIME_DIR"
@@ -150,7 +151,11 @@ def _alive(pid: Any) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (exited, not yet reaped by whoever adopted it) is gone for us
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 @contextlib.contextmanager
@@ -262,10 +267,8 @@ def ensure_running(
 
 
 def forget(ls: LocalServer) -> None:
-    """Remove the files of a server that no longer answers (killed, crashed)."""
-    state = ls.state()
-    if state is not None and _alive(state.get("pid")):
-        return
+    """Remove the files of a server that does not answer on its socket (killed, crashed, hung): the
+    next query starts another; a hung one, getting no more queries, stops at its idle timeout."""
     for path in (ls.socket, ls.state_file):
         with contextlib.suppress(OSError):
             os.unlink(path)
