@@ -157,3 +157,19 @@ def index_ram_mib(path: Path, *, mmap: bool = False) -> dict[str, float]:
         check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cpu_description() -> str:
+    """The CPU model and its bf16 capability (from /proc/cpuinfo; 'unknown' elsewhere)."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model == "unknown CPU":
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith(("flags", "Features")) and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    bf16 = [f for f in ("amx_bf16", "avx512_bf16", "bf16") if f in flags]
+    return f"{model}; bf16: {', '.join(bf16) if bf16 else 'none'}"

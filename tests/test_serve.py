@@ -488,3 +488,51 @@ def test_new_generations_are_served_and_sigterm_stops_gracefully(col, tiny_model
         code = s.stop(signal.SIGTERM)
     assert code in (0, -signal.SIGTERM)  # uvicorn exits by the signal once it has shut down
     assert "stopped serving col" in s.log() and "Traceback" not in s.log()
+
+
+# -- the README's examples -----------------------------------------------------------------------
+
+
+def _readme_curls() -> list[list[str]]:
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("**Endpoints**", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line.split("  #")[0]) for line in block.splitlines() if line.startswith("curl ")]
+
+
+def test_every_endpoint_has_a_readme_curl_example_that_works(server, tmp_path):
+    from urllib.parse import urlsplit
+
+    curls = _readme_curls()
+    spec = body(server.get("/openapi.json"))["paths"]
+    covered = set()
+    for argv in curls:
+        url = next(a for a in argv if a.startswith("http"))
+        method = argv[argv.index("-X") + 1] if "-X" in argv else "GET"
+        headers = {
+            argv[i + 1].split(":")[0]: argv[i + 1].split(":", 1)[1].strip() for i, a in enumerate(argv) if a == "-H"
+        }
+        forms = [argv[i + 1] for i, a in enumerate(argv) if a == "-F"]
+        data = argv[argv.index("-d") + 1] if "-d" in argv else None
+        parts = urlsplit(url.replace("/collections/herbarium", "/collections/col"))
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        if forms:
+            from urllib3 import encode_multipart_formdata
+
+            fields = []
+            for f in forms:
+                name, _, value = f.partition("=")
+                fields.append((name, ("photo.jpg", png(), "image/jpeg")) if value.startswith("@") else (name, value))
+            payload, ctype = encode_multipart_formdata(fields)
+            r = server.request("POST", target, body=payload, headers={"Content-Type": ctype})
+        else:
+            r = server.request(method, target, body=data.encode() if data else None, headers=headers)
+        assert r.status == 200, (argv, r.status, r.data[:300])
+        template = next(
+            p for p in spec if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", p), parts.path.replace("herbarium", "col"))
+        )
+        covered.add((template, "post" if forms or method == "POST" else "get"))
+    documented = {(p, m) for p, methods in spec.items() for m in methods}
+    assert documented <= covered, documented - covered

@@ -67,6 +67,7 @@ def main() -> None:
 @click.option(
     "--forwarded-allow-ips", default=None, help="Proxies whose X-Forwarded-For is trusted (default 127.0.0.1)."
 )
+@click.option("--root-path", default="", metavar="PREFIX", help="The path prefix a reverse proxy serves the API under.")
 @click.option("--show-paths", is_flag=True, help="Include local file paths in answers (a private server only).")
 @click.option("--no-access-log", is_flag=True, help="No line per request on stderr.")
 @click.option("--idle-timeout", type=click.FloatRange(min=0.1), default=None, help="Stop after this many idle seconds.")
@@ -78,7 +79,8 @@ def run(**opts) -> None:
     """Serve COLLECTION(s) over HTTP; NAME=COLLECTION names one in the URLs (default: its folder's name)."""
     setup_logging(opts["verbose"], opts["quiet"])
     from indexer.serve.config import Limits, ServeConfig, ServeConfigError, default_threads, parse_collections
-    from indexer.serve.runner import Listen, serve, setup_worker_logging
+    from indexer.serve.guards import setup_worker_logging
+    from indexer.serve.runner import Listen, serve
 
     setup_worker_logging(force=True, quiet=opts["quiet"])
     from indexer.store import Collection
@@ -124,6 +126,7 @@ def run(**opts) -> None:
         uds_mode=0o600 if background else 0o660,
         forwarded_allow_ips=opts["forwarded_allow_ips"],
         graceful_timeout=5 if background else 30,
+        root_path=opts["root_path"].rstrip("/"),
     )
     names = ", ".join(n for n, _ in collections)
     click.echo(f"bioclip-serve: {names} on {listen.describe()} (docs at /docs; Ctrl-C to stop)", err=True)

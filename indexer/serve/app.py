@@ -122,7 +122,7 @@ def _describe_request_bodies(app: Any) -> None:
 
 def app_from_environment() -> Any:
     """The app of the :class:`ServeConfig` in ``BIOCLIP_SERVE_CONFIG`` (uvicorn's workers call this)."""
-    from indexer.serve.runner import setup_worker_logging
+    from indexer.serve.guards import setup_worker_logging
 
     setup_worker_logging()
     return create_app(ServeConfig.from_environment())

@@ -16,7 +16,16 @@ from typing import Any
 from indexer.serve.config import key_digest, read_api_keys
 from indexer.serve.errors import error_body
 
-__all__ = ["Activity", "AccessLog", "BodyLimit", "ApiKeys", "RateLimit", "send_error", "PUBLIC_PATHS"]
+__all__ = [
+    "setup_worker_logging",
+    "Activity",
+    "AccessLog",
+    "BodyLimit",
+    "ApiKeys",
+    "RateLimit",
+    "send_error",
+    "PUBLIC_PATHS",
+]
 
 access_log = logging.getLogger("indexer.serve.access")
 log = logging.getLogger("indexer.serve")
@@ -42,8 +51,31 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def _route_path(scope: Scope) -> str:
+    """The path without the proxy's prefix (uvicorn puts ``root_path`` in front of it)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 def _is_public(path: str) -> bool:
     return any(path == p or (p.endswith("/") and path.startswith(p)) for p in PUBLIC_PATHS)
+
+
+def setup_worker_logging(*, force: bool = False, quiet: bool = False) -> None:
+    """Log lines with their time on stderr (the access log included); ``force``: replace what was
+    set up before, ``quiet``: errors only."""
+    root = logging.getLogger()
+    if force or not root.handlers:
+        logging.basicConfig(
+            level=logging.ERROR if quiet else logging.WARNING,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            force=True,
+        )
+    if quiet:
+        return
+    for name in ("indexer.serve", "indexer.serve.access", "indexer.search.engine"):
+        if logging.getLogger(name).level == logging.NOTSET:
+            logging.getLogger(name).setLevel(logging.INFO)
 
 
 class Activity:
@@ -198,7 +230,7 @@ class ApiKeys:
         return self._digests
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("method") == "OPTIONS" or _is_public(scope.get("path", "")):
+        if scope["type"] != "http" or scope.get("method") == "OPTIONS" or _is_public(_route_path(scope)):
             await self.app(scope, receive, send)
             return
         key = _header(scope, b"x-api-key")
@@ -232,7 +264,7 @@ class RateLimit:
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("method") == "OPTIONS" or _is_public(scope.get("path", "")):
+        if scope["type"] != "http" or scope.get("method") == "OPTIONS" or _is_public(_route_path(scope)):
             await self.app(scope, receive, send)
             return
         client = (scope.get("state") or {}).get("client_id")

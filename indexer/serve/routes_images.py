@@ -83,6 +83,7 @@ def similar(
     request: Request,
     name: str,
     image_id: int,
+    *,
     k: int = 10,
     offset: int = 0,
     where: Annotated[list[str], Query()] = [],  # noqa: B006

@@ -180,6 +180,7 @@ def _spec_terms(specs: list[str]) -> tuple[Any, ...]:
 def search_get(
     request: Request,
     name: str,
+    *,
     q: str | None = None,
     k: int = 10,
     offset: int = 0,
@@ -334,6 +335,7 @@ def taxa(
 def facets(
     request: Request,
     name: str,
+    *,
     field: str,
     where: Annotated[list[str], Query()] = [],  # noqa: B006
     taxon: Annotated[list[str], Query()] = [],  # noqa: B006

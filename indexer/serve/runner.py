@@ -26,7 +26,7 @@ from typing import Any
 
 from indexer.serve.config import ENV_CONFIG, ServeConfig, ServeConfigError
 
-__all__ = ["Listen", "serve", "bind_unix", "setup_worker_logging", "write_state", "remove_state"]
+__all__ = ["Listen", "serve", "bind_unix", "write_state", "remove_state"]
 
 log = logging.getLogger("indexer.serve")
 
@@ -41,26 +41,10 @@ class Listen:
     uds_mode: int = 0o600
     forwarded_allow_ips: str | None = None
     graceful_timeout: int = 30
+    root_path: str = ""  # the path prefix a reverse proxy serves the API under
 
     def describe(self) -> str:
         return f"unix:{self.uds}" if self.uds else f"http://{self.host}:{self.port}"
-
-
-def setup_worker_logging(*, force: bool = False, quiet: bool = False) -> None:
-    """Log lines with their time on stderr (the access log included); ``force``: replace what was
-    set up before, ``quiet``: errors only."""
-    root = logging.getLogger()
-    if force or not root.handlers:
-        logging.basicConfig(
-            level=logging.ERROR if quiet else logging.WARNING,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            force=True,
-        )
-    if quiet:
-        return
-    for name in ("indexer.serve", "indexer.serve.access", "indexer.search.engine"):
-        if logging.getLogger(name).level == logging.NOTSET:
-            logging.getLogger(name).setLevel(logging.INFO)
 
 
 def bind_unix(path: str, mode: int = 0o600) -> socket.socket:
@@ -128,6 +112,7 @@ def _uvicorn_options(listen: Listen) -> dict[str, Any]:
         timeout_graceful_shutdown=listen.graceful_timeout,
         server_header=False,
         lifespan="on",
+        root_path=listen.root_path,
     )
     if listen.forwarded_allow_ips is not None:
         opts["forwarded_allow_ips"] = listen.forwarded_allow_ips
