@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -156,7 +155,9 @@ def main() -> None:
         shards = write_shards(work / "shards", args.rows, args.shard_rows, args.dim)
         shard_mib = max(p.stat().st_size for p in shards) / 2**20
         total_mib = sum(p.stat().st_size for p in shards) / 2**20
-        print(f"wrote {len(shards)} shards ({total_mib:,.0f} MiB, largest {shard_mib:,.0f} MiB) in {time.perf_counter() - t0:.0f}s")
+        print(
+            f"wrote {len(shards)} shards ({total_mib:,.0f} MiB, largest {shard_mib:,.0f} MiB) in {time.perf_counter() - t0:.0f}s"
+        )
 
         base_s = baseline(shards, args.dim)
         base_rps = args.rows / base_s
