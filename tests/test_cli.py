@@ -45,7 +45,10 @@ def test_console_scripts_are_declared():
     import tomllib
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert set(scripts) == {"bioclip-index", "bioclip-search", "bioclip-app", "bioclip-demo"}
+    assert set(scripts) == {
+        *("bioclip-index", "bioclip-search", "bioclip-app", "bioclip-demo"),
+        *("bioclip-predict", "bioclip-embed", "bioclip-serve"),
+    }
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ def check_picture(data: bytes, limits: Limits, name: str | None = None) -> bytes
     except Image.DecompressionBombError:
         raise ApiError(413, "image_too_large", f"{label} has too many pixels to be searched") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
-        raise ApiError(415, "not_an_image", f"{label} is not a picture: send a {_KINDS} image") from None
+        raise ApiError(415, "not_an_image", f"{label} is not an image: send a {_KINDS} picture") from None
     formats = limits.upload_formats
     if formats is not None and kind.upper() not in formats:
         raise ApiError(415, "not_an_image", f"{label} is a {kind} image; send a {_KINDS} image")
