@@ -62,7 +62,9 @@ def scan_sources(run: BuildRun, sources: Sequence[Source]) -> None:
     )
     con.execute("DROP TABLE scan_raw")
     normalised = normalise_query(con, "scan_unique")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE scan AS SELECT *, {meta_hash_sql()} AS meta_hash FROM ({normalised.sql})")
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE scan AS SELECT *, {meta_hash_sql()} AS meta_hash FROM ({normalised.sql})"
+    )
     normalised.drop(con)
     con.execute("DROP TABLE scan_unique")
     report.normalised = normalised.report
@@ -75,7 +77,11 @@ def scan_sources(run: BuildRun, sources: Sequence[Source]) -> None:
 def meta_hash_sql() -> str:
     """The SQL digest of a row's metadata columns (all of SCAN_META, as text): equal digests, equal
     metadata. Importers compute it the same way, so a build and an import agree on what changed."""
-    return "md5(concat_ws(chr(31), " + ", ".join(f"coalesce(CAST({quote_ident(c)} AS VARCHAR), chr(0))" for c in SCAN_META) + "))"
+    return (
+        "md5(concat_ws(chr(31), "
+        + ", ".join(f"coalesce(CAST({quote_ident(c)} AS VARCHAR), chr(0))" for c in SCAN_META)
+        + "))"
+    )
 
 
 def _scan_columns() -> set[str]:
