@@ -55,8 +55,9 @@ def test_float16_unnormalised_shards_import_normalised_with_ranks_and_metadata(t
     cos = np.einsum("ij,ij->i", unit(vecs), expected)
     assert cos.min() > 0.9999 and np.abs(np.linalg.norm(vecs, axis=1) - 1).max() < 2e-3
     first = rows[0]
-    # ranks: the binomial in `species` loses its genus; Darwin Core columns map; the rest go to extra
-    assert first[2:6] == ("Corvus", "corax", "Corvidae", "PRESERVED_SPECIMEN")
+    # ranks: the binomial in `species` loses its genus; Darwin Core columns map (and are normalised as a
+    # build normalises them: GBIF's PRESERVED_SPECIMEN is Darwin Core's PreservedSpecimen); the rest go to extra
+    assert first[2:6] == ("Corvus", "corax", "Corvidae", "PreservedSpecimen")
     assert first[6] == first[7] == "https://images.example.org/0.jpg"
     assert json.loads(first[8]) == {"img_type": "Citizen Science", "publisher": "iNaturalist"}
     engine = SearchEngine.open(tmp_path / "col", model=model)
