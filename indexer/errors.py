@@ -18,6 +18,8 @@ __all__ = [
     "FilterError",
     "AnnError",
     "AnnUnsupportedError",
+    "TuningSetError",
+    "EmptyTuningSetError",
     "RayExecutorError",
     "RayNotInstalledError",
     "ForeignBioclipError",
@@ -107,6 +109,16 @@ class AnnError(IndexerError):
 class AnnUnsupportedError(AnnError):
     """The operation is not supported by this index type or in this mode (e.g. ``remove`` on HNSW,
     ``add`` on an index loaded memory-mapped read-only)."""
+
+
+class TuningSetError(AnnError):
+    """A set of tuning queries that cannot be used: unreadable file, wrong dimension, not finite."""
+
+
+class EmptyTuningSetError(TuningSetError):
+    """A tuning set came out empty (an empty file, a query log with nothing of that kind, a
+    collection without phrases): tuning on nothing would silently keep the recall promise for no
+    one, so it is refused."""
 
 
 class RayExecutorError(IndexerError):

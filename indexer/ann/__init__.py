@@ -11,9 +11,15 @@ Contracts
   reads both back, memory-mapped on request. :func:`update_index` keeps a collection's index in line
   with its stored vectors.
 * :func:`exact_search` is brute force and the ground truth that tests, tuning and benchmarks compare with.
+* Queries have kinds (``QUERY_KINDS``: image, text, mixed). Search parameters are tuned and stored
+  per kind (``IndexInfo.kinds``), and :meth:`AnnIndex.search` takes the kind of its queries: text
+  queries sit far from every image (CLIP's modality gap) and need their own parameters.
 
 Modules: ``choice`` (which index for n, d and a memory budget), ``layout`` (the pieces of a FAISS
-index; making one), ``build`` (train, add, tune), ``tuning`` (parameters to a recall target),
+index; making one), ``build`` (train, add, tune), ``params`` (each index type's search parameters
+and a query's cost), ``tuning_set`` (tuning queries per kind and their exact results), ``tuning``
+(parameters per kind to a recall target), ``text_queries`` (a collection's text tuning queries,
+embedded once and cached), ``testbed`` (vectors with a modality gap, for tests and benchmarks),
 ``search`` (the unfiltered and filtered search policy), ``index`` (:class:`AnnIndex`), ``io``
 (save/load), ``exact`` (ground truth), ``maintenance`` (a collection's index kept up to date).
 FAISS is imported lazily: importing this package stays cheap. Measured latency and recall per index
@@ -24,14 +30,22 @@ from indexer.ann.build import build_index
 from indexer.ann.choice import DEFAULT_MEMORY_BUDGET, choose_index, fits_incremental
 from indexer.ann.exact import exact_search, recall_at_k
 from indexer.ann.index import AnnIndex
-from indexer.ann.info import IndexInfo
+from indexer.ann.info import QUERY_KINDS, IndexInfo, kind_summary
 from indexer.ann.maintenance import index_path, update_index
-from indexer.errors import AnnError, AnnUnsupportedError
+from indexer.ann.tuning_inputs import TuningInputs
+from indexer.ann.tuning_set import KindQueries
+from indexer.errors import AnnError, AnnUnsupportedError, EmptyTuningSetError, TuningSetError
 from indexer.store.vectors import VectorLookup
 
 __all__ = [
     "AnnError",
     "AnnUnsupportedError",
+    "EmptyTuningSetError",
+    "TuningSetError",
+    "KindQueries",
+    "TuningInputs",
+    "QUERY_KINDS",
+    "kind_summary",
     "AnnIndex",
     "IndexInfo",
     "VectorLookup",

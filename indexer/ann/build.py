@@ -3,25 +3,27 @@
 Training uses a seeded sample of ``min(n, max(40 * nlist, 65536), 2**20)`` vectors: 40 per list (FAISS
 asks for at least 39), and at least 65,536 for the SQ/PQ codebooks, trained on the same sample (FAISS
 subsamples to 256 per centroid). Vectors are added in float32 chunks (:func:`indexer.ann.layout.add_chunks`),
-so memory stays flat whatever n is, and the same pass accumulates the exact ground truth for tuning
-(:mod:`indexer.ann.tuning`): the vectors are read once.
+so memory stays flat whatever n is, and the same pass accumulates the exact ground truth of every
+query kind's tuning queries (:mod:`indexer.ann.tuning_set`): the vectors are read once.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from indexer.ann.choice import choose_index, estimate
+from indexer.ann import params as params_module
+from indexer.ann.choice import candidates, estimate
 from indexer.ann.exact import as_matrix, f32, id_array
 from indexer.ann.index import AnnIndex
 from indexer.ann.info import IndexInfo
 from indexer.ann.layout import Layout, add_chunks, new_faiss_index
-from indexer.ann.tuning import TUNE_K, TuningSet, tune
+from indexer.ann.tuning import tune
+from indexer.ann.tuning_set import TUNE_K, KindQueries, TuningSet
 from indexer.errors import AnnError
 from indexer.store.vectors import ArrayVectors
 
@@ -55,7 +57,7 @@ def build_index(
     recall_target: float = 0.95,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
-    tuning_queries: np.ndarray | None = None,
+    tuning_queries: Mapping[str, KindQueries | np.ndarray] | None = None,
 ) -> AnnIndex:
     """Build an index over ``vectors`` (n, d) float32/float16 (possibly a memmap) with ``ids`` (n,).
 
@@ -64,12 +66,19 @@ def build_index(
     training reads a seeded sample (``_train_size``), adding reads float32 chunks of 64 MiB.
     Peak memory is the index itself plus the training sample plus one chunk.
 
-    The search parameters are then tuned to the smallest values reaching recall@10 >= ``recall_target``
-    on ``TUNE_QUERIES`` sampled vectors with their own ids excluded (or on ``tuning_queries`` when given),
-    against exact search; recall and parameters go into ``info``. ``progress(done, total)`` is called
-    after each chunk added. Everything random is seeded with ``seed``.
+    The search parameters are then tuned per query kind (:mod:`indexer.ann.tuning`) to the smallest
+    values reaching recall@10 >= ``recall_target`` against exact search: image queries on
+    ``TUNE_QUERIES`` sampled stored vectors with their own ids excluded, text (and mixed) queries on
+    ``tuning_queries`` (kind -> vectors or :class:`KindQueries`; mixed ones are derived from the
+    text ones when not given). Kinds without queries are not tuned: they are searched with the
+    image parameters. What was found goes into ``info.kinds``.
+
+    When the automatic choice misses the target for a kind within the latency budget, and exact
+    search is its last resort (:func:`indexer.ann.choice.candidates`), the collection gets exact
+    search instead; the more compressed inverted-file types are not tried, as they share the
+    inverted lists that missed and only lose precision. ``progress(done, total)`` is called after
+    each chunk added. Everything random is seeded with ``seed``.
     """
-    t0 = time.perf_counter()
     vectors = as_matrix(vectors, None, "vectors")
     n, d = vectors.shape
     ids = id_array(ids, "ids")
@@ -83,51 +92,87 @@ def build_index(
         raise AnnError("ids must be unique")
     if not 0.0 < recall_target <= 1.0:
         raise AnnError(f"recall_target must be in (0, 1], got {recall_target}")
-    factory = factory or choose_index(n, d, memory_budget)
-    rng = np.random.default_rng(seed)
-    index = new_faiss_index(factory, d)
-    layout = Layout.of(index)
-
-    if not index.is_trained:
-        nlist = layout.leaf.nlist if layout.kind == "ivf" else 1
-        sample = _train_sample(vectors, _train_size(n, nlist), rng)
-        _check_normalised(sample)
-        log.info("training %s on %d vectors", factory, sample.shape[0])
-        try:
-            index.train(sample)
-        except RuntimeError as exc:  # e.g. fewer training vectors than lists
-            raise AnnError(f"cannot train {factory!r} on {sample.shape[0]} vectors: {exc}") from exc
-        del sample
-    else:
-        _check_normalised(_train_sample(vectors, min(n, 1000), rng))
-
-    # tuning queries and their exact ground truth, accumulated while adding (one pass over the data)
-    tq = TuningSet.make(vectors, ids, rng, tuning_queries, with_filters=layout.kind == "ivf")
-    log.info("adding %d vectors to %s", n, factory)
-    for done, total in add_chunks(index, vectors, ids, on_chunk=tq.push):
-        if progress:
-            progress(done, total)
-
-    info = IndexInfo(factory=factory, n=n, dimension=d, recall_target=recall_target)
-    info.bytes_per_vector, info.memory_bytes = _estimate_safe(factory, n, d, index)
-    ann = AnnIndex(index, info)
-    lookup = ArrayVectors(vectors, ids) if layout.lossy and layout.refine is None and layout.kind == "ivf" else None
-    params, recall, filtered = tune(ann, tq, recall_target, lookup)
-    info.params, info.measured_recall = params, recall
-    info.tuning = {"queries": tq.size, "k": TUNE_K, "seed": seed, "method": tq.method}
-    if filtered:
-        info.tuning["filtered_recall"] = filtered
-    info.build_seconds = round(time.perf_counter() - t0, 3)
-    if recall < recall_target:
+    job = _Job(vectors, ids, recall_target, seed, progress, dict(tuning_queries or {}))
+    if factory:
+        return job.run(factory)
+    options = candidates(n, d, memory_budget)
+    ann = job.run(options[0])
+    missed = {k: v["note"] for k, v in ann.info.kinds.items() if not v["met"]}
+    if missed and options[-1] == "Flat" and options[0] != "Flat":
         log.warning(
-            "%s reaches recall@%d %.3f < target %.3f at the largest parameters tried",
-            factory,
-            TUNE_K,
-            recall,
-            recall_target,
+            "%s misses the recall target for %s queries (%s); using exact search, the last resort at this size",
+            options[0],
+            ", ".join(missed),
+            "; ".join(missed.values()),
         )
-    log.info("built %s: n=%d params=%s recall@%d=%.3f in %.1fs", factory, n, params, TUNE_K, recall, info.build_seconds)
+        exact = job.run("Flat")
+        exact.info.tuning["instead_of"] = {"factory": options[0], "missed": missed}
+        return exact
     return ann
+
+
+class _Job:
+    """One collection's vectors and the build settings, run for one factory at a time."""
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        ids: np.ndarray,
+        target: float,
+        seed: int,
+        progress: Callable[[int, int], None] | None,
+        given: dict[str, KindQueries | np.ndarray],
+    ):
+        self.vectors, self.ids, self.target, self.seed = vectors, ids, target, seed
+        self.progress, self.given = progress, given
+
+    def run(self, factory: str) -> AnnIndex:
+        t0 = time.perf_counter()
+        vectors, ids = self.vectors, self.ids
+        n, d = vectors.shape
+        rng = np.random.default_rng(self.seed)
+        index = new_faiss_index(factory, d)
+        layout = Layout.of(index)
+        if not index.is_trained:
+            nlist = layout.leaf.nlist if layout.kind == "ivf" else 1
+            sample = _train_sample(vectors, _train_size(n, nlist), rng)
+            _check_normalised(sample)
+            log.info("training %s on %d vectors", factory, sample.shape[0])
+            try:
+                index.train(sample)
+            except RuntimeError as exc:  # e.g. fewer training vectors than lists
+                raise AnnError(f"cannot train {factory!r} on {sample.shape[0]} vectors: {exc}") from exc
+            del sample
+        else:
+            _check_normalised(_train_sample(vectors, min(n, 1000), rng))
+
+        # tuning queries and their exact ground truth, accumulated while adding (one pass over the data)
+        ts = TuningSet.make(vectors, ids, rng, self.given, with_filters=layout.kind == "ivf")
+        log.info("adding %d vectors to %s", n, factory)
+        for done, total in add_chunks(index, vectors, ids, on_chunk=ts.push):
+            if self.progress:
+                self.progress(done, total)
+
+        info = IndexInfo(factory=factory, n=n, dimension=d, recall_target=self.target)
+        info.bytes_per_vector, info.memory_bytes = _estimate_safe(factory, n, d, index)
+        ann = AnnIndex(index, info)
+        lookup = ArrayVectors(vectors, ids) if layout.lossy and layout.refine is None and layout.kind == "ivf" else None
+        kinds = tune(ann, ts, self.target, lookup, budget_floats=params_module.LATENCY_BUDGET_FLOATS)
+        info.kinds = {kind: t.to_dict() for kind, t in kinds.items()}
+        info.params, info.measured_recall = dict(kinds["image"].params), round(kinds["image"].recall, 4)
+        info.tuning = {"k": TUNE_K, "seed": self.seed, "queries": {k: t.queries for k, t in kinds.items()}}
+        info.build_seconds = round(time.perf_counter() - t0, 3)
+        for kind, t in kinds.items():
+            if not t.met:
+                log.warning("%s, %s queries: %s", factory, kind, t.note)
+        log.info(
+            "built %s: n=%d in %.1fs; %s",
+            factory,
+            n,
+            info.build_seconds,
+            "; ".join(f"{k}: {t.params} recall@{TUNE_K} {t.recall:.3f}" for k, t in kinds.items()),
+        )
+        return ann
 
 
 def _check_normalised(sample: np.ndarray) -> None:

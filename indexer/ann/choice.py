@@ -8,7 +8,8 @@ In order of preference, the first that fits the budget (estimated resident bytes
 * ``IVF{nlist},Flat`` when the float32 vectors fit: it supports ``remove``, memory-mapped loading of
   the vectors themselves, and filtered search that stays correct at low selectivity. HNSW is accepted
   when forced (``factory="HNSW32"``) but never chosen: its filtered graph search degrades under
-  selective filters and it cannot remove.
+  selective filters, it cannot remove, and on text queries (far from every image: the modality
+  gap) it reaches the recall target only past the latency budget, if at all (``bench/search.py``).
 * ``IVF{nlist},SQ8`` (d + 8 bytes per vector) when float32 does not fit.
 * ``IVF{nlist},PQ{m}`` (m + 8 bytes per vector) when even SQ8 does not fit: the largest m that fits,
   keeping sub-vectors of at least ``PQ_MIN_SUBDIM`` dimensions to bound training time. PQ alone ranks
@@ -36,6 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "EXACT_MAX_SCAN_FLOATS",
+    "EXACT_FALLBACK_MAX_FLOATS",
+    "candidates",
     "choose_index",
     "estimate",
     "fits_incremental",
@@ -47,6 +50,10 @@ DEFAULT_MEMORY_BUDGET = 16 * GiB
 """Budget used when none is given: generous for one serving machine; pass the real figure."""
 EXACT_MAX_SCAN_FLOATS = 1 << 25
 """Flat (exact) while n * d <= this: 65,536 x 512 or 43,690 x 768."""
+EXACT_FALLBACK_MAX_FLOATS = 2 * EXACT_MAX_SCAN_FLOATS
+"""Up to this n * d, exact search (at most twice the single-query budget) is the automatic choice's
+last resort when the inverted-file types miss the recall target for a query kind within the
+latency budget (:func:`candidates`)."""
 HNSW_QUANTIZER_MIN_NLIST = 16_384
 PQ_MAX_M = 128
 PQ_MIN_SUBDIM = 8
@@ -124,31 +131,46 @@ def _code_bytes(code: str, d: int, factory: str) -> int:
     raise AnnError(f"cannot estimate the size of {factory!r}")
 
 
+def candidates(n: int, d: int, memory_budget: int | None = None) -> list[str]:
+    """Every index_factory string :func:`choose_index` would consider for n vectors of dimension d
+    that fits ``memory_budget``, in order of preference (the first is its choice; the build tries
+    the next when one misses the recall target of a query kind within the latency budget, see
+    :func:`indexer.ann.build.build_index`): Flat alone while exact search is within the
+    single-query budget, else the inverted-file types from the least to the most compressed, and
+    Flat last while it costs at most twice that budget. Raises :class:`AnnError` when even the
+    smallest PQ code does not fit."""
+    if n < 0 or d < 1:
+        raise AnnError(f"invalid collection size n={n}, d={d}")
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+    if budget <= 0:
+        raise AnnError(f"memory budget must be positive, got {memory_budget}")
+    flat_fits = estimate("Flat", n, d)[1] <= budget
+    if n * d <= EXACT_MAX_SCAN_FLOATS and flat_fits:
+        return ["Flat"]
+    prefix = _ivf_prefix(ivf_nlist(n))
+    every = [f"{prefix},Flat", f"{prefix},SQ8"] + [f"{prefix},PQ{m}" for m in _pq_choices(d)]
+    fitting = [f for f in every if estimate(f, n, d)[1] <= budget]
+    if fitting and flat_fits and n * d <= EXACT_FALLBACK_MAX_FLOATS:
+        fitting.append("Flat")  # the last resort when the others miss a query kind's target
+    if not fitting:
+        smallest = estimate(every[-1], n, d)[1]
+        raise AnnError(
+            f"a memory budget of {budget:,} bytes cannot hold {n:,} vectors of dimension {d}: "
+            f"the smallest index ({every[-1]}) needs about {smallest:,} bytes"
+        )
+    return fitting
+
+
 def choose_index(n: int, d: int, memory_budget: int | None = None) -> str:
     """The FAISS index_factory string for n vectors of dimension d within ``memory_budget`` bytes.
 
     ``None`` means ``DEFAULT_MEMORY_BUDGET`` (16 GiB). In order of preference, the first that fits:
     ``Flat`` while n * d <= 2**25; ``IVF{nlist},Flat``; ``IVF{nlist},SQ8``; ``IVF{nlist},PQ{m}`` with the
     largest m that fits (see the module docstring). Raises :class:`AnnError` when
-    even the smallest PQ code does not fit.
+    even the smallest PQ code does not fit. When the first choice misses the recall target for a
+    query kind within the latency budget, the build moves on to the next of :func:`candidates`.
     """
-    if n < 0 or d < 1:
-        raise AnnError(f"invalid collection size n={n}, d={d}")
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
-    if budget <= 0:
-        raise AnnError(f"memory budget must be positive, got {memory_budget}")
-    if n * d <= EXACT_MAX_SCAN_FLOATS and estimate("Flat", n, d)[1] <= budget:
-        return "Flat"
-    prefix = _ivf_prefix(ivf_nlist(n))
-    candidates = [f"{prefix},Flat", f"{prefix},SQ8"] + [f"{prefix},PQ{m}" for m in _pq_choices(d)]
-    for factory in candidates:
-        if estimate(factory, n, d)[1] <= budget:
-            return factory
-    smallest = estimate(candidates[-1], n, d)[1]
-    raise AnnError(
-        f"a memory budget of {budget:,} bytes cannot hold {n:,} vectors of dimension {d}: "
-        f"the smallest index ({candidates[-1]}) needs about {smallest:,} bytes"
-    )
+    return candidates(n, d, memory_budget)[0]
 
 
 def fits_incremental(index: AnnIndex, new_total: int, memory_budget: int | None = None) -> bool:

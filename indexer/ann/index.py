@@ -72,8 +72,10 @@ class AnnIndex:
 
     @property
     def needs_vector_lookup(self) -> bool:
-        """True when the tuned recall assumes search() is given ``vector_lookup`` (exact re-ranking)."""
-        return self.info.params.get("rerank", 1) > 1
+        """True when the tuned recall of some query kind assumes search() is given ``vector_lookup``
+        (exact re-ranking)."""
+        kinds = [self.info.params, *(k.get("params") or {} for k in self.info.kinds.values())]
+        return any(p.get("rerank", 1) > 1 for p in kinds)
 
     @property
     def faiss_index(self) -> Any:
@@ -136,13 +138,16 @@ class AnnIndex:
         params: dict[str, int] | None = None,
         vector_lookup: VectorLookup | None = None,
         exact_subsets: bool = True,
+        kind: str = "image",
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product: (scores (m, k) float32, ids (m, k) int64), padded with (-inf, -1).
 
         ``queries`` (m, d) float32 (a single (d,) vector is accepted). ``allowed_ids``: only these ids
         may be returned (any order; sorted unique input skips a sort); ``excluded_ids``: these never
-        are. Results only ever hold ids that are in the index. ``params`` overrides tuned parameters
-        (``nprobe``, ``efSearch``, ``k_factor``, ``rerank``, ``filter_budget``). ``vector_lookup(ids) ->
+        are. Results only ever hold ids that are in the index. ``kind`` (``image``, ``text`` or
+        ``mixed``) picks the parameters tuned for that kind of query (the image ones where it was not
+        measured); ``params`` overrides them (``nprobe``, ``efSearch``, ``k_factor``, ``rerank``,
+        ``filter_budget``). ``vector_lookup(ids) ->
         float32 (len(ids), d)`` gives stored vectors by id: it enables the exact path for small allowed
         sets and the exact re-ranking of compressed indexes (without it they return the codes'
         approximate order; see ``needs_vector_lookup``). See :mod:`indexer.ann.search` for the filter
@@ -153,7 +158,7 @@ class AnnIndex:
         q = f32(as_matrix(queries, self.dimension, "queries"))
         if k < 1:
             raise AnnError("k must be >= 1")
-        req = Request(q, k, self._params(params), vector_lookup)
+        req = Request(q, k, self._params(params, kind), vector_lookup)
         allowed = id_set(allowed_ids, "allowed_ids")
         excluded = id_set(excluded_ids, "excluded_ids")
         if allowed is not None:
@@ -162,8 +167,8 @@ class AnnIndex:
             return self._searcher.filtered(req, allowed[allowed >= 0], exact_ok=exact_subsets)
         return self._searcher.unfiltered(req, excluded)
 
-    def _params(self, override: dict[str, int] | None) -> dict[str, int]:
-        p = dict(self.info.params)
+    def _params(self, override: dict[str, int] | None, kind: str = "image") -> dict[str, int]:
+        p = self.info.params_for(kind)
         for key, value in (override or {}).items():
             if key not in PARAM_NAMES:
                 raise AnnError(f"unknown search parameter {key!r}; expected one of {PARAM_NAMES}")

@@ -1,28 +1,48 @@
-"""What an index is and how well it searches: the JSON sidecar saved beside every index file."""
+"""What an index is and how well it searches, per query kind: the JSON sidecar saved beside every index file."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from indexer.errors import AnnError
 
-__all__ = ["IndexInfo", "FORMAT_VERSION"]
+__all__ = ["IndexInfo", "FORMAT_VERSION", "QUERY_KINDS", "check_kind", "kind_summary"]
 
-#: Version of the sidecar format this code reads and writes.
-FORMAT_VERSION = 1
+#: Version of the sidecar format this code writes. 2: search parameters and recall per query kind
+#: (``kinds``); version 1 sidecars (one figure, measured on image queries) are still read.
+FORMAT_VERSION = 2
+
+#: The kinds of query an index is tuned for: ``image`` (a picture, an indexed image, a vector),
+#: ``text`` (words or a taxon name) and ``mixed`` (a weighted combination of both).
+QUERY_KINDS: tuple[str, ...] = ("image", "text", "mixed")
+
+#: What version 1 sidecars measured their single figure on.
+_V1_QUERIES = "sampled stored vectors, own id excluded (image queries; measured before query kinds)"
+
+
+def check_kind(kind: str) -> str:
+    if kind not in QUERY_KINDS:
+        raise AnnError(f"unknown query kind {kind!r}; expected one of {', '.join(QUERY_KINDS)}")
+    return kind
 
 
 @dataclass
 class IndexInfo:
     """What an index is and how well it searches; saved as the JSON sidecar ``PATH.json``.
 
-    ``params`` are the tuned search parameters (``nprobe``, ``efSearch``, ``k_factor``, ``rerank``,
-    whichever apply). ``measured_recall`` is recall@10 against exact search on the tuning queries
-    (None when not tuned). ``memory_bytes`` is an estimate of the resident size when loaded into RAM.
-    ``tuning`` says how recall was measured; ``file_bytes`` is the size of the saved index file.
+    ``kinds`` maps each tuned query kind to what tuning found for it (see
+    :class:`indexer.ann.tuning.KindTuning`): ``params`` (the search parameters: ``nprobe``,
+    ``efSearch``, ``k_factor``, ``rerank``, ``filter_budget``, whichever apply), ``recall``
+    (recall@10 against exact search), ``queries`` (what it was measured on, in words), ``met``
+    and ``note`` (whether the target was reached within the latency budget, and if not why).
+    ``params`` and ``measured_recall`` are the image kind's, kept for readers of version 1.
+    A kind that is missing was not measured: it is searched with the image parameters.
+    ``memory_bytes`` is an estimate of the resident size when loaded into RAM; ``tuning`` says how
+    tuning ran; ``file_bytes`` is the size of the saved index file.
     """
 
     factory: str
@@ -35,8 +55,19 @@ class IndexInfo:
     memory_bytes: int = 0
     build_seconds: float = 0.0
     tuning: dict[str, Any] = field(default_factory=dict)
+    kinds: dict[str, dict[str, Any]] = field(default_factory=dict)
     file_bytes: int | None = None
     format_version: int = FORMAT_VERSION
+
+    def params_for(self, kind: str) -> dict[str, int]:
+        """The tuned search parameters for queries of ``kind`` (the image ones when it was not measured)."""
+        entry = self.kinds.get(check_kind(kind))
+        return dict(entry["params"]) if entry else dict(self.params)
+
+    def recall_for(self, kind: str) -> float | None:
+        """Measured recall@10 for ``kind``; None when that kind was not measured."""
+        entry = self.kinds.get(check_kind(kind))
+        return None if not entry else entry.get("recall")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -46,7 +77,8 @@ class IndexInfo:
 
     @classmethod
     def from_json(cls, text: str) -> IndexInfo:
-        """Parse a sidecar; unknown keys, missing keys and newer format versions are errors."""
+        """Parse a sidecar; unknown keys, missing keys and newer format versions are errors.
+        A version 1 sidecar becomes one with its single figure as the image kind's."""
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -65,4 +97,40 @@ class IndexInfo:
         except TypeError as exc:
             raise AnnError(f"index sidecar is incomplete: {exc}") from exc
         info.params = {str(k): int(v) for k, v in info.params.items()}
+        if not info.kinds and version < 2:
+            info.kinds = _v1_kinds(info.params, info.measured_recall, info.tuning)
+        bad = set(info.kinds) - set(QUERY_KINDS)
+        if bad:
+            raise AnnError(f"index sidecar has unknown query kinds: {sorted(bad)}")
+        for entry in info.kinds.values():
+            entry["params"] = {str(k): int(v) for k, v in (entry.get("params") or {}).items()}
         return info
+
+
+def _v1_kinds(params: dict[str, int], recall: float | None, tuning: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A version 1 index's single figure, as the image kind's (it was measured on stored vectors)."""
+    if recall is None:
+        return {}
+    queries = tuning.get("queries")
+    return {
+        "image": {
+            "params": dict(params),
+            "recall": recall,
+            "queries": f"{queries} {_V1_QUERIES}" if queries else _V1_QUERIES,
+            "met": None,
+            "note": "measured before query kinds; reindex to measure text and mixed queries",
+        }
+    }
+
+
+def kind_summary(info: Mapping[str, Any] | None) -> dict[str, dict[str, Any] | None]:
+    """Kind -> what tuning found (params, recall, queries, met, note), or None when not measured,
+    from an index's info as stored in a generation (either sidecar version)."""
+    if not info:
+        return dict.fromkeys(QUERY_KINDS)
+    kinds = info.get("kinds") or _v1_kinds(
+        {str(k): int(v) for k, v in (info.get("params") or {}).items()},
+        info.get("measured_recall"),
+        info.get("tuning") or {},
+    )
+    return {kind: (dict(kinds[kind]) if kind in kinds else None) for kind in QUERY_KINDS}

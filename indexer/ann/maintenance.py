@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from indexer.ann.build import build_index
-from indexer.ann.choice import fits_incremental
+from indexer.ann.choice import choose_index, fits_incremental
 from indexer.ann.index import AnnIndex
+from indexer.ann.tuning_inputs import TuningInputs, gather
 
 if TYPE_CHECKING:  # pragma: no cover
     from indexer.store import Writer
@@ -38,12 +39,16 @@ def update_index(
     memory_budget: int | None = None,
     recall_target: float = 0.95,
     force: bool = False,
+    tuning: TuningInputs | None = None,
 ) -> dict | None:
     """Bring the ANN index in line with the writer's last generation and publish it.
 
     Adds the uncovered segments to the existing index when its type allows and still suits the
     collection's size; otherwise (or with ``force`` / a different ``factory``) rebuilds it from all
-    stored vectors. Returns the published index entry (None for an empty collection).
+    stored vectors, tuned per query kind on what ``tuning`` allows
+    (:mod:`indexer.ann.tuning_inputs`: the collection's text phrases, embedded with its model when
+    one is given and cached; a user's query file; the query log). Returns the published index
+    entry (None for an empty collection).
     """
     snap = writer.snapshot()
     gen = snap.generation
@@ -77,9 +82,20 @@ def update_index(
 
     t0 = time.monotonic()
     if rebuild:
+        # exact search needs no tuning: the phrases wait until an approximate index does (a user's
+        # file is still read, so that a bad one is an error whatever the index)
+        exact = (factory or choose_index(live, writer.collection.dimension, memory_budget)) == "Flat"
+        queries = gather(writer.collection, snap.connect(materialize=False), tuning or TuningInputs(), exact=exact)
         ids, vecs = snap.load_vectors(dtype=np.float16)
         log.info("building the ANN index over %d vectors", len(ids))
-        index = build_index(vecs, ids, factory=factory, memory_budget=memory_budget, recall_target=recall_target)
+        index = build_index(
+            vecs,
+            ids,
+            factory=factory,
+            memory_budget=memory_budget,
+            recall_target=recall_target,
+            tuning_queries=queries,
+        )
     else:
         assert index is not None
         if uncovered:

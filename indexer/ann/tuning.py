@@ -1,22 +1,23 @@
-"""Tuning an index's search parameters to a recall target, measured against exact search.
+"""Tuning an index's search parameters per query kind, to a recall target measured against exact search.
 
-After building, the search parameters (``nprobe`` for IVF, ``efSearch`` for HNSW, ``k_factor`` for an
-in-index refine, ``rerank`` for a compressed IVF) are set to the smallest values reaching recall@10 >=
-``recall_target`` against exact search. The tuning queries are ``TUNE_QUERIES`` vectors sampled (seeded)
-from the collection itself, each with its own id excluded from both the exact and the approximate
-results: a stored vector would otherwise find itself first and inflate recall, and with its own id
-removed a stored vector is statistically a held-out query from the same distribution. A setting
-"reaches" the target when its mean recall minus one standard error does, so unseen queries meet the
-target with ~84% rather than ~50% confidence. Text queries (CLIP's modality gap puts them further
-from every image) can be harder than image queries; a caller can pass its own ``tuning_queries``
-(e.g. embedded taxon names) to tune for them instead.
+For every kind in the :class:`~indexer.ann.tuning_set.TuningSet` (image, text, mixed), each knob of
+the index's :class:`~indexer.ann.params.ParamSpace` is set, in order, to the smallest value that
+reaches recall@10 >= ``target`` on that kind's queries against exact search. A setting "reaches"
+the target when its mean recall minus one standard error of that mean does, so unseen queries of
+that kind meet the target with ~84% rather than ~50% confidence (500 queries: one standard error
+is ~0.005). Text queries sit far from every image (CLIP's modality gap), so their neighbours spread
+over more of the index: they need their own, larger parameters, and an index tuned on image
+queries alone under-serves them.
 
-For IVF, ``filter_budget`` is tuned too, on synthetic filters whose exact results are gathered in the
-same pass: 1%, 10% and 50% of the ids (by hash), and ``TUNE_REGIONS`` regions (each the ~10% of vectors
-most similar to one vector, as a taxon or one institution's holdings are) judged on the third of the
-tuning queries furthest from them. It is the smallest multiplier of the filtered candidate budget
-(:mod:`indexer.ann.search`) for which the policy, exact-subset path excluded, reaches the target under
-every one of them; their recall is stored in ``info.tuning["filtered_recall"]``.
+For IVF, ``filter_budget`` is then tuned per kind on the synthetic filters (uniform 1%, 10%, 50%;
+regions of 10% around stored vectors, judged on the queries furthest from them): the smallest
+multiplier of the filtered candidate budget for which the selector path (forced, whatever the set
+size) reaches the target under every filter.
+
+A kind "meets" the target when its parameters reach it and a query at those parameters reads at
+most the latency budget (:data:`indexer.ann.params.LATENCY_BUDGET_FLOATS`); otherwise its
+:class:`KindTuning` says why (``met=False``, ``note``), the build logs it, and the automatic index
+choice moves on to another type (:func:`indexer.ann.build.build_index`).
 """
 
 from __future__ import annotations
@@ -24,178 +25,164 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from indexer.ann.exact import TopK, as_matrix, f32, recall_per_query
-from indexer.ann.search import EF_SEARCH_MAX
+from indexer.ann.exact import recall_per_query
+from indexer.ann.info import QUERY_KINDS
+from indexer.ann.params import LATENCY_BUDGET_FLOATS, Knob, param_space, query_cost
+from indexer.ann.tuning_set import TUNE_K, TuningSet
 from indexer.store.vectors import VectorLookup
 
 if TYPE_CHECKING:  # pragma: no cover
     from indexer.ann.index import AnnIndex
 
-__all__ = ["TuningSet", "tune", "TUNE_K", "TUNE_QUERIES", "TUNE_REGIONS"]
-
-TUNE_K = 10
-TUNE_QUERIES = 500
-TUNE_REGIONS = 3
-RERANK_MAX = 64
+__all__ = ["KindTuning", "tune", "smallest"]
 
 
 @dataclass
-class _TuningFilter:
-    """A synthetic filter for tuning filtered search: membership test, allowed ids, exact top-k."""
+class KindTuning:
+    """What tuning found for one query kind: parameters, mean recall@10 and its lower bound (mean
+    minus one standard error), what the queries were, the cost per query, whether the target was
+    met within the latency budget (and if not, why), and recall under each synthetic filter."""
 
-    name: str
-    member: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (block vectors, block ids) -> mask
-    top: TopK
-    rows: np.ndarray | None = None  # the tuning queries it is judged on (None: all)
-    parts: list[np.ndarray] = field(default_factory=list)
+    params: dict[str, int]
+    recall: float
+    recall_lower: float
+    queries: str
+    n_queries: int
+    source: str
+    cost_floats: float
+    met: bool
+    note: str = ""
+    filtered_recall: dict[str, float] = field(default_factory=dict)
 
-    def allowed(self) -> np.ndarray:
-        return np.sort(np.concatenate(self.parts)) if self.parts else np.zeros(0, dtype=np.int64)
-
-
-def _uniform_member(per_mille: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """Ids whose multiplicative hash falls in the first ``per_mille`` of 1000 buckets."""
-
-    def member(block: np.ndarray, block_ids: np.ndarray) -> np.ndarray:
-        hashed = (block_ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
-        return hashed % np.uint64(1000) < np.uint64(per_mille)
-
-    return member
-
-
-@dataclass
-class TuningSet:
-    """Tuning queries and their exact top-k, unfiltered and under synthetic filters, built while
-    the vectors stream past (one pass over the data)."""
-
-    queries: np.ndarray
-    query_ids: np.ndarray | None  # own ids to exclude (None for external queries)
-    top: TopK
-    method: str
-    filters: list[_TuningFilter] = field(default_factory=list)
-
-    @property
-    def size(self) -> int:
-        return self.queries.shape[0]
-
-    @classmethod
-    def make(
-        cls,
-        vectors: np.ndarray,
-        ids: np.ndarray,
-        rng: np.random.Generator,
-        external: np.ndarray | None,
-        with_filters: bool,
-    ) -> TuningSet:
-        n, d = vectors.shape
-        if external is not None:
-            q = f32(as_matrix(external, d, "tuning_queries"))
-            tq = cls(q, None, TopK(q.shape[0], TUNE_K), "external queries")
-        else:
-            m = min(TUNE_QUERIES, n)
-            rows = np.sort(rng.choice(n, size=m, replace=False))
-            tq = cls(f32(vectors[rows]), ids[rows], TopK(m, TUNE_K), "sampled vectors, own id excluded")
-        if with_filters:
-            tq.filters = [
-                _TuningFilter("uniform 1%", _uniform_member(10), TopK(tq.size, TUNE_K)),
-                _TuningFilter("uniform 10%", _uniform_member(100), TopK(tq.size, TUNE_K)),
-                _TuningFilter("uniform 50%", _uniform_member(500), TopK(tq.size, TUNE_K)),
-            ]
-            tq.filters += [tq._region(f"region 10% #{i + 1}", rng, 0.1) for i in range(TUNE_REGIONS)]
-        return tq
-
-    def _region(self, name: str, rng: np.random.Generator, fraction: float) -> _TuningFilter:
-        """The ~``fraction`` of vectors most similar to one anchor vector: a filter concentrated in one
-        region of the space, as a taxon or one institution's holdings are, judged on the third of the
-        tuning queries least similar to the anchor (the hard case: queries far from the region). The
-        threshold is the (1 - fraction) quantile of the tuning queries' own similarities."""
-        anchor = self.queries[int(rng.integers(self.size))].copy()
-        closeness = self.queries @ anchor
-        threshold = float(np.quantile(closeness, 1.0 - fraction))
-        far = np.sort(np.argsort(closeness)[: max(1, self.size // 3)])
-        return _TuningFilter(name, lambda block, block_ids: block @ anchor >= threshold, TopK(self.size, TUNE_K), far)
-
-    def push(self, block: np.ndarray, block_ids: np.ndarray) -> None:
-        scores = self.queries @ block.T
-        if self.query_ids is not None:
-            scores[self.query_ids[:, None] == block_ids[None, :]] = -np.inf
-        self.top.push(scores, block_ids)
-        for flt in self.filters:
-            keep = flt.member(block, block_ids)
-            if keep.any():
-                flt.top.push(scores[:, keep], block_ids[keep])
-                flt.parts.append(block_ids[keep])
-
-    def truth(self) -> np.ndarray:
-        return self.top.result()[1]
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "params": dict(self.params),
+            "recall": round(self.recall, 4),
+            "recall_lower": round(self.recall_lower, 4),
+            "queries": self.queries,
+            "n_queries": self.n_queries,
+            "source": self.source,
+            "cost_floats": round(self.cost_floats),
+            "met": self.met,
+            "note": self.note,
+            "filtered_recall": dict(self.filtered_recall),
+        }
 
 
-def tune(
-    ann: AnnIndex, tq: TuningSet, target: float, lookup: VectorLookup | None
-) -> tuple[dict[str, int], float, dict[str, float]]:
-    """Smallest parameters reaching ``target`` recall@TUNE_K; the best found when none does.
+class _Scorer:
+    """Recall (mean, mean - one standard error) of found ids against the tuning set's truth."""
 
-    "Reaching" means the mean recall minus one standard error of that mean is >= target, so that
-    recall on unseen queries is at least the target with ~84% rather than ~50% confidence (500
-    queries: one standard error is ~0.005). For IVF, ``filter_budget`` is then tuned so that the
-    selector path (forced, whatever the set size) reaches the target under every synthetic filter.
-    Returns (params, mean recall at those params, filtered recall per synthetic filter).
-    """
-    lay = ann.layout
-    extra = 0 if tq.query_ids is None else 1
+    def __init__(self, ts: TuningSet):
+        self.ts = ts
+        self.extra = 1 if (ts.exclude >= 0).any() else 0
 
-    own_ids = tq.query_ids
-
-    def score(found: np.ndarray, truth: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, float]:
-        if own_ids is not None:
-            found = _drop_own(found, own_ids if rows is None else own_ids[rows], TUNE_K)
+    def __call__(self, found: np.ndarray, truth: np.ndarray, rows: np.ndarray) -> tuple[float, float]:
+        excl = self.ts.exclude[rows]
+        if self.extra:
+            found = _drop_own(found, excl, TUNE_K)
         per_query = recall_per_query(found, truth, TUNE_K)
         if per_query.size == 0:
             return 1.0, 1.0
         se = per_query.std() / math.sqrt(per_query.size)
         return float(per_query.mean()), float(per_query.mean() - se)
 
-    truth = tq.truth()
 
-    def recall(p: dict[str, int]) -> tuple[float, float]:
-        return score(ann.search(tq.queries, TUNE_K + extra, params=p, vector_lookup=lookup)[1], truth)
+def tune(
+    ann: AnnIndex,
+    ts: TuningSet,
+    target: float,
+    lookup: VectorLookup | None,
+    *,
+    budget_floats: float = LATENCY_BUDGET_FLOATS,
+) -> dict[str, KindTuning]:
+    """Per kind of ``ts``: the smallest parameters reaching ``target`` (the best found when none
+    does), with their recall, cost, and the filtered recall at the tuned ``filter_budget``."""
+    lay = ann.layout
+    space = param_space(lay, reranks=lookup is not None and lay.lossy and lay.kind == "ivf")
+    score = _Scorer(ts)
+    truth = ts.truth()
+    if lay.kind == "flat":  # every kind: exact search needs no tuning
+        exact = float(ann.ntotal * ann.dimension)
+        return {
+            kind: KindTuning(
+                {}, 1.0, 1.0, "none needed", 0, "exact", exact, True, "exact search: recall 1 by definition"
+            )
+            for kind in QUERY_KINDS
+        }
+    out: dict[str, KindTuning] = {}
+    for kind, q in ts.described.items():
+        rows = ts.rows(kind)
+        queries = ts.queries[rows]
 
-    if lay.kind == "flat":
-        # Exact search: recall is 1 by definition. (Measured by ids it can look lower when many
-        # vectors are identical, e.g. one placeholder image reused by many records: ties.)
-        return {}, 1.0, {}
-    if lay.kind == "hnsw":
-        ef, r = _smallest(lambda v: recall({"efSearch": v}), 16, EF_SEARCH_MAX, target)
-        return {"efSearch": ef}, r, {}
-    nlist = lay.leaf.nlist
-    params: dict[str, int] = {}
-    knob = "k_factor" if lay.refine is not None else ("rerank" if lookup is not None else None)
-    if knob is not None:
-        # first the candidate depth at a generous nprobe, then the smallest nprobe at that depth
-        wide = min(nlist, 256)
-        params[knob], _ = _smallest(lambda v: recall({"nprobe": wide, knob: v}), 1, RERANK_MAX, target)
-    params["nprobe"], r = _smallest(lambda v: recall({**params, "nprobe": v}), 1, nlist, target)
-    if not tq.filters:
-        return params, r, {}
+        def recall(p: dict[str, int], rows=rows, queries=queries) -> tuple[float, float]:
+            found = ann.search(queries, TUNE_K + score.extra, params=p, vector_lookup=lookup)[1]
+            return score(found, truth[rows], rows)
+
+        params: dict[str, int] = {}
+        for knob in space.knobs:
+            params[knob.name] = _tune_knob(recall, params, knob, target)
+        mean, lower = recall(params)
+        cost = query_cost(ann, params, queries, TUNE_K)
+        met, note = True, ""
+        if lower < target:
+            met = False
+            note = (
+                f"recall@{TUNE_K} {mean:.3f} < target {target:.3f} at the largest parameters tried ({_words(params)})"
+            )
+        elif cost > budget_floats:
+            met = False
+            note = (
+                f"reaching the target needs {_words(params)}, {cost:,.0f} floats read per query: over the latency "
+                f"budget of {budget_floats:,.0f} (an exact search's)"
+            )
+        tuning = KindTuning(params, mean, lower, q.describe(), q.size, q.source, cost, met, note)
+        if space.filter_knob is not None and ts.filters:
+            _tune_filters(ann, ts, kind, tuning, space.filter_knob, target, lookup, score)
+        out[kind] = tuning
+    return out
+
+
+def _tune_knob(
+    recall: Callable[[dict[str, int]], tuple[float, float]], params: dict[str, int], knob: Knob, target: float
+) -> int:
+    """The smallest value of ``knob`` reaching ``target``, the knobs tuned before it at ``params``."""
+    base = {**params, **knob.hold}
+    value, _ = smallest(lambda v: recall({**base, knob.name: v}), knob.lo, knob.hi, target)
+    return value
+
+
+def _tune_filters(
+    ann: AnnIndex,
+    ts: TuningSet,
+    kind: str,
+    tuning: KindTuning,
+    knob: Knob,
+    target: float,
+    lookup: VectorLookup | None,
+    score: _Scorer,
+) -> None:
+    """Set ``tuning.params[knob.name]`` (filter_budget) for ``kind`` and record the filtered recall."""
+    own = ts.rows(kind)
     cases = []
-    for flt in tq.filters:
+    for flt in ts.filters:
         allowed = flt.allowed()
-        rows = np.arange(tq.size) if flt.rows is None else flt.rows
-        if allowed.size >= TUNE_K:
+        rows = own if flt.rows is None else flt.rows[kind]
+        if allowed.size >= TUNE_K and rows.size:
             cases.append((flt.name, allowed, rows, flt.top.result()[1][rows]))
     seen: dict[int, dict[str, tuple[float, float]]] = {}
+    base = dict(tuning.params)
 
     def worst(budget: int) -> tuple[float, float]:
-        p = {**params, "filter_budget": budget}
+        p = {**base, knob.name: budget}
         seen[budget] = {
             name: score(
                 ann.search(
-                    tq.queries[rows],
-                    TUNE_K + extra,
+                    ts.queries[rows],
+                    TUNE_K + score.extra,
                     allowed_ids=allowed,
                     params=p,
                     vector_lookup=lookup,
@@ -208,20 +195,31 @@ def tune(
         }
         return min(seen[budget].values(), key=lambda v: v[1], default=(1.0, 1.0))
 
-    params["filter_budget"], _ = _smallest(worst, 1, 64, target)
-    return params, r, {name: round(v[0], 4) for name, v in seen.get(params["filter_budget"], {}).items()}
+    value, _ = smallest(worst, knob.lo, knob.hi, target)
+    tuning.params[knob.name] = value
+    tuning.filtered_recall = {name: round(v[0], 4) for name, v in seen.get(value, {}).items()}
+    low = [name for name, v in seen.get(value, {}).items() if v[1] < target]
+    if low:
+        tuning.met = False
+        tuning.note = "; ".join(
+            filter(None, [tuning.note, f"filtered recall under target ({', '.join(low)}) at {knob.name} {value}"])
+        )
+
+
+def _words(params: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in params.items()) or "no parameters"
 
 
 def _drop_own(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
-    """Remove each row's own id and keep the first k of the rest."""
+    """Remove each row's own id (-1: none) and keep the first k of the rest."""
     out = np.full((found.shape[0], k), -1, dtype=np.int64)
     for i, (row, me) in enumerate(zip(found, own)):
-        rest = row[row != me][:k]
+        rest = row[(row != me) | (me < 0)][:k]
         out[i, : rest.size] = rest
     return out
 
 
-def _smallest(evaluate: Callable[[int], tuple[float, float]], lo: int, hi: int, target: float) -> tuple[int, float]:
+def smallest(evaluate: Callable[[int], tuple[float, float]], lo: int, hi: int, target: float) -> tuple[int, float]:
     """Smallest integer v in [lo, hi] whose evaluate(v) = (value, lower bound) has lower bound >= target,
     assuming (near) monotonicity: doubling from lo, then bisection. Returns (v, value). When none
     reaches the target: the v with the best value (the smallest such v)."""

@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from indexer.ann import update_index
+from indexer.ann import TuningInputs, update_index
 from indexer.build.commit import record_finished_build
 from indexer.build.context import BuildRun, Committer, progress_bar
 from indexer.build.diff import classify
@@ -84,6 +84,7 @@ def build(
                 factory=options.index_factory,
                 memory_budget=options.memory_budget,
                 recall_target=options.recall_target,
+                tuning=TuningInputs(model=model),  # text tuning phrases embedded with the build's model
             )
         record_finished_build(run, sources, started)
     report.seconds = time.monotonic() - started

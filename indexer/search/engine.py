@@ -12,7 +12,8 @@ Contracts:
   compensated parameters (:meth:`indexer.ann.AnnIndex.search`); the not-yet-indexed part is
   filtered and searched exactly (:mod:`indexer.search.ranking`).
 - A query (:class:`indexer.search.query.Query`) is a weighted combination of terms; its vector is
-  the normalised weighted sum of the terms' unit vectors (see :mod:`indexer.search.query`).
+  the normalised weighted sum of the terms' unit vectors (see :mod:`indexer.search.query`). Its
+  kind (text, image or mixed) picks the index parameters tuned for that kind of query.
 - Readers never block on writers. The engine serves one generation at a time
   (:mod:`indexer.search.state`) and, at most every ``refresh_interval`` seconds, looks for a newer
   one; switching is atomic for queries in flight.
@@ -37,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.ann.info import QUERY_KINDS
 from indexer.errors import IndexerError, QueryError
 from indexer.search import catalog
 from indexer.search.filters import Filter, available_fields
@@ -48,6 +50,7 @@ from indexer.search.taxonomy import TaxonMatch, Taxonomy
 from indexer.search.understand import ImageInput, QueryEmbedder, interpret
 from indexer.store import Collection
 from indexer.store.ids import remove, sorted_unique
+from indexer.store.querylog import QueryLog
 
 __all__ = ["SearchEngine", "Hit", "SearchResult", "ImageInput", "FilterInput"]
 
@@ -57,7 +60,12 @@ FilterInput = Any  # a Filter, a mapping (Filter.from_mapping), FIELD=VALUE stri
 
 
 class SearchEngine:
-    """Answers queries over one collection. Create with :meth:`open`."""
+    """Answers queries over one collection. Create with :meth:`open`.
+
+    ``log_queries`` keeps an opt-in log of query vectors in the collection for tuning its index on
+    real queries (:mod:`indexer.store.querylog`): False (default) logs nothing, True or
+    ``"vectors"`` the query vectors and kinds only, ``"text"`` their text terms too.
+    """
 
     def __init__(
         self,
@@ -68,6 +76,7 @@ class SearchEngine:
         refresh_interval: float | None = 1.0,
         mmap_index: bool | None = None,
         filter_cache_bytes: int = FILTER_CACHE_BYTES,
+        log_queries: bool | str = False,
     ):
         self.collection = collection
         self._model = model
@@ -79,6 +88,7 @@ class SearchEngine:
         self._embedder = QueryEmbedder(lambda: self.model, collection.dimension)
         self._last_check = time.monotonic()
         self._state = load_state(collection, collection.latest_generation_number(), None, self._options)
+        self._query_log = _query_log(collection, log_queries)
 
     @classmethod
     def open(cls, path: str | os.PathLike, **kwargs: Any) -> SearchEngine:
@@ -245,6 +255,7 @@ class SearchEngine:
         min_score: float | None = None,
         label: str | None = None,
         group: Grouping | bool | str | float | None = None,
+        kind: str | None = None,
     ) -> SearchResult:
         """Answer one query: exactly one of ``text`` (words or a taxon name; a :class:`Query` is
         accepted here too), ``query`` (a weighted combination, see :mod:`indexer.search.query`),
@@ -255,7 +266,9 @@ class SearchEngine:
         (``{"country": "Kenya", "year": (None, 1950)}``) or ``--where`` strings; ``min_score``:
         leave out hits scoring below it; ``group``: fold near-duplicates (see
         :class:`indexer.search.query.Grouping`; ``True`` = same record). ``label`` words the
-        interpretation of a vector query (e.g. "images like the uploaded photo").
+        interpretation of a vector query (e.g. "images like the uploaded photo"). ``kind`` overrides
+        the query's kind (``image``, ``text``, ``mixed``; by default :attr:`Query.kind`), which picks
+        the index parameters tuned for it: a ``vector`` that is a text embedding is a text query.
 
         Raises QueryError (or FilterError) with a message for the user on a bad query.
         """
@@ -269,6 +282,7 @@ class SearchEngine:
         flt = Filter.coerce(filters)
         q = _as_query(text, query, image, image_id, vector, label)
         q.validate()
+        kind = _check_kind(kind or q.kind)
         state = self._served()
         timings: dict[str, float] = {}
 
@@ -276,6 +290,9 @@ class SearchEngine:
         qvec, parts, notices = self._embedder.embed(state, q)
         timings["embed"] = (time.perf_counter() - t) * 1000
         interpretation = interpret(q, parts, label)
+        if self._query_log is not None:
+            words = [(t.kind, t.weight, t.value if t.kind in ("text", "taxon") else None) for t in q.terms]
+            self._query_log.append(qvec, kind, words)
 
         allowed = None
         candidates = None
@@ -297,7 +314,7 @@ class SearchEngine:
             if n_images:
                 notices.append(f"offset {offset:,} is past the end: the collection has {n_images:,} images")
         else:
-            page = Page(qvec, min(k, n_images - offset), offset, allowed, exclude, min_score, grouping)
+            page = Page(qvec, min(k, n_images - offset), offset, allowed, exclude, min_score, grouping, kind=kind)
             hits, has_more = ranked(state, page, timings)
         if not hits:
             if flt and candidates == 0:
@@ -320,6 +337,7 @@ class SearchEngine:
             alternatives=[a for p in parts for a in p.alternatives],
             has_more=has_more,
             timings=timings,
+            kind=kind,
         )
 
     def browse(self, filters: FilterInput = None, *, k: int = 50, offset: int = 0) -> SearchResult:
@@ -355,12 +373,14 @@ class SearchEngine:
         *,
         allowed_ids: np.ndarray | None = None,
         exclude_ids: np.ndarray | None = None,
+        kind: str = "image",
     ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) of the k nearest live images for each query row (m, d), merged over the
         ANN index and the not-yet-indexed segments; rows padded with (-inf, -1).
 
         ``allowed_ids``: only these ids may be returned (any order, retired ids are ignored);
-        ``exclude_ids``: these never are."""
+        ``exclude_ids``: these never are; ``kind``: what the query rows are (image, text or mixed
+        vectors), for the index parameters tuned for them."""
         state = self._served()
         allowed = None
         if allowed_ids is not None:
@@ -368,7 +388,7 @@ class SearchEngine:
             if state.deleted.size:
                 allowed = remove(allowed, state.deleted)
         exclude = None if exclude_ids is None or not len(exclude_ids) else sorted_unique(exclude_ids)
-        return knn(state, queries, k, allowed, exclude)
+        return knn(state, queries, k, allowed, exclude, _check_kind(kind))
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -388,6 +408,21 @@ def _as_query(text: Any, query: Any, image: Any, image_id: Any, vector: Any, lab
     if image_id is not None:
         return Query((Term.id(image_id),))
     return Query((Term.vector(vector, label=label),))
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in QUERY_KINDS:
+        raise QueryError(f"unknown query kind {kind!r}; use one of {', '.join(QUERY_KINDS)}")
+    return kind
+
+
+def _query_log(collection: Collection, setting: bool | str) -> QueryLog | None:
+    """The engine's query log for ``log_queries`` (see :class:`SearchEngine`), or None when off."""
+    if setting in (False, None, "", "off", "none"):
+        return None
+    if setting not in (True, "vectors", "text"):
+        raise QueryError(f"log_queries is off, vectors or text, not {setting!r}")
+    return QueryLog(collection.path, collection.dimension, text=setting == "text")
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:

@@ -49,6 +49,10 @@ Command line (see ``bioclip-search --help``): the positional TEXT, repeatable ``
 general ``--term KIND[:WEIGHT]=VALUE`` (``--term text:-0.5=juvenile``, ``--term image:2=photo.jpg``),
 parsed by :func:`parse_term`.
 
+Kinds: a query of text and taxon terms only is a ``text`` query, one of pictures, indexed images
+and vectors only an ``image`` query, and one with both a ``mixed`` query (:attr:`Query.kind`); the
+ANN index is searched with the parameters tuned for that kind (see :mod:`indexer.ann.tuning`).
+
 Grouping (:class:`Grouping`) folds near-duplicates into one hit per group: the best-scoring hit of
 a group stands for it and carries the others in ``Hit.group``. See :class:`Grouping` for the rule.
 """
@@ -227,6 +231,14 @@ class Query:
             raise QueryError("the query is empty: give text, a picture, an image id or a vector")
         if all(t.weight < 0 for t in self.terms):
             raise QueryError("a query needs at least one term with a positive weight (something to search towards)")
+
+    @property
+    def kind(self) -> str:
+        """The query's kind, whose tuned index parameters search it: ``text`` when every term is
+        text or a taxon, ``image`` when every term is a picture, an indexed image or a vector,
+        ``mixed`` when it combines both (text sits far from every image: the modality gap)."""
+        words = [t.kind in ("text", "taxon") for t in self.terms]
+        return "mixed" if any(words) and not all(words) else ("text" if words and all(words) else "image")
 
     @property
     def excluded_ids(self) -> tuple[int, ...]:

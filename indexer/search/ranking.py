@@ -21,7 +21,8 @@ __all__ = ["Page", "knn", "ranked", "group_hits"]
 @dataclass(frozen=True)
 class Page:
     """One page of a ranking: the query vector (1, d), ``k`` hits after ``offset``, the ids that may
-    (``allowed``, sorted live ids) or may not (``exclude``) come back, a minimum score, grouping."""
+    (``allowed``, sorted live ids) or may not (``exclude``) come back, a minimum score, grouping,
+    and the query's kind (image, text or mixed)."""
 
     qvec: np.ndarray
     k: int
@@ -30,21 +31,28 @@ class Page:
     exclude: np.ndarray | None = None
     min_score: float | None = None
     grouping: Grouping | None = None
+    kind: str = "image"  # the query's kind: which tuned index parameters search it
 
 
 def knn(
-    state: ServedState, queries: np.ndarray, k: int, allowed: np.ndarray | None, exclude: np.ndarray | None
+    state: ServedState,
+    queries: np.ndarray,
+    k: int,
+    allowed: np.ndarray | None,
+    exclude: np.ndarray | None,
+    kind: str = "image",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids) of the k nearest live images for each query row (m, d), merged over the ANN
-    index and the not-yet-indexed segments (searched exactly); rows padded with (-inf, -1).
-    ``allowed`` (sorted, unique and live) or ``exclude`` (sorted unique), or None."""
+    index (with the parameters tuned for queries of ``kind``) and the not-yet-indexed segments
+    (searched exactly); rows padded with (-inf, -1). ``allowed`` (sorted, unique and live) or
+    ``exclude`` (sorted unique), or None."""
     queries = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, state.snapshot.dimension))
     m = queries.shape[0]
     parts_s, parts_i = [], []
     if allowed is not None and exclude is not None:
         allowed = remove(allowed, exclude)
     if state.index is not None and state.index.ntotal and (allowed is None or allowed.size):
-        kwargs: dict[str, Any] = {"vector_lookup": state.vectors}
+        kwargs: dict[str, Any] = {"vector_lookup": state.vectors, "kind": kind}
         if allowed is not None:
             kwargs["allowed_ids"] = allowed
         else:
@@ -121,7 +129,7 @@ def ranked(state: ServedState, page: Page, timings: dict[str, float]) -> tuple[l
 
 
 def _pairs(state: ServedState, page: Page, depth: int) -> list[tuple[float, int]]:
-    scores, ids = knn(state, page.qvec, depth, page.allowed, page.exclude)
+    scores, ids = knn(state, page.qvec, depth, page.allowed, page.exclude, page.kind)
     pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
     if page.min_score is not None:
         pairs = [(s, i) for s, i in pairs if s >= page.min_score]

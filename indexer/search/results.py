@@ -65,6 +65,7 @@ class SearchResult:
     alternatives: list[TaxonMatch] = field(default_factory=list)  # other taxa an ambiguous name names
     has_more: bool = False  # a further page (offset + k) has results
     timings: dict[str, float] = field(default_factory=dict)  # ms: embed, filter, search, metadata
+    kind: str = "image"  # the query's kind (image, text, mixed): which tuned index parameters searched it
 
     def to_dict(self) -> dict[str, Any]:
         return {
