@@ -51,7 +51,8 @@ def open_engine(path: str, device: str):
     from indexer.search import SearchEngine
 
     configure_threads()
-    engine = SearchEngine.open(path, device=device)
+    # opt-in query-vector log (bioclip-app --log-queries): off, vectors or text
+    engine = SearchEngine.open(path, device=device, log_queries=os.environ.get("BIOCLIP_SEARCH_LOG_QUERIES", "off"))
     # Load the model now, in the background, so that the first text or photo query does not wait
     # for it (the engine's own lock makes a query that comes first wait for this load, not repeat it).
     threading.Thread(target=_preload_model, args=(engine,), name="bioclip-model-preload", daemon=True).start()

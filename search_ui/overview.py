@@ -1,10 +1,11 @@
 """What the collection page shows, from the engine's overview: model and revision, counts, index
-and measured recall, failures by reason, images and taxa per rank, sources."""
+and measured recall per query kind (each with the queries it was measured on), failures by reason, images and taxa per rank, sources."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
+
+from indexer.ann.info import kind_rows
 
 __all__ = ["collection_overview"]
 
@@ -15,7 +16,7 @@ def collection_overview(engine) -> dict[str, Any]:
     info = engine.info()
     model = info.get("model_info") or {}
     index_info = info.get("index_info") or {}
-    recall = _find_recall(index_info)
+    recall = (info.get("recall") or {}).get("image")  # the image figure; "kinds" has every kind
     pre = info.get("preprocess") or {}
     return {
         "path": info.get("path"),
@@ -38,26 +39,10 @@ def collection_overview(engine) -> dict[str, Any]:
         if isinstance(index_info.get("recall_target"), (int, float))
         else None,
         "index_params": ", ".join(f"{k} {v}" for k, v in (index_info.get("params") or {}).items()),
+        "kinds": kind_rows(info.get("recall_detail") or {}),
         "index_info": index_info,
         "failures_by_reason": sorted((info.get("failures_by_reason") or {}).items(), key=lambda kv: -kv[1]),
         "ranks": [(r, v.get("images", 0), v.get("taxa", 0)) for r, v in (info.get("ranks") or {}).items()],
         "sources": sorted((info.get("sources") or {}).items(), key=lambda kv: -kv[1]),
         "last_build": info.get("last_build"),
     }
-
-
-def _find_recall(index_info: Mapping[str, Any]) -> float | None:
-    """The measured recall in an index entry's info, whatever the ANN module calls it (a key
-    with "recall" in its name that is not the target, at any depth)."""
-    nested = []
-    for key, v in index_info.items():
-        name = str(key).lower()
-        if "recall" in name and "target" not in name and isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-        if isinstance(v, Mapping):
-            nested.append(v)
-    for v in nested:
-        found = _find_recall(v)
-        if found is not None:
-            return found
-    return None

@@ -528,10 +528,11 @@ def test_collection_overview(engine, coll):
         assert o["recall"] is not None and o["recall_target"] == 0.95
 
 
-def test_recall_is_found_whatever_it_is_called():
-    assert overview._find_recall({"recall": 0.97}) == 0.97
-    assert overview._find_recall({"tuning": {"recall_at_10": 0.91}, "recall_target": 0.95}) == 0.91
-    assert overview._find_recall({"nprobe": 8}) is None
+def test_the_collection_page_shows_recall_per_query_kind_with_its_queries(engine):
+    o = overview.collection_overview(engine)
+    assert [r["kind"] for r in o["kinds"]] == ["image", "text", "mixed"]
+    for row in o["kinds"]:  # never a figure without the queries it was measured on
+        assert row["recall"] == "not measured" or row["queries"] not in ("", "none", "not recorded")
 
 
 def test_image_upload_of_the_model_itself(engine, coll):

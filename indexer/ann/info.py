@@ -10,7 +10,7 @@ from typing import Any
 
 from indexer.errors import AnnError
 
-__all__ = ["IndexInfo", "FORMAT_VERSION", "QUERY_KINDS", "check_kind", "kind_summary"]
+__all__ = ["IndexInfo", "FORMAT_VERSION", "QUERY_KINDS", "check_kind", "kind_summary", "kind_rows"]
 
 #: Version of the sidecar format this code writes. 2: search parameters and recall per query kind
 #: (``kinds``); version 1 sidecars (one figure, measured on image queries) are still read.
@@ -134,3 +134,35 @@ def kind_summary(info: Mapping[str, Any] | None) -> dict[str, dict[str, Any] | N
         info.get("tuning") or {},
     )
     return {kind: (dict(kinds[kind]) if kind in kinds else None) for kind in QUERY_KINDS}
+
+
+def kind_rows(summary: Mapping[str, Mapping[str, Any] | None]) -> list[dict[str, str]]:
+    """What every reader shows of :func:`kind_summary` (``bioclip-index info`` and ``reindex``, the
+    app's collection page): per kind, its recall, search parameters, the queries the figure was
+    measured on, and a note (why the target was missed; why a kind was not measured)."""
+    rows = []
+    for kind in QUERY_KINDS:
+        entry = summary.get(kind)
+        if not entry:
+            rows.append(
+                {
+                    "kind": kind,
+                    "recall": "not measured",
+                    "params": "the image parameters",
+                    "queries": "none",
+                    "note": "not measured: reindex to tune this kind",
+                }
+            )
+            continue
+        recall = entry.get("recall")
+        params = entry.get("params") or {}
+        rows.append(
+            {
+                "kind": kind,
+                "recall": f"{recall:.3f}" if isinstance(recall, int | float) else "not measured",
+                "params": ", ".join(f"{k} {v}" for k, v in params.items()) or "none (exact search)",
+                "queries": str(entry.get("queries") or "not recorded"),
+                "note": ("target missed: " if entry.get("met") is False else "") + str(entry.get("note") or ""),
+            }
+        )
+    return rows

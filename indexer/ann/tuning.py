@@ -141,7 +141,7 @@ def tune(
             )
         tuning = KindTuning(params, mean, lower, q.describe(), q.size, q.source, cost, met, note)
         if space.filter_knob is not None and ts.filters:
-            _tune_filters(ann, ts, kind, tuning, space.filter_knob, target, lookup, score)
+            _tune_filters(ann, ts, kind, tuning, knob=space.filter_knob, target=target, lookup=lookup, score=score)
         out[kind] = tuning
     return out
 
@@ -160,6 +160,7 @@ def _tune_filters(
     ts: TuningSet,
     kind: str,
     tuning: KindTuning,
+    *,
     knob: Knob,
     target: float,
     lookup: VectorLookup | None,

@@ -11,7 +11,10 @@ import click
 
 from indexer.cli.common import device_option, friendly, setup_logging, verbosity
 
-__all__ = ["main", "run_app"]
+__all__ = ["main", "run_app", "LOG_QUERIES_ENV"]
+
+#: The app's query-log setting (off, vectors or text), passed to SearchEngine(log_queries=...).
+LOG_QUERIES_ENV = "BIOCLIP_SEARCH_LOG_QUERIES"
 
 
 def _app_script() -> str:
@@ -69,14 +72,23 @@ def run_app(collections: list[str], *, port: int, host: str, device: str, extra_
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 to share on your network)."
 )
+@click.option(
+    "--log-queries",
+    is_flag=True,
+    help="Keep the vectors (no text) of the app's queries in each collection's query log, for reindex to tune on.",
+)
+@click.option("--log-query-text", is_flag=True, help="Log the queries' words too (implies --log-queries).")
 @device_option
 @verbosity
 @friendly
-def main(*, collections, port, host, device, verbose, quiet):
+def main(*, collections, port, host, device, log_queries, log_query_text, verbose, quiet):
     """Start the search app (Streamlit) on one or more collections."""
     setup_logging(verbose, quiet)
     from indexer.store import Collection
 
     for c in collections:
         Collection.open(c)  # fail here, with a message, rather than inside the app
-    sys.exit(run_app(list(collections), port=port, host=host, device=device))
+    env = {}
+    if log_queries or log_query_text:  # read by search_ui/app.py when it opens the engines
+        env[LOG_QUERIES_ENV] = "text" if log_query_text else "vectors"
+    sys.exit(run_app(list(collections), port=port, host=host, device=device, extra_env=env))

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-__all__ = ["CONTEXT", "setup_logging", "friendly", "parse_size", "verbosity", "device_option"]
+__all__ = ["CONTEXT", "setup_logging", "friendly", "parse_size", "verbosity", "device_option", "kind_lines"]
 
 # Idle OpenMP threads of the encoder sleep instead of spinning, so on a machine with few cores they
 # leave the CPU to the decode workers between batches (set before torch is first imported).
@@ -82,3 +82,17 @@ def device_option(fn: Callable) -> Callable:
     return click.option(
         "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True
     )(fn)
+
+
+def kind_lines(summary: Any) -> list[str]:
+    """Indented lines of recall per query kind (``engine.info()["recall_detail"]`` or
+    :func:`indexer.ann.info.kind_summary`), each saying which queries its figure was measured on."""
+    from indexer.ann.info import kind_rows
+
+    out = []
+    for r in kind_rows(summary):
+        out.append(f"  {r['kind']:6s} recall {r['recall']}; parameters: {r['params']}")
+        out.append(f"         measured on: {r['queries']}")
+        if r["note"]:
+            out.append(f"         {r['note']}")
+    return out

@@ -93,6 +93,13 @@ weight (KIND: text, taxon, image, id, vector = a .npy file)."""
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--fields", "list_fields", is_flag=True, help="List the fields --where can filter on, and stop.")
 @click.option(
+    "--log-queries",
+    is_flag=True,
+    help="Keep this query's vector (no text) in the collection's query log, for reindex to tune on "
+    "(searches in this process, not through the background server).",
+)
+@click.option("--log-query-text", is_flag=True, help="Log the query's words too (implies --log-queries).")
+@click.option(
     "--server",
     "server",
     envvar="BIOCLIP_SEARCH_SERVER",
@@ -109,7 +116,21 @@ weight (KIND: text, taxon, image, id, vector = a .npy file)."""
 @device_option
 @verbosity
 @friendly
-def main(*, collection, as_json, fmt, list_fields, server, no_server, device, verbose, quiet, **opts):
+def main(
+    *,
+    collection,
+    as_json,
+    fmt,
+    list_fields,
+    server,
+    no_server,
+    log_queries,
+    log_query_text,
+    device,
+    verbose,
+    quiet,
+    **opts,
+):
     """Search COLLECTION by TEXT (free text or a taxon name), by pictures (--image), by indexed
     images (--id), or by a weighted combination of them, with metadata filters (--where).
 
@@ -117,7 +138,7 @@ def main(*, collection, as_json, fmt, list_fields, server, no_server, device, ve
     model (it stops after $BIOCLIP_SEARCH_IDLE_MINUTES, 30, idle minutes; see bioclip-serve status)."""
     setup_logging(verbose, quiet)
     from indexer.cli.search_output import print_fields, render
-    from indexer.cli.search_request import build_request, choose_transport
+    from indexer.cli.search_request import DirectTransport, build_request, choose_transport
 
     fmt = "json" if as_json else (fmt or "table")
     request = None
@@ -125,7 +146,13 @@ def main(*, collection, as_json, fmt, list_fields, server, no_server, device, ve
         request = build_request(opts)
         if not request["terms"]:
             raise click.UsageError("give TEXT, --image PATH, --id N or --term KIND=VALUE (or --fields)")
-    transport = choose_transport(collection, server=server, no_server=no_server, device=device)
+    logging_on = ("text" if log_query_text else "vectors") if log_queries or log_query_text else False
+    if logging_on and server:
+        raise click.UsageError("--log-queries logs in this process; a bioclip-serve server keeps its own log")
+    if logging_on:  # the query log is this process's engine's
+        transport = DirectTransport(collection, device, log_queries=logging_on)
+    else:
+        transport = choose_transport(collection, server=server, no_server=no_server, device=device)
     if list_fields:
         print_fields(_answer(transport, "fields", None, collection, device), fmt)
         return

@@ -118,16 +118,19 @@ def build_request(opts: dict[str, Any]) -> dict[str, Any]:
 class DirectTransport:
     """The engine in this process (loads the model: seconds)."""
 
-    def __init__(self, collection: str, device: str):
+    def __init__(self, collection: str, device: str, *, log_queries: bool | str = False):
         self.collection = collection
         self.device = device
+        self.log_queries = log_queries  # the engine's opt-in query log (SearchEngine(log_queries=...))
         self._engine: Any = None
 
     def engine(self) -> Any:
         if self._engine is None:
             from indexer.search.engine import SearchEngine
 
-            self._engine = SearchEngine.open(self.collection, device=self.device, refresh_interval=None)
+            self._engine = SearchEngine.open(
+                self.collection, device=self.device, refresh_interval=None, log_queries=self.log_queries
+            )
         return self._engine
 
     def search(self, request: dict[str, Any]) -> dict[str, Any]:

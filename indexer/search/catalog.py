@@ -8,6 +8,7 @@ import logging
 import os
 from typing import Any
 
+from indexer.ann.info import kind_summary
 from indexer.errors import QueryError
 from indexer.locations import kind_sql, local_path, safe_local_path
 from indexer.search.filters import Filter
@@ -105,6 +106,7 @@ def overview(state: ServedState, collection: Collection) -> dict[str, Any]:
         n_img, n_taxa = cur.execute(q).fetchall()[0]
         ranks[rank] = {"images": int(n_img), "taxa": int(n_taxa)}
     entry = gen.index or {}
+    kinds = kind_summary(entry.get("info"))  # per query kind; None: not measured
     model = collection.model
     return {
         "path": str(collection.path),
@@ -119,6 +121,8 @@ def overview(state: ServedState, collection: Collection) -> dict[str, Any]:
         "preprocess": model.get("preprocess"),
         "index": entry.get("factory") or ("Flat (exact, no index file)" if gen.images else None),
         "index_info": entry.get("info"),
+        "recall": {kind: (v or {}).get("recall") for kind, v in kinds.items()},
+        "recall_detail": kinds,
         "unindexed_images": int(len(state.delta_ids)),
         "sources": by_source,
         "failures_by_reason": by_reason,

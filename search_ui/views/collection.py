@@ -34,13 +34,25 @@ def collection_page(ctx: Context) -> None:
         }
     )
     st.markdown("**Index**")
-    recall = f"{o['recall']:.3f}" if o["recall"] is not None else "not measured"
-    if o["recall"] is not None and o["recall_target"] is not None:
-        recall += f" (target {o['recall_target']:.2f})"
+    target = f"{o['recall_target']:.2f}" if o["recall_target"] is not None else "not recorded"
     st.table(
         {
-            "": ["type", "measured recall", "search parameters", "images not yet in the index (searched exactly)"],
-            "value": [str(o["index"]), recall, o["index_params"] or "none", f"{o['unindexed']:,}"],
+            "": [
+                "type",
+                "recall target (recall@10 against exact search)",
+                "images not yet in the index (searched exactly)",
+            ],
+            "value": [str(o["index"]), target, f"{o['unindexed']:,}"],
+        }
+    )
+    st.markdown("**Recall per query kind**")
+    st.table(
+        {
+            "query kind": [r["kind"] for r in o["kinds"]],
+            "recall@10": [r["recall"] for r in o["kinds"]],
+            "search parameters": [r["params"] for r in o["kinds"]],
+            "measured on": [r["queries"] for r in o["kinds"]],
+            "note": [r["note"] for r in o["kinds"]],
         }
     )
     left, right = st.columns(2)

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from indexer.cli.common import CONTEXT, friendly, setup_logging, verbosity
+from indexer.cli.common import CONTEXT, friendly, kind_lines, setup_logging, verbosity
 
 __all__ = ["command"]
 
@@ -44,11 +44,7 @@ def command(*, collection, as_json, verbose, quiet):
         (
             "index",
             f"{info['index']}"
-            + (
-                f" (recall@10 {idx['measured_recall']:.3f})"
-                if isinstance(idx.get("measured_recall"), (int, float))
-                else ""
-            ),
+            + (f" (recall target {idx['recall_target']:.2f})" if isinstance(idx.get("recall_target"), float) else ""),
         ),
         ("not yet in index", info["unindexed_images"]),
         ("generation", info["generation"]),
@@ -56,6 +52,8 @@ def command(*, collection, as_json, verbose, quiet):
     ]
     width = max(len(k) for k, _ in rows)
     out = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    out.append("recall@10 per query kind (against exact search):")
+    out += kind_lines(info["recall_detail"])
     if info["sources"]:
         out.append("by source:")
         out += [f"  {n:8d}  {s}" for s, n in info["sources"].items()]
