@@ -390,6 +390,15 @@ class SearchEngine:
         exclude = None if exclude_ids is None or not len(exclude_ids) else sorted_unique(exclude_ids)
         return knn(state, queries, k, allowed, exclude, _check_kind(kind))
 
+    def query_vector(self, text: Any = None, *, query: Any = None, image: Any = None, image_id: Any = None):
+        """(unit vector (d,) float32, kind) of a query as :meth:`search` would search it (the same
+        understanding of text and taxon names, the same weighting), without searching: for
+        judging results against exact search, or tuning on a set of queries."""
+        q = _as_query(text, query, image, image_id, None, None)
+        q.validate()
+        qvec = self._embedder.embed(self._served(), q)[0]
+        return np.asarray(qvec, dtype=np.float32).reshape(-1), q.kind
+
 
 # -- helpers ------------------------------------------------------------------------------
 
