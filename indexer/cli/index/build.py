@@ -283,11 +283,11 @@ def format_report(r) -> str:
     lines.append(f"time        {r.seconds:.1f}s, {r.images_per_second:.2f} images/s")
     lines.append(f"total       {r.images} images in the collection (generation {r.generation})")
     if r.index:
-        info = r.index.get("info") or {}
-        rec = info.get("measured_recall")
+        from indexer.ann.info import kind_rows, kind_summary
+
+        per_kind = ", ".join(f"{row['kind']} {row['recall']}" for row in kind_rows(kind_summary(r.index.get("info"))))
         lines.append(
-            f"index       {r.index.get('factory')}"
-            + (f", recall@10 {rec:.3f}" if isinstance(rec, (int, float)) else "")
+            f"index       {r.index.get('factory')}, recall@10 {per_kind} (queries measured on: bioclip-index info)"
         )
     if r.failed:
         lines.append(f"see the failures with: bioclip-index failures {r.collection}")
