@@ -7,7 +7,7 @@ Public API, re-exported here::
     vectors = model.encode_images(pil_images)     # float32 (n, 512), rows L2-normalised
 
 Importing ``bioclip`` is light: torch and open_clip are imported only when a name from
-``bioclip.model`` (``load_model``, ``ClipModel``) or ``bioclip.device`` (``pick_device``) is first
+``bioclip.loading`` (``load_model``), ``bioclip.model`` (``ClipModel``) or ``bioclip.device`` (``pick_device``) is first
 used, and numpy only for ``bioclip.zeroshot``. See docs/ARCHITECTURE.md for the module contracts.
 """
 
@@ -23,7 +23,8 @@ from .taxa import RANKS, Taxon, TextForm, taxon_prompt, taxon_text
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only; the real imports are lazy
     from .device import pick_device
-    from .model import ClipModel, load_model
+    from .loading import load_model
+    from .model import ClipModel
     from .zeroshot import Prediction, ZeroShotClassifier, aggregate_to_rank, classify_images
 
 #: Marks this ``bioclip`` as bioclip-search's model layer (pybioclip installs a package of the same
@@ -33,7 +34,7 @@ __bioclip_search__ = True
 # Names served lazily from their (heavy) modules on first access.
 _LAZY = {
     "ClipModel": "model",
-    "load_model": "model",
+    "load_model": "loading",
     "pick_device": "device",
     "Prediction": "zeroshot",
     "ZeroShotClassifier": "zeroshot",

@@ -6,7 +6,7 @@ import torch
 
 from .errors import DeviceError
 
-__all__ = ["PRECISIONS", "pick_device", "resolve_precision"]
+__all__ = ["PRECISIONS", "check_precision", "pick_device", "resolve_precision"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -49,17 +49,30 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """``fp32``, ``bf16`` or ``fp16`` for ``precision`` on ``device``.
-
-    ``auto`` is fp32 on cpu and mps; on cuda bf16 autocast, or fp16 where the GPU has no bf16.
-    Weights stay fp32 in every case; bf16/fp16 mean autocast around the forward pass.
-    """
+def check_precision(precision: str | None) -> str:
+    """``precision`` lower-cased (None: ``auto``); one not in :data:`PRECISIONS` raises DeviceError."""
     wanted = (precision or "auto").strip().lower()
     if wanted not in PRECISIONS:
         raise DeviceError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+    return wanted
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``fp32``, ``bf16`` or ``fp16`` for ``precision`` on ``device``.
+
+    ``auto``: on cuda bf16 (fp16 where the GPU has no bf16); on mps fp32; on cpu bf16 where the CPU
+    has bf16 units or bf16 instructions (:func:`bioclip.precision.detect_cpu_bf16`), else fp32 --
+    where bf16 is not certain to pay, :func:`bioclip.load_model` settles it by measuring once
+    (:func:`bioclip.precision.decide_cpu_precision`). bf16 means bf16 weights; fp16 means fp16
+    weights on a CPU and fp32 weights under fp16 autocast on a GPU.
+    """
+    wanted = check_precision(precision)
     if wanted != "auto":
         return wanted
     if device.startswith("cuda"):
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device == "cpu":
+        from .precision import detect_cpu_bf16
+
+        return "fp32" if detect_cpu_bf16().verdict == "no" else "bf16"
     return "fp32"

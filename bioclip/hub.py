@@ -4,7 +4,9 @@ available is a :class:`ModelNotAvailableError` that says where it looked and how
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from pathlib import Path
 
 from .errors import ModelNotAvailableError, ModelSpecError
@@ -18,6 +20,7 @@ __all__ = [
     "hf_cache_dir",
     "hf_offline",
     "how_to_get_offline",
+    "pinned_commit",
     "snapshot",
 ]
 
@@ -78,6 +81,11 @@ def hf_offline() -> bool:
     return env in _TRUE or bool(constants.HF_HUB_OFFLINE)
 
 
+def pinned_commit(revision: str | None) -> bool:
+    """Whether ``revision`` is a full commit hash (40 hex digits), which names fixed files."""
+    return bool(revision and re.fullmatch(r"[0-9a-f]{40}", revision))
+
+
 def find_weights(folder: Path) -> Path | None:
     for pattern in _WEIGHT_GLOBS:
         found = sorted(folder.glob(pattern))
@@ -100,16 +108,28 @@ def snapshot(spec: ModelSpec, cache_dir: str, offline: bool) -> Path:
     where = f"the Hugging Face cache at {cache_dir}"
     wanted = f"{spec.name!r} ({spec.source}, revision {spec.revision or 'main'})"
 
-    def fetch(weights_file: str) -> Path:
+    def fetch(weights_file: str, local_only: bool) -> Path:
         return Path(
             snapshot_download(
                 repo_id,
                 revision=spec.revision,
                 cache_dir=cache_dir,
                 allow_patterns=[CONFIG_NAME, weights_file, *_TOKENIZER_FILES],
-                local_files_only=offline,
+                local_files_only=local_only,
             )
         )
+
+    def resolve(local_only: bool) -> Path:
+        try:
+            folder: Path | None = fetch(SAFETENSORS_WEIGHTS, local_only)
+        except LocalEntryNotFoundError:
+            # Offline, a cache holding only the pickled weights counts as incomplete for the
+            # safetensors pattern; the fallback below may still find a complete snapshot.
+            folder = None
+        if folder is None or find_weights(folder) is None:
+            # Older repositories (and some caches) have only the pickled weights.
+            folder = fetch(PICKLE_WEIGHTS, local_only)
+        return folder
 
     def unavailable(reason: str) -> ModelNotAvailableError:
         return ModelNotAvailableError(
@@ -120,15 +140,13 @@ def snapshot(spec: ModelSpec, cache_dir: str, offline: bool) -> Path:
         )
 
     try:
-        try:
-            folder: Path | None = fetch(SAFETENSORS_WEIGHTS)
-        except LocalEntryNotFoundError:
-            # Offline, a cache holding only the pickled weights counts as incomplete for the
-            # safetensors pattern; the fallback below may still find a complete snapshot.
-            folder = None
-        if folder is None or find_weights(folder) is None:
-            # Older repositories (and some caches) have only the pickled weights.
-            folder = fetch(PICKLE_WEIGHTS)
+        folder = None
+        if pinned_commit(spec.revision) and not offline:
+            # A commit never changes: when the cache has it, the hub has nothing to add.
+            with contextlib.suppress(LocalEntryNotFoundError):
+                folder = resolve(local_only=True)
+        if folder is None:
+            folder = resolve(local_only=offline)
     except GatedRepoError as exc:
         raise unavailable(f"the repository is gated and needs a Hugging Face token ({exc}).") from exc
     except RepositoryNotFoundError as exc:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # in a folder of the test's own, never the user's).
 os.environ["BIOCLIP_SEARCH_NO_SERVER"] = "1"
 os.environ.pop("BIOCLIP_SEARCH_SERVER", None)
+# Precision decisions (bioclip/precision.py) are cached here, never in the user's own cache.
+os.environ["BIOCLIP_SEARCH_CACHE"] = tempfile.mkdtemp(prefix="bioclip-test-cache-")
+atexit.register(shutil.rmtree, os.environ["BIOCLIP_SEARCH_CACHE"], True)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -48,7 +48,7 @@ PACKAGE_DEPS = {"bioclip": set(), "indexer": {"bioclip"}, "search_ui": {"bioclip
 
 #: Third-party frameworks and the only modules that may import them.
 FRAMEWORKS = {
-    "open_clip": ("bioclip.model", "bioclip.testing"),
+    "open_clip": ("bioclip.model", "bioclip.loading", "bioclip.testing"),
     "streamlit": ("search_ui.app", "search_ui.ui", "search_ui.session", "search_ui.views."),
     "click": ("indexer.cli.",),
 }

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from bioclip import ModelNotAvailableError, ModelSpecError, load_model
-from bioclip.model import _architecture_name
+from bioclip.loading import _architecture_name
 from bioclip.testing import TINY_MODEL_CONFIG, write_fake_hf_cache
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -150,7 +150,7 @@ def test_checkpoint_file(tiny_arch, tiny_model_dir, tiny_model_source):
 
 
 def test_random_weights_only_when_asked_and_loudly(tiny_arch, caplog):
-    with caplog.at_level(logging.WARNING, logger="bioclip.model"):
+    with caplog.at_level(logging.WARNING, logger="bioclip.loading"):
         model = load_model(f"random:{tiny_arch}", device="cpu")
     assert any(r.levelno == logging.WARNING and "RANDOM" in r.getMessage() for r in caplog.records)
     assert model.spec.kind == "random" and model.dimension == 64

@@ -28,7 +28,8 @@ def _images(n: int, seed: int = 0) -> list[Image.Image]:
 
 @pytest.fixture(scope="module")
 def model(tiny_model_source) -> ClipModel:
-    return load_model(tiny_model_source, device="cpu")
+    # fp32: these tests hold the vectors to open_clip's own fp32 encoding (bf16: test_bioclip_precision.py).
+    return load_model(tiny_model_source, device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +227,6 @@ def test_devices_and_precision():
             pick_device("mps")
     with pytest.raises(DeviceError):
         pick_device("tpu")
-    assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("auto", "mps") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(DeviceError):
@@ -234,7 +234,7 @@ def test_devices_and_precision():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_autocast_matches_fp32(tiny_model_source, model):
+def test_cuda_low_precision_matches_fp32(tiny_model_source, model):
     gpu = load_model(tiny_model_source, device="auto")
     assert gpu.device == "cuda" and gpu.precision in ("bf16", "fp16")
     images = _images(4, seed=3)
@@ -254,7 +254,7 @@ def test_trimmed_text_encoding_equals_open_clips_full_encode(tiny_model_source):
 
     from bioclip import load_model
 
-    model = load_model(tiny_model_source, device="cpu")
+    model = load_model(tiny_model_source, device="cpu", precision="fp32")
     texts = [
         "a photo of Corvus corax.",
         "x",
