@@ -51,13 +51,19 @@ def record_item_failures(run: BuildRun, chunk: pa.Table, failures: Sequence[Fail
         log.debug("failed %s: %s %s", chunk.column("location")[f[0]].as_py(), f[2], f[3])
 
 
-def record_finished_build(run: BuildRun, sources: Sequence[Source], started: float) -> None:
-    """Publish the build's summary and the sources' folders in the generation's ``stats``."""
+def record_finished_build(run: BuildRun, sources: Sequence[Source], started: float, at_start: int) -> None:
+    """Publish the build's summary and the sources' folders in the generation's ``stats``, unless
+    the build changed nothing (no commit since generation ``at_start``, the same folders): a rebuild
+    with nothing to do writes no new generation, so readers have nothing to reload."""
     writer, report = run.writer, run.report
     report.seconds = time.monotonic() - started
-    known = dict(writer.generation.stats.get("sources") or {})
-    known.update(_source_roots(run.con, sources))
-    writer.commit(stats={"last_build": _summary_stats(report), "sources": known})
+    stats = writer.generation.stats
+    known = dict(stats.get("sources") or {})
+    roots = _source_roots(run.con, sources)
+    unchanged = writer.generation.number == at_start and "last_build" in stats
+    if not (unchanged and all(known.get(name) == value for name, value in roots.items())):
+        known.update(roots)
+        writer.commit(stats={"last_build": _summary_stats(report), "sources": known})
     report.generation = writer.generation.number
     report.images = writer.generation.images
 

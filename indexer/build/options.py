@@ -67,6 +67,7 @@ class BuildReport:
     alternative_locations: int = 0  # images read from an alternative URL (Audubon Core) because the first failed
     seconds: float = 0.0
     encode_seconds: float = 0.0
+    precision: str | None = None  # the model's precision, when the build loaded it (None: nothing to encode)
     generation: int = 0
     images: int = 0
     index: dict | None = None

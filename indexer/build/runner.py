@@ -36,7 +36,7 @@ from indexer.build.executor import make_executor
 from indexer.build.options import BuildOptions, BuildReport
 from indexer.build.scan import scan_sources
 from indexer.build.sources.base import Source
-from indexer.build.target import ModelChoice, open_target
+from indexer.build.target import LazyModel, ModelChoice, open_target
 from indexer.build.work import WorkList, update_metadata_only
 
 __all__ = ["build"]
@@ -65,9 +65,10 @@ def build(
     """
     started = time.monotonic()
     choice = ModelChoice(model_name, revision, device, precision, preprocess, model)
-    collection, model, writer = open_target(collection_path, choice)
+    collection, lazy, writer = open_target(collection_path, choice)
     report = BuildReport(collection=str(collection.path))
     with writer:
+        at_start = writer.generation.number
         run = BuildRun(
             writer.con, writer, options, report, Committer(writer, options.commit_every, options.commit_seconds)
         )
@@ -75,7 +76,9 @@ def build(
         classify(run, sources)
         try:
             update_metadata_only(run)
-            _decode_and_encode(run, model, device, options.cache_dir or str(collection.path / "cache" / "media"))
+            _decode_and_encode(run, lazy, device, options.cache_dir or str(collection.path / "cache" / "media"))
+            if lazy.loaded:
+                report.precision = lazy().precision
         finally:
             run.committer.commit()  # whatever happens (Ctrl-C included), what is done is committed
         if options.build_index:
@@ -86,7 +89,7 @@ def build(
                 recall_target=options.recall_target,
                 tuning=TuningInputs(model=model),  # text tuning phrases embedded with the build's model
             )
-        record_finished_build(run, sources, started)
+        record_finished_build(run, sources, started, at_start)
     report.seconds = time.monotonic() - started
     log.info(
         "indexed %d (reused %d, metadata updated %d), unchanged %d, failed %d in %.1fs",
@@ -95,11 +98,12 @@ def build(
     return report
 
 
-def _decode_and_encode(run: BuildRun, model: Any, device: str, cache_dir: str) -> None:
+def _decode_and_encode(run: BuildRun, lazy: LazyModel, device: str, cache_dir: str) -> None:
     work = WorkList(run, cache_dir)
     total = work.count()
     if total == 0:
-        return
+        return  # nothing to encode: the model is not loaded (torch is not even imported)
+    model = lazy()
     executor = make_executor(run, model, device)
     run = dataclasses.replace(run, progress=progress_bar(total, run.options.progress))
     pieces = iter(work)

@@ -1,8 +1,9 @@
 """The collection a build writes into, with the model it records, under the writer lock.
 
-An existing collection is locked before its model loads (loading can take a while), so that a
-second indexer is refused at once; its model is checked against the one asked for from the model
-string alone, before any weights load. A new collection records the model it was created with.
+An existing collection is locked first, so that a second indexer is refused at once; its model is
+checked against the one asked for from the model string alone, before torch is imported, and is
+loaded only when there is something to encode (:class:`LazyModel`): a rebuild with nothing new
+never imports torch. A new collection records the model it was created with, loaded at once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from indexer.store import Collection, Writer, is_collection
 from indexer.store.model import check_loaded_model, check_model_compatible, load_collection_model
 
-__all__ = ["ModelChoice", "open_target"]
+__all__ = ["LazyModel", "ModelChoice", "open_target"]
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,32 @@ class ModelChoice:
     model: Any = None
 
 
-def open_target(path: str | os.PathLike, choice: ModelChoice) -> tuple[Collection, Any, Writer]:
-    """(collection, loaded model, its writer) for building into ``path``, created if needed.
+class LazyModel:
+    """The build's model, loaded on first call (the collection's recorded model, at the device
+    and precision asked for), then the same object on every call."""
 
-    Raises CollectionLockedError before the model loads if another writer holds the collection,
-    ModelMismatchError if it was built with another model.
+    def __init__(self, collection: Collection, choice: ModelChoice, model: Any = None):
+        self._collection = collection
+        self._choice = choice
+        self._model = model
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def __call__(self) -> Any:
+        if self._model is None:
+            choice = self._choice
+            self._model = load_collection_model(self._collection, device=choice.device, precision=choice.precision)
+        return self._model
+
+
+def open_target(path: str | os.PathLike, choice: ModelChoice) -> tuple[Collection, LazyModel, Writer]:
+    """(collection, its model -- loaded when first called --, its writer) for building into
+    ``path``, created if needed.
+
+    Raises CollectionLockedError if another writer holds the collection and ModelMismatchError if
+    it was built with another model, both before torch is imported.
     """
     early = Collection.open(path).writer() if is_collection(path) else None
     try:
@@ -48,7 +70,7 @@ def open_target(path: str | os.PathLike, choice: ModelChoice) -> tuple[Collectio
     return collection, model, writer
 
 
-def _open_or_create(path: str | os.PathLike, choice: ModelChoice) -> tuple[Collection, Any]:
+def _open_or_create(path: str | os.PathLike, choice: ModelChoice) -> tuple[Collection, LazyModel]:
     model = choice.model
     if is_collection(path):
         collection = Collection.open(path)
@@ -56,8 +78,7 @@ def _open_or_create(path: str | os.PathLike, choice: ModelChoice) -> tuple[Colle
             check_loaded_model(collection, model)
         else:
             check_model_compatible(collection, choice.name, choice.revision)
-            model = load_collection_model(collection, device=choice.device, precision=choice.precision)
-        return collection, model
+        return collection, LazyModel(collection, choice, model)
     if model is None:
         from bioclip import load_model
 
@@ -69,4 +90,4 @@ def _open_or_create(path: str | os.PathLike, choice: ModelChoice) -> tuple[Colle
             revision=choice.revision,
         )
     collection = Collection.create(path, model.describe(), dimension=model.dimension)
-    return collection, model
+    return collection, LazyModel(collection, choice, model)
