@@ -98,7 +98,8 @@ def load_model(
         key = None
         if not loaded.random:
             pre = preprocess.to_dict() if isinstance(preprocess, PreprocessConfig) else preprocess
-            key = json.dumps([loaded.identity, torch_device, wanted, pre], sort_keys=True, default=str)
+            verdict = detect_cpu_bf16().verdict if (wanted, torch_device) == ("auto", "cpu") else None
+            key = json.dumps([loaded.identity, torch_device, wanted, verdict, pre], sort_keys=True, default=str)
             hit = _LOADED.get(key)
             if hit is not None:
                 return hit

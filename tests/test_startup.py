@@ -147,3 +147,28 @@ def test_a_pinned_revision_makes_no_network_calls(tmp_path, tiny_model_dir, hub)
     assert found["code"] in (0, None), found
     assert found["torch"]  # the model did load
     assert requests == [], f"the hub was asked: {requests}"
+
+
+@pytest.mark.parametrize("units, expected", [("yes", "bf16"), ("no", "fp32")])
+def test_the_build_and_its_queries_use_the_machines_precision(
+    tmp_path, tiny_model_source, monkeypatch, units, expected
+):
+    """``auto`` picks each branch when the detection is forced; the collection and the build record
+    it; a query of the collection encodes text and images at the same precision."""
+    monkeypatch.setenv("BIOCLIP_CPU_BF16", units)
+    monkeypatch.setenv("BIOCLIP_SEARCH_CACHE", str(tmp_path / "cache"))
+    from indexer.build import BuildOptions, build
+    from indexer.build.sources import open_source
+    from indexer.search.engine import SearchEngine
+
+    folder = make_folder(tmp_path / "imgs", 4)
+    report = build(
+        tmp_path / "col", [open_source(str(folder))], model_name=tiny_model_source, options=BuildOptions(workers=0)
+    )
+    assert report.precision == expected
+    assert json.loads((tmp_path / "col" / "collection.json").read_text())["model"]["precision"] == expected
+    engine = SearchEngine.open(tmp_path / "col", device="cpu", refresh_interval=None)
+    assert engine.info()["last_build"]["precision"] == expected
+    assert engine.model.precision == expected
+    hits = engine.search("a photo of Corvus corax.", k=2).hits
+    assert len(hits) == 2

@@ -76,6 +76,7 @@ def _summary_stats(report: BuildReport) -> dict:
         "reused": report.reused,
         "failed": report.failed,
         "seconds": round(report.seconds, 3),
+        "precision": report.precision,
     }
 
 

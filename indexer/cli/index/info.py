@@ -37,6 +37,7 @@ def command(*, collection, as_json, verbose, quiet):
             + ")",
         ),
         ("dimension", info["dimension"]),
+        ("precision", _precision(info)),
         ("preprocess", json.dumps(info.get("preprocess"))),
         ("images", info["images"]),
         ("failures", info["failures"]),
@@ -63,3 +64,10 @@ def command(*, collection, as_json, verbose, quiet):
     out.append("images per rank:")
     out += [f"  {rank:8s} {v['images']:8d} images, {v['taxa']} taxa" for rank, v in info["ranks"].items()]
     click.echo("\n".join(out))
+
+
+def _precision(info: dict) -> str:
+    """The precision the collection was created at, and the last build's when it differs."""
+    created = info["model_info"].get("precision") or "fp32"
+    last = (info.get("last_build") or {}).get("precision")
+    return created if not last or last == created else f"{created} when created, {last} in the last build"
