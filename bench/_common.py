@@ -118,6 +118,19 @@ def machine() -> str:
     )
 
 
+def cpu_bf16() -> str:
+    """The CPU's model and bf16 capability, as the indexer's precision choice sees them."""
+    from bioclip.precision import detect_cpu_bf16
+
+    return detect_cpu_bf16().summary()
+
+
+def load_average() -> str:
+    """How busy the machine was (other processes compete for its cores)."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} on {os.cpu_count()} cores"
+
+
 def file_mib(path: Path) -> float:
     return path.stat().st_size / 2**20
 
