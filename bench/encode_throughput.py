@@ -34,6 +34,9 @@ import numpy as np
 
 # As the console scripts do (indexer/cli/common.py): idle OpenMP threads sleep instead of spinning.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# This bench measures encoding: builds here skip the one-time export of the text tower for fast
+# text queries (bioclip/text_onnx.py), whose cost bench/startup.py shows.
+os.environ.setdefault("BIOCLIP_TEXT_ENCODER", "off")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_bf16, load_average  # noqa: E402

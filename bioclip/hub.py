@@ -16,12 +16,14 @@ __all__ = [
     "CONFIG_NAME",
     "SAFETENSORS_WEIGHTS",
     "PICKLE_WEIGHTS",
+    "file_identity",
     "find_weights",
     "hf_cache_dir",
     "hf_offline",
     "how_to_get_offline",
     "pinned_commit",
     "snapshot",
+    "weights_identity",
 ]
 
 CONFIG_NAME = "open_clip_config.json"
@@ -167,3 +169,30 @@ def snapshot(spec: ModelSpec, cache_dir: str, offline: bool) -> Path:
             f"({SAFETENSORS_WEIGHTS} / {PICKLE_WEIGHTS}); it is incomplete or not an open_clip model."
         )
     return folder
+
+
+def file_identity(spec: ModelSpec, weights: Path) -> str:
+    """Names one weights file of one model: its source, path, size and modification time."""
+    st = weights.stat()
+    return f"{spec.source}|{weights.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def weights_identity(spec: ModelSpec, cache_dir: str | None = None) -> str | None:
+    """The identity :func:`bioclip.load_model` gives ``spec``'s weights, found without torch or open_clip
+    (for caches keyed by model); None for random weights and where the weights are not at hand."""
+    kind = spec.kind
+    try:
+        if kind == "hf-hub":
+            folder: Path | None = snapshot(spec, hf_cache_dir(cache_dir), hf_offline())
+        elif kind == "local-dir":
+            folder = Path(spec.path or "").resolve()
+        elif kind == "checkpoint":
+            return file_identity(spec, Path(spec.pretrained or ""))
+        elif kind == "random":
+            return None
+        else:
+            return f"{spec.architecture}:{spec.pretrained}"
+        weights = find_weights(folder) if folder is not None and folder.is_dir() else None
+        return file_identity(spec, weights) if weights is not None else None
+    except (ModelNotAvailableError, ModelSpecError, OSError):
+        return None

@@ -40,7 +40,16 @@ import torch
 
 from .device import check_precision, pick_device, resolve_precision
 from .errors import ModelNotAvailableError, ModelSpecError
-from .hub import CONFIG_NAME, PICKLE_WEIGHTS, SAFETENSORS_WEIGHTS, find_weights, hf_cache_dir, hf_offline, snapshot
+from .hub import (
+    CONFIG_NAME,
+    PICKLE_WEIGHTS,
+    SAFETENSORS_WEIGHTS,
+    file_identity,
+    find_weights,
+    hf_cache_dir,
+    hf_offline,
+    snapshot,
+)
 from .model import ClipModel
 from .precision import decide_cpu_precision, detect_cpu_bf16, torch_dtype
 from .preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessConfig, choose_preprocess
@@ -123,6 +132,7 @@ def load_model(
             revision=loaded.revision,
             architecture=loaded.architecture,
             precision_note=note,
+            identity=None if loaded.random else loaded.identity,
         )
         if key is not None:
             _LOADED[key] = clip
@@ -219,7 +229,7 @@ def _local_dir(folder: Path, spec: ModelSpec) -> _Loaded:
     name = f"local-dir:{folder}"
     make = functools.partial(_with_weights, spec, name, weights, str(folder))
     tokenizer = open_clip.get_tokenizer(name)
-    return _Loaded(make, tokenizer, model_cfg, _architecture_name(model_cfg), _file_identity(spec, weights))
+    return _Loaded(make, tokenizer, model_cfg, _architecture_name(model_cfg), file_identity(spec, weights))
 
 
 def _builtin(spec: ModelSpec, cache_dir: str | os.PathLike[str] | None) -> _Loaded:
@@ -248,7 +258,7 @@ def _builtin(spec: ModelSpec, cache_dir: str | os.PathLike[str] | None) -> _Load
                 f"Model {spec.name!r}: checkpoint file {path} does not exist.", model=spec.name, locations=(path,)
             )
         make = functools.partial(_with_weights, spec, arch, Path(path), path)
-        return _Loaded(make, tokenizer, model_cfg, arch, _file_identity(spec, Path(path)))
+        return _Loaded(make, tokenizer, model_cfg, arch, file_identity(spec, Path(path)))
     tag = spec.pretrained or ""
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if tag not in tags:
@@ -263,11 +273,6 @@ def _builtin(spec: ModelSpec, cache_dir: str | os.PathLike[str] | None) -> _Load
         where = f"the Hugging Face cache at {download_dir}"
     make = functools.partial(_create, spec, arch, tag, where=where, cache_dir=download_dir)
     return _Loaded(make, tokenizer, model_cfg, arch, f"{arch}:{tag}")
-
-
-def _file_identity(spec: ModelSpec, weights: Path) -> str:
-    st = weights.stat()
-    return f"{spec.source}|{weights.resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
 
 # --------------------------------------------------------------------------- making the module

@@ -42,7 +42,8 @@ class ClipModel:
     ``bf16`` or ``fp16``), ``precision_note`` (why that precision), ``dimension`` (embedding size), ``context_length`` (text tokens),
     ``logit_scale`` (float, already exponentiated), ``preprocess_config`` and ``transform`` (the
     picklable PIL -> tensor transform), ``revision`` (the resolved commit for hf-hub models, else
-    None) and ``architecture`` (``ViT-B-16`` when the config is an open_clip built-in).
+    None), ``architecture`` (``ViT-B-16`` when the config is an open_clip built-in) and ``identity``
+    (which weights file, for caches keyed by model; None for random weights).
     Build it with :func:`bioclip.load_model`.
     """
 
@@ -60,6 +61,7 @@ class ClipModel:
         revision: str | None,
         architecture: str,
         precision_note: str = "",
+        identity: str | None = None,
     ):
         self.spec = spec
         self.device = device
@@ -71,6 +73,7 @@ class ClipModel:
         self.transform: ImageTransform = make_transform(preprocess_config)
         self.revision = revision
         self.architecture = architecture
+        self.identity = identity  # which weights (bioclip.hub.file_identity); None for random ones
         self._module = module.eval().requires_grad_(False)
         self._tokenizer = tokenizer
         self._torch_device = torch.device(device)
@@ -158,6 +161,22 @@ class ClipModel:
         ids = tokenizer([text], context_length=10_000)
         return int((ids != 0).sum())
 
+    def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+        """The model's token ids of ``texts``: int64 (n, :attr:`context_length`)."""
+        return np.asarray(self._tokenizer(text_list(texts)), dtype=np.int64)
+
+    def bpe_vocab(self) -> str | None:
+        """The vocabulary file of this model's tokenizer when it is open_clip's default CLIP BPE
+        tokenizer (which :class:`bioclip.bpe.ClipBpe` reproduces without torch), else None."""
+        tok = self._tokenizer
+        plain = (
+            type(tok) is open_clip.SimpleTokenizer
+            and getattr(tok, "reduction_fn", None) is None
+            and len(getattr(tok, "all_special_ids", ())) == 2
+            and getattr(getattr(tok, "clean_fn", None), "__name__", "") == "_clean_lower"
+        )
+        return open_clip.tokenizer.default_bpe() if plain and tok.vocab_size == 49408 else None
+
     def text_is_truncated(self, text: str) -> bool:
         """Whether the model sees only the beginning of ``text`` (more tokens than it takes)."""
         return self.text_token_count(text) > self.context_length
@@ -207,22 +226,20 @@ class ClipModel:
         fraction of the cost for the short texts of queries (77 positions -> ~10). Models that pool
         differently or attend both ways go through open_clip's own ``encode_text``.
         """
+        tower = self.text_tower()
+        if tower is None:
+            return self._module.encode_text(tokens)  # type: ignore[operator]
+        return tower(tokens[:, : int(tokens.argmax(dim=-1).max()) + 1])
+
+    def text_tower(self) -> torch.nn.Module | None:
+        """The text encoder as a module of its own: token ids (n, L), cut after the longest text's
+        end token (:meth:`tokenize`, then ``[:, :L]``) -> unnormalised features (n, d). None where
+        that cut does not apply (text that is not pooled at the end token of a causal transformer)."""
         m: Any = self._module
         mask = getattr(m, "attn_mask", None)
         if not isinstance(m, open_clip.CLIP) or mask is None or getattr(m, "text_pool_type", "argmax") != "argmax":
-            return m.encode_text(tokens)
-        ends = tokens.argmax(dim=-1)
-        length = int(ends.max()) + 1
-        tokens = tokens[:, :length]
-        cast = m.transformer.get_cast_dtype()
-        x = m.token_embedding(tokens).to(cast) + m.positional_embedding[:length].to(cast)
-        x = m.transformer(x, attn_mask=mask[:length, :length])
-        x = m.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), ends]
-        proj = m.text_projection
-        if proj is not None:
-            x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
-        return x
+            return None
+        return _CausalText(m)
 
     def _forward(self, encode: Any, inputs: torch.Tensor, *, normalize: bool = True) -> np.ndarray:
         with self._lock, torch.inference_mode():
@@ -236,6 +253,27 @@ class ClipModel:
             if normalize:
                 features = torch.nn.functional.normalize(features, dim=-1)
             return features.cpu().numpy().astype(np.float32, copy=False)
+
+
+class _CausalText(torch.nn.Module):
+    """The text half of an open_clip ``CLIP`` (its own parameters, shared), on tokens cut to any length."""
+
+    def __init__(self, clip: Any):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        m = self.clip
+        length = tokens.shape[1]
+        cast = m.transformer.get_cast_dtype()
+        x = m.token_embedding(tokens).to(cast) + m.positional_embedding[:length].to(cast)
+        x = m.transformer(x, attn_mask=m.attn_mask[:length, :length])
+        x = m.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        proj = m.text_projection
+        if proj is not None:
+            x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+        return x
 
 
 def ensemble_texts(text: str) -> list[str]:

@@ -45,6 +45,7 @@ __all__ = [
     "CpuBf16",
     "detect_cpu_bf16",
     "cache_file",
+    "cache_folder",
     "decide_cpu_precision",
     "torch_dtype",
 ]
@@ -137,14 +138,20 @@ def torch_dtype(precision: str) -> Any:
 # --------------------------------------------------------------------------- the cached decision
 
 
-def cache_file(env: Mapping[str, str] | None = None) -> Path:
-    """Where decisions are cached: ``precision.json`` in the user's bioclip-search cache folder."""
+def cache_folder(env: Mapping[str, str] | None = None) -> Path:
+    """The user's bioclip-search cache folder: ``$BIOCLIP_SEARCH_CACHE``, else
+    ``$XDG_CACHE_HOME/bioclip-search``, else ``~/.cache/bioclip-search``."""
     env = os.environ if env is None else env
     folder = env.get(ENV_CACHE)
     if not folder:
         base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         folder = os.path.join(base, "bioclip-search")
-    return Path(os.path.expanduser(folder)) / "precision.json"
+    return Path(os.path.expanduser(folder))
+
+
+def cache_file(env: Mapping[str, str] | None = None) -> Path:
+    """Where decisions are cached: ``precision.json`` in the user's bioclip-search cache folder."""
+    return cache_folder(env) / "precision.json"
 
 
 #: Runs the probe's images (and texts) through a module at a dtype; returns unit vectors (n, d) float32.

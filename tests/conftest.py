@@ -20,6 +20,9 @@ os.environ.pop("BIOCLIP_SEARCH_SERVER", None)
 # Precision decisions (bioclip/precision.py) are cached here, never in the user's own cache.
 os.environ["BIOCLIP_SEARCH_CACHE"] = tempfile.mkdtemp(prefix="bioclip-test-cache-")
 atexit.register(shutil.rmtree, os.environ["BIOCLIP_SEARCH_CACHE"], True)
+# Builds export their model's text tower for fast text queries (tens of seconds, once per model);
+# only the tests of that feature (tests/test_text_onnx.py) turn it on.
+os.environ["BIOCLIP_TEXT_ENCODER"] = "off"
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

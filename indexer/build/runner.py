@@ -90,6 +90,10 @@ def build(
                 tuning=TuningInputs(model=model),  # text tuning phrases embedded with the build's model
             )
         record_finished_build(run, sources, started, at_start)
+    if lazy.loaded:  # once per machine and model: the text tower for text queries without torch
+        from bioclip.text_onnx import export_text_encoder
+
+        export_text_encoder(lazy())
     report.seconds = time.monotonic() - started
     log.info(
         "indexed %d (reused %d, metadata updated %d), unchanged %d, failed %d in %.1fs",

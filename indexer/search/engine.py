@@ -85,7 +85,8 @@ class SearchEngine:
         self._state_lock = threading.Lock()
         self.refresh_interval = refresh_interval
         self._options = StateOptions(mmap_index, int(filter_cache_bytes))
-        self._embedder = QueryEmbedder(lambda: self.model, collection.dimension)
+        self._text_encoder: Any = None  # None: not looked for yet; False: none on this machine
+        self._embedder = QueryEmbedder(lambda: self.model, collection.dimension, text_model=lambda: self.text_model)
         self._last_check = time.monotonic()
         self._state = load_state(collection, collection.latest_generation_number(), None, self._options)
         self._query_log = _query_log(collection, log_queries)
@@ -107,6 +108,21 @@ class SearchEngine:
 
                     self._model = load_collection_model(self.collection, device=self._device)
         return self._model
+
+    @property
+    def text_model(self) -> Any:
+        """What encodes query text: the model once this process has it; before that, the model's
+        exported text encoder where this machine has one (ONNX Runtime, no torch imported:
+        :mod:`bioclip.text_onnx`, the same vectors as the fp32 model); else the model, loaded now."""
+        if self._model is not None:
+            return self._model
+        if self._text_encoder is None:
+            with self._model_lock:
+                if self._text_encoder is None:
+                    from indexer.store.model import open_collection_text_encoder
+
+                    self._text_encoder = open_collection_text_encoder(self.collection) or False
+        return self._text_encoder or self.model
 
     @property
     def model_loaded(self) -> bool:

@@ -49,10 +49,12 @@ def taxon_prompt_for(match: TaxonMatch) -> str:
 
 class QueryEmbedder:
     """Embeds queries for one collection (of vectors of ``dimension``) with the model that
-    ``model()`` gives (called only when a term needs it). Thread-safe."""
+    ``model()`` gives (called only when a term needs it), text with ``text_model()`` (default: the
+    model). Thread-safe."""
 
-    def __init__(self, model: Callable[[], Any], dimension: int):
+    def __init__(self, model: Callable[[], Any], dimension: int, text_model: Callable[[], Any] | None = None):
         self._model = model
+        self._text_model = text_model or model
         self.dimension = dimension
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._text_lock = threading.Lock()
@@ -128,7 +130,7 @@ class QueryEmbedder:
                     self._text_cache.move_to_end(p)
                     out[p] = v
         todo = list(dict.fromkeys(p for p in prompts if p not in out))
-        model = self._model()
+        model = self._text_model()
         for p in dict.fromkeys(prompts):
             if _truncated(model, p):
                 notices.append(

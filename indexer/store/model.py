@@ -14,7 +14,13 @@ from indexer.errors import ModelMismatchError
 if TYPE_CHECKING:  # pragma: no cover
     from indexer.store.collection import Collection
 
-__all__ = ["check_model_compatible", "check_loaded_model", "load_recorded_model", "load_collection_model"]
+__all__ = [
+    "check_model_compatible",
+    "check_loaded_model",
+    "load_recorded_model",
+    "load_collection_model",
+    "open_collection_text_encoder",
+]
 
 
 def check_model_compatible(collection: Collection, model_name: str | None, revision: str | None = None) -> None:
@@ -43,19 +49,24 @@ def check_model_compatible(collection: Collection, model_name: str | None, revis
         )
 
 
-def load_recorded_model(rec: dict, *, device: str = "auto", precision: str = "auto"):
-    """Load the model a collection records (its ``model`` entry): the same source, pretrained tag,
-    revision and preprocessing."""
-    from bioclip import load_model
-    from bioclip.preprocess import PreprocessConfig
+def _recorded_spec(rec: dict) -> Any:
     from bioclip.registry import ModelSpec
 
-    spec = ModelSpec(
+    return ModelSpec(
         name=rec.get("name") or rec["source"],
         source=rec["source"],
         pretrained=rec.get("pretrained"),
         revision=rec.get("revision"),
     )
+
+
+def load_recorded_model(rec: dict, *, device: str = "auto", precision: str = "auto"):
+    """Load the model a collection records (its ``model`` entry): the same source, pretrained tag,
+    revision and preprocessing."""
+    from bioclip import load_model
+    from bioclip.preprocess import PreprocessConfig
+
+    spec = _recorded_spec(rec)
     preprocess = PreprocessConfig.from_dict(rec["preprocess"]) if rec.get("preprocess") else None
     return load_model(spec, device=device, precision=precision, preprocess=preprocess)
 
@@ -70,6 +81,20 @@ def load_collection_model(collection: Collection, *, device: str = "auto", preci
             f"{collection.dimension}-d vectors"
         )
     return model
+
+
+def open_collection_text_encoder(collection: Collection) -> Any:
+    """The collection model's exported text encoder (:mod:`bioclip.text_onnx`: text vectors without
+    importing torch), or None where this machine has none for it (then load the model)."""
+    from bioclip.hub import weights_identity
+    from bioclip.text_onnx import enabled, open_text_encoder
+
+    if not enabled():
+        return None
+    encoder = open_text_encoder(weights_identity(_recorded_spec(collection.model)))
+    if encoder is not None and encoder.dimension != collection.dimension:
+        return None
+    return encoder
 
 
 def check_loaded_model(collection: Collection, model: Any) -> None:
