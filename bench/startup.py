@@ -94,6 +94,7 @@ def main() -> None:
     base_tree = work / "baseline"
     env = {**os.environ, "BIOCLIP_SEARCH_CACHE": str(work / "cache"), "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
+    env.pop("BIOCLIP_TEXT_ENCODER", None)  # as a user runs it: the text tower exported by the first build
     try:
         subprocess.run(
             ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base_tree), args.baseline], check=True
