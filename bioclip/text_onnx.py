@@ -17,6 +17,7 @@ loads the model as usual. Delete the folder to export again; a changed weights f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -154,6 +155,10 @@ def export_text_encoder(model: Any) -> Path | None:
     folder = encoder_folder(identity)
     if (folder / _META).is_file():
         return folder
+    failed = folder.with_name(folder.name + ".failed")
+    if failed.is_file():  # tried on this machine and failed: not again at every build
+        log.debug("not exporting the text encoder again (%s; delete it to try again)", failed)
+        return None
     try:
         import onnxruntime  # noqa: F401  (an export nothing can read is not worth its time)
     except ImportError:
@@ -181,7 +186,13 @@ def export_text_encoder(model: Any) -> Path | None:
                 if not (folder / _META).is_file():  # not another process's export that won the race
                     raise
         except Exception as exc:
-            log.warning("could not export the text encoder of %s (%s); text queries load the model", model, exc)
+            log.warning(
+                "could not export the text encoder of %s (%s: %s); text queries load the model (%s says why; "
+                "delete it to try again)",
+                *(model.spec.name, type(exc).__name__, exc, failed),
+            )
+            with contextlib.suppress(OSError):
+                failed.write_text(json.dumps({"identity": identity, "error": f"{type(exc).__name__}: {exc}"}))
             return None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -204,7 +215,6 @@ def _reference(model: Any) -> Any:
 def _export(model: Any, vocab: str, dest: Path) -> None:
     """torch.export of the causal text tower (any number of texts, any length up to the context)
     to ONNX, weights in a file beside the graph (ONNX Runtime opens that much faster)."""
-    import contextlib
     import io
     import warnings
 

@@ -110,6 +110,26 @@ def test_a_damaged_encoder_is_ignored(exported, tmp_path, monkeypatch, caplog):
     assert "ignoring the text encoder" in caplog.text and precision.cache_folder() == tmp_path / "cache"
 
 
+def test_a_failed_export_is_said_once_and_not_retried_at_every_build(tmp_path, monkeypatch, caplog):
+    import bioclip.text_onnx as text_onnx
+
+    monkeypatch.setenv("BIOCLIP_SEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("BIOCLIP_TEXT_ENCODER", "on")
+    model = load_model(f"local-dir:{write_random_model(tmp_path / 'm', seed=5)}", device="cpu", precision="fp32")
+    calls = []
+
+    def broken(*args):  # an exporter failing as a torch version without it would
+        calls.append(args)
+        raise RuntimeError("no exporter here")
+
+    monkeypatch.setattr(text_onnx, "_export", broken)
+    assert export_text_encoder(model) is None and export_text_encoder(model) is None
+    assert len(calls) == 1 and "no exporter here" in caplog.text
+    folder = encoder_folder(model.identity)
+    assert not folder.exists() and not list(folder.parent.glob(".export-*"))  # nothing half-written
+    assert open_text_encoder(model.identity) is None
+
+
 # Runs a text query of a collection in a fresh process; reports the hits and what was imported.
 _QUERY = """
 import json, sys
