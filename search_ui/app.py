@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 from dataclasses import replace
 
 import streamlit as st
@@ -24,14 +23,18 @@ import streamlit as st
 from bioclip.errors import BioclipError
 from indexer.errors import IndexerError
 from indexer.media.library import MediaLibrary
-from search_ui.args import collection_labels, configure_threads, parse_app_args
+from search_ui import ui
+from search_ui.args import collection_labels, parse_app_args
+from search_ui.loading import EngineLoader
+from search_ui.photo_cache import PhotoCache
 from search_ui.session import bound, change, follow_url, publish_url, seed, set_state, state
 from search_ui.sidebar import FacetCatalog
 from search_ui.state import TABS, BrowseState
 from search_ui.taxa import TaxaPredictor
 from search_ui.views import Context
 from search_ui.views.collection import collection_page
-from search_ui.views.search import search_page
+from search_ui.views.loading import loading_status
+from search_ui.views.search import search_header, search_page
 
 log = logging.getLogger("search_ui")
 
@@ -46,40 +49,30 @@ st.set_option("client.showErrorDetails", "none")
 # -- shared, per-process objects (one per collection and device) ----------------------------
 
 
-@st.cache_resource(show_spinner="Opening the collection…")
-def open_engine(path: str, device: str):
-    from indexer.search import SearchEngine
-
-    configure_threads()
-    # opt-in query-vector log (bioclip-app --log-queries): off, vectors or text
-    engine = SearchEngine.open(path, device=device, log_queries=os.environ.get("BIOCLIP_SEARCH_LOG_QUERIES", "off"))
-    # Load the model now, in the background, so that the first text or photo query does not wait
-    # for it (the engine's own lock makes a query that comes first wait for this load, not repeat it).
-    threading.Thread(target=_preload_model, args=(engine,), name="bioclip-model-preload", daemon=True).start()
-    return engine
-
-
-def _preload_model(engine) -> None:
-    try:
-        engine.load_model()
-        configure_threads()  # torch is imported now: cap its threads too
-    except Exception as exc:  # reported to the user by the first query that needs the model
-        log.warning("cannot load the model of %s: %s", engine.collection.path, exc)
+@st.cache_resource(show_spinner=False)
+def loader(path: str, device: str) -> EngineLoader:
+    """The collection's engine, opened in the background with its model (the page draws at once)."""
+    return EngineLoader(path, device).start()
 
 
 @st.cache_resource(show_spinner=False)
 def media_library(path: str, device: str) -> MediaLibrary:
-    return MediaLibrary.for_engine(open_engine(path, device))
+    return MediaLibrary.for_engine(loader(path, device).engine)
 
 
 @st.cache_resource(show_spinner=False)
 def facet_catalog(path: str, device: str) -> FacetCatalog:
-    return FacetCatalog(open_engine(path, device))
+    return FacetCatalog(loader(path, device).engine)
 
 
 @st.cache_resource(show_spinner=False)
 def taxa_predictor(path: str, device: str) -> TaxaPredictor:
-    return TaxaPredictor(open_engine(path, device))
+    return TaxaPredictor(loader(path, device).engine)
+
+
+@st.cache_resource(show_spinner=False)
+def photo_cache(path: str) -> PhotoCache:
+    return PhotoCache.for_collection(path)
 
 
 # -- the page ----------------------------------------------------------------------------------
@@ -123,15 +116,35 @@ def main() -> None:
             horizontal=True,
         )
 
-    try:
-        engine = open_engine(path, args.device)
-    except (IndexerError, BioclipError) as exc:
-        st.error(f"Cannot open the collection {path}: {exc}")
+    ui.page_style()
+    load = loader(path, args.device)
+    status = load.status()
+    # The loading status polls the loader; it is drawn here (top of the page) but started last, so
+    # that its timer never cuts short the drawing of the page.
+    status_slot = st.container()
+    if status.phase == "failed":
+        st.error(f"Cannot open the collection {path}: {status.error}")
+        loader.clear()  # the next visit tries again (the folder may be there by then)
         return
+    if not status.engine_ready:  # the search box works already; the rest waits for the collection
+        if state().tab == "search":
+            search_header(None, state())
+        with status_slot:
+            loading_status(load, status)
+        publish_url()
+        return
+    engine = load.engine
     context = Context(
-        engine, media_library(path, args.device), facet_catalog(path, args.device), taxa_predictor(path, args.device)
+        engine,
+        media_library(path, args.device),
+        facet_catalog(path, args.device),
+        taxa_predictor(path, args.device),
+        photos=photo_cache(path),
+        status=status,
     )
     PAGES[state().tab](context)
+    with status_slot:
+        loading_status(load, status)
     publish_url()
 
 

@@ -22,6 +22,9 @@ __all__ = [
     "source_record_url",
     "license_link",
     "as_published",
+    "image_label",
+    "alt_text",
+    "when",
 ]
 
 
@@ -128,7 +131,7 @@ def card_fields(hit, *, scored: bool = True) -> dict[str, Any]:
         "institution": hit.metadata.get("institutionCode"),
         "date": hit_date(hit),
         "score": float(hit.score) if scored else None,
-        "file": file_name(hit.metadata.get("mediaURL") or hit.location),
+        "file": image_label(hit),
     }
 
 
@@ -251,6 +254,55 @@ def detail_fields(hit) -> list[tuple[str, str]]:
 
 def _text(v: Any) -> str:
     if hasattr(v, "isoformat"):
+        return when(v)
+    return str(v)
+
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".gif", ".bmp", ".heic", ".jp2")
+
+
+def image_label(hit) -> str:
+    """A short name for a result's image: its file name when the location ends in one
+    (``img_05.png``), else the record's title or catalogue number with the host it comes from
+    (``MUS-0012 · images.example.org``): a URL's last segment ("preview", "full") names nothing."""
+    m = hit.metadata
+    location = str(m.get("mediaURL") or hit.location or "")
+    name = file_name(location)
+    if name.lower().endswith(_IMAGE_SUFFIXES):
+        return name
+    host = ""
+    if "://" in location:
+        host = location.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    title = m.get("title") or m.get("catalogNumber") or m.get("occurrenceID") or f"image {hit.id}"
+    return " · ".join(str(x) for x in (title, host) if x)
+
+
+def alt_text(hit) -> str:
+    """The alternative text of a result's image: what it shows (the scientific name, else the
+    common name), and its catalogue number."""
+    m = hit.metadata
+    what = hit.scientific_name or m.get("vernacularName") or "Unnamed specimen"
+    cat = m.get("catalogNumber")
+    return f"{what}, catalogue number {cat}" if cat else f"{what}, image {hit.id}"
+
+
+def when(v: Any) -> str:
+    """A timestamp as a curator reads it: ``2026-12-02 01:44 UTC`` (no seconds' fractions, no
+    ``T``); a date as ``2026-12-02``; a text that is an ISO timestamp is read first."""
+    import datetime as dt
+
+    if isinstance(v, str):
+        text = v.strip()
+        try:
+            v = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return text
+    if isinstance(v, dt.datetime):
+        if v.tzinfo is not None:
+            v = v.astimezone(dt.timezone.utc)
+            return v.strftime("%Y-%m-%d %H:%M UTC")
+        return v.strftime("%Y-%m-%d %H:%M")
+    if isinstance(v, dt.date):
         return v.isoformat()
     return str(v)
 

@@ -24,6 +24,8 @@ __all__ = [
     "suggest_taxa",
     "describe_taxon",
     "result_summary",
+    "corrections",
+    "plural",
 ]
 
 #: Results shown per page of the grid and the table.
@@ -51,8 +53,14 @@ def run_search(engine, state: BrowseState, *, image_vector=None, image_name: str
             what += f", where {filters.describe()}"
         result.interpretation = what
         return result
-    if state.mode == "like" and state.like is not None:
-        return engine.similar(int(state.like), k=k, filters=filters or None)
+    if state.mode == "like" and len(state.like) == 1:
+        return engine.similar(int(state.like[0]), k=k, filters=filters or None)
+    if state.mode == "like" and state.like:
+        # "more like these": the normalised sum of unit vectors points where their mean does
+        from indexer.search.query import Query, Term
+
+        query = Query.of(*(Term.id(int(i)) for i in state.like))
+        return engine.search(query=query, k=k, filters=filters or None)
     if state.q.strip():
         return engine.search(state.q, k=k, filters=filters or None)
     return engine.browse(filters or None, k=k)
@@ -155,15 +163,35 @@ def describe_taxon(match) -> str:
     return f"{name} · {match.rank} · {n} image{'s' if n != 1 else ''}"
 
 
+def plural(n: int, word: str, plural_word: str | None = None) -> str:
+    """``1 image``, ``2 images``, ``1,200 images`` (``plural_word`` for irregular plurals)."""
+    return f"{n:,} {word if n == 1 else (plural_word or word + 's')}"
+
+
+def corrections(engine, text: str, limit: int = 3) -> list:
+    """Taxa of the collection close to ``text`` when it names none (a typo: "Salmo truta"), for
+    the page to offer as "did you mean" buttons; none when ``text`` names a taxon or is empty."""
+    from indexer.search.taxonomy import looks_like_scientific_name
+
+    text = " ".join((text or "").split())
+    if not text or engine.taxonomy.resolve(text) or not looks_like_scientific_name(text[:1].upper() + text[1:]):
+        return []
+    return engine.taxonomy.close_matches(text, limit)
+
+
 def result_summary(state: BrowseState, result: Any, total: int) -> str:
     """The line above the results (Markdown): how many, how many pass the filters, how long."""
     n = len(result.hits)
     if state.scored:
         summary = f"**{n:,}** result{'s' if n != 1 else ''}"
         if result.candidates is not None and state.has_filters():
-            summary += f" · {result.candidates:,} images pass the filters"
+            summary += f" · {plural(result.candidates, 'image')} " + ("passes" if result.candidates == 1 else "pass")
+            summary += " the filters"
         return summary + f" · {result.elapsed_ms:.0f} ms"
-    summary = f"**{total:,}** image{'s' if total != 1 else ''}" + (" pass the filters" if state.has_filters() else "")
+    passes = "passes" if total == 1 else "pass"
+    summary = f"**{total:,}** image{'s' if total != 1 else ''}" + (
+        f" {passes} the filters" if state.has_filters() else ""
+    )
     if total > n:
         summary += f" · the map, chart, filter counts and export describe the first {n:,}"
     return summary

@@ -8,13 +8,26 @@ filter; a repeated parameter is a set of values), so a shared link runs the same
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from indexer.search import Condition, Filter
-from indexer.store.schema import RANK_COLUMNS, RANKS
+from search_ui.filter_specs import (
+    FACET_FIELDS,
+    FILTERS,
+    FilterSpec,
+    filter_label,
+    filter_spec,
+)
+from search_ui.filter_specs import (
+    FILTER_BY_PARAM as _FILTER_BY_PARAM,
+)
+from search_ui.filter_specs import (
+    MULTI_PARAMS as _MULTI_PARAMS,
+)
 
 __all__ = [
     "BrowseState",
@@ -28,6 +41,8 @@ __all__ = [
     "VIEWS",
     "TABS",
     "MODES",
+    "BASEMAPS",
+    "QueryPart",
     "filter_label",
     "filter_spec",
 ]
@@ -36,42 +51,13 @@ __all__ = [
 K_CHOICES = (50, 100, 200, 500, 1000)
 DEFAULT_K = 200
 VIEWS = ("grid", "table", "map", "taxa")
+#: The map's basemaps: a bundled outline of the countries (offline) or tiles from the internet.
+BASEMAPS = ("outline", "tiles")
 TABS = ("search", "collection")
 MODES = ("text", "like", "image")
 #: The coordinates filter's choices, as the sidebar words them.
 COORDS: dict[str, bool | None] = {"any": None, "with coordinates": True, "without coordinates": False}
 
-
-@dataclass(frozen=True)
-class FilterSpec:
-    """One sidebar filter: its URL parameter, the collection column or filter field, a label, and
-    its kind: ``multi`` (a set of values), ``range`` (inclusive numbers) or ``bool``."""
-
-    param: str
-    field: str
-    label: str
-    kind: str = "multi"
-
-
-_RANK_FILTERS = tuple(
-    FilterSpec(rank, "taxon" if rank == "species" else col, rank.capitalize()) for rank, col in zip(RANKS, RANK_COLUMNS)
-)
-#: Facets over metadata columns (besides the ranks), in sidebar order.
-FACET_FIELDS: tuple[FilterSpec, ...] = (
-    FilterSpec("institutionCode", "institutionCode", "Institution"),
-    FilterSpec("collectionCode", "collectionCode", "Collection code"),
-    FilterSpec("country", "country", "Country"),
-    FilterSpec("basisOfRecord", "basisOfRecord", "Basis of record"),
-    FilterSpec("license", "license", "License"),
-)
-FILTERS: tuple[FilterSpec, ...] = (
-    *_RANK_FILTERS,
-    *FACET_FIELDS,
-    FilterSpec("year", "year", "Year", "range"),
-    FilterSpec("has_coordinates", "has_coordinates", "Coordinates", "bool"),
-)
-_FILTER_BY_PARAM = {f.param: f for f in FILTERS}
-_MULTI_PARAMS = tuple(f.param for f in FILTERS if f.kind == "multi")
 
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
@@ -87,18 +73,36 @@ class FilterChip:
 
 
 @dataclass(frozen=True)
+class QueryPart:
+    """One part of what is searched, as the bar above the results shows it (each can be removed):
+    ``kind`` is ``words``, ``photo`` or ``image`` (an indexed image; ``image_id`` says which)."""
+
+    kind: str
+    text: str
+    image_id: int | None = None
+
+
+_PHOTO_KEY = re.compile(r"^[0-9a-f]{16,64}$")
+
+
+@dataclass(frozen=True)
 class BrowseState:
     """Everything that decides what the search page shows.
 
-    ``mode``: ``text`` (``q``), ``like`` (images similar to indexed image ``like``) or ``image``
-    (an uploaded picture, which is never in the URL). ``values`` maps each multi-valued filter
+    ``mode``: ``text`` (``q``), ``like`` (images similar to the indexed images ``like``: one, or
+    the mean of several) or ``image`` (an uploaded photo, kept in the collection's cache under the
+    content key ``photo``, so that the URL reopens it). Only the words of a text search are kept:
+    a photo or "more like this" replaces them. ``values`` maps each multi-valued filter
     parameter (see :data:`FILTERS`) to its selected values; ``year`` is an inclusive range (either
     end may be None); ``coords`` True/False keeps only images with/without coordinates.
+    ``selection``: the results the user ticked (to export, search like them, curate); ``detail``:
+    the image the detail view shows; ``basemap``: the map's background.
     """
 
     q: str = ""
     mode: str = "text"
-    like: int | None = None
+    like: tuple[int, ...] = ()
+    photo: str | None = None
     values: tuple[tuple[str, tuple[str, ...]], ...] = ()
     year: tuple[int | None, int | None] | None = None
     coords: bool | None = None
@@ -108,6 +112,8 @@ class BrowseState:
     detail: int | None = None
     tab: str = "search"
     collection: str | None = None
+    selection: tuple[int, ...] = ()
+    basemap: str = "outline"
 
     # -- filters -------------------------------------------------------------------------
 
@@ -168,20 +174,32 @@ class BrowseState:
     def describe_query(self, image_name: str | None = None) -> str:
         if self.mode == "image":
             return f"uploaded picture {image_name}" if image_name else "an uploaded picture"
-        if self.mode == "like" and self.like is not None:
-            return f"images like image {self.like}"
+        if self.mode == "like" and self.like:
+            return f"images like {_images_text(self.like)}"
         return f"text: {self.q}" if self.q.strip() else "no query (browsing)"
+
+    def query_parts(self, photo_name: str | None = None) -> list[QueryPart]:
+        """What is searched besides the filters: the words, the photo, or the indexed images (one
+        part each, in that order); none when browsing."""
+        if self.mode == "image":
+            return [QueryPart("photo", f"photo {photo_name}" if photo_name else "your photo")]
+        if self.mode == "like" and self.like:
+            return [QueryPart("image", f"image {i}", i) for i in self.like]
+        return [QueryPart("words", self.q.strip())] if self.q.strip() else []
 
     # -- URL -----------------------------------------------------------------------------
 
     def to_params(self) -> dict[str, list[str]]:
         """URL query parameters: ``q`` or ``like``, one parameter per filter (repeated for a set),
-        and the view when it is not the default. An uploaded picture is not in the URL."""
+        ``photo`` (the key of an uploaded photo in the collection's cache), and the view, detail,
+        selection and basemap when they are not the defaults."""
         out: dict[str, list[str]] = {}
         if self.mode == "text" and self.q.strip():
             out["q"] = [self.q]
-        elif self.mode == "like" and self.like is not None:
-            out["like"] = [str(self.like)]
+        elif self.mode == "like" and self.like:
+            out["like"] = [str(i) for i in self.like]
+        elif self.mode == "image" and self.photo:
+            out["photo"] = [self.photo]
         for param, vals in self.values:
             out[param] = list(vals)
         if self.year is not None:
@@ -197,6 +215,10 @@ class BrowseState:
             out["view"] = [self.view]
         if self.detail is not None:
             out["detail"] = [str(self.detail)]
+        if self.selection:
+            out["sel"] = [str(i) for i in self.selection]
+        if self.basemap != "outline":
+            out["basemap"] = [self.basemap]
         if self.tab != "search":
             out["tab"] = [self.tab]
         if self.collection:
@@ -248,13 +270,36 @@ class BrowseState:
                 return None
             return raw or None
 
+        def ids(name: str) -> tuple[int, ...]:
+            out: list[int] = []
+            for raw in values(name):
+                try:
+                    n = int(raw.strip())
+                except ValueError:
+                    notices.append(f"ignored {name}={raw!r}: not a whole number")
+                    continue
+                if n < 0:
+                    notices.append(f"ignored {name}={raw!r}: must be at least 0")
+                    continue
+                out.append(n)
+            return tuple(dict.fromkeys(out))
+
         state = cls()
         q = last("q") or ""
-        like = integer("like", 0)
-        if like is not None:
-            state = replace(state, mode="like", like=like, q=q)
+        like = ids("like")
+        photo = last("photo")
+        if like:
+            state = replace(state, mode="like", like=like)
+        elif photo:
+            if _PHOTO_KEY.match(photo.strip().lower()):
+                state = replace(state, mode="image", photo=photo.strip().lower())
+            else:
+                notices.append(f"ignored photo={photo!r}: not the key of a photo")
+                state = replace(state, q=q)
         else:
             state = replace(state, q=q)
+        if q and state.mode != "text":
+            notices.append(f"ignored q={q!r}: a link searches by words or by an image, not both")
         for param in _MULTI_PARAMS:
             vals = [v for v in values(param) if v.strip() != ""]
             if vals:
@@ -284,26 +329,58 @@ class BrowseState:
             "detail": integer("detail", 0),
             "tab": choice("tab", TABS),
             "collection": last("collection") or None,
+            "basemap": choice("basemap", BASEMAPS),
+            "selection": ids("sel") or None,
         }
         return replace(state, **{name: v for name, v in given.items() if v is not None}), notices
 
     # -- transitions the page's widgets and buttons make ---------------------------------------
 
     def search_text(self, q: str | None) -> BrowseState:
-        return replace(self, q=q or "", mode="text", like=None, page=1, detail=None, tab="search")
+        return replace(self, q=q or "", mode="text", like=(), photo=None, page=1, detail=None, tab="search")
 
     def more_like(self, image_id: int) -> BrowseState:
-        return replace(self, mode="like", like=int(image_id), page=1, detail=None, tab="search")
+        """Images like one indexed image (the words of a text search go: they would be ignored)."""
+        return self.more_like_these([image_id])
 
-    def with_upload(self) -> BrowseState:
-        return replace(self, mode="image", like=None, page=1, detail=None, tab="search")
+    def more_like_these(self, image_ids: Iterable[int]) -> BrowseState:
+        """Images like several indexed images at once (the mean of their vectors)."""
+        like = tuple(dict.fromkeys(int(i) for i in image_ids))
+        if not like:
+            return self
+        return replace(self, q="", mode="like", like=like, photo=None, page=1, detail=None, tab="search")
 
-    def upload_changed(self, upload: Any) -> BrowseState:
-        """A file was uploaded (search by it) or removed (back to the words)."""
-        return self.with_upload() if upload is not None else replace(self, mode="text", page=1)
+    def with_photo(self, key: str) -> BrowseState:
+        """Search by the uploaded photo kept under ``key`` (the words go)."""
+        return replace(self, q="", mode="image", like=(), photo=key, page=1, detail=None, tab="search")
 
-    def with_detail(self, image_id: int) -> BrowseState:
-        return replace(self, detail=int(image_id), tab="search")
+    def without_query(self) -> BrowseState:
+        """Nothing searched: every image passing the filters (the filters stay)."""
+        return replace(self, q="", mode="text", like=(), photo=None, page=1, detail=None)
+
+    def without_part(self, kind: str, image_id: int | None = None) -> BrowseState:
+        """One part of the query (:meth:`query_parts`) removed: the words, the photo, or one of the
+        indexed images (the others stay)."""
+        if kind == "image" and image_id is not None and len(self.like) > 1:
+            return replace(self, like=tuple(i for i in self.like if i != image_id), page=1, detail=None)
+        return self.without_query()
+
+    def with_detail(self, image_id: int, page: int | None = None) -> BrowseState:
+        """The detail view of ``image_id``; ``page``: the page of the results it is on (so Back to
+        the results lands there)."""
+        return replace(self, detail=int(image_id), tab="search", page=self.page if page is None else max(1, int(page)))
+
+    def with_selected(self, image_id: int, on: bool) -> BrowseState:
+        ids = [i for i in self.selection if i != int(image_id)]
+        if on:
+            ids.append(int(image_id))
+        return replace(self, selection=tuple(ids))
+
+    def without_selection(self) -> BrowseState:
+        return replace(self, selection=())
+
+    def with_basemap(self, basemap: str) -> BrowseState:
+        return replace(self, basemap=basemap if basemap in BASEMAPS else "outline")
 
     def without_detail(self) -> BrowseState:
         return replace(self, detail=None)
@@ -347,9 +424,9 @@ class BrowseState:
     # -- what the page derives from the state ---------------------------------------------------
 
     def search_key(self) -> BrowseState:
-        """This state less what only decides how results are shown (page, view, detail, tab): equal
-        keys run the same search, so a page caches its result under it."""
-        return replace(self, page=1, view="grid", detail=None, tab="search")
+        """This state less what only decides how results are shown (page, view, detail, tab,
+        selection, basemap): equal keys run the same search, so a page caches its result under it."""
+        return replace(self, page=1, view="grid", detail=None, tab="search", selection=(), basemap="outline")
 
     @property
     def scored(self) -> bool:
@@ -384,19 +461,15 @@ def _parse_year(raw: str) -> tuple[int | None, int | None] | None:
     return lo, hi
 
 
-def filter_label(param: str) -> str:
-    """The sidebar's label of a filter parameter (``institutionCode`` -> ``Institution``)."""
-    spec = _FILTER_BY_PARAM.get(param)
-    return spec.label if spec is not None else param
-
-
-def filter_spec(param: str) -> FilterSpec:
-    return _FILTER_BY_PARAM[param]
-
-
 def _year_text(year: tuple[int | None, int | None]) -> str:
     lo, hi = year
     return f"year: {lo if lo is not None else '…'}–{hi if hi is not None else '…'}"
+
+
+def _images_text(ids: Sequence[int]) -> str:
+    if len(ids) == 1:
+        return f"image {ids[0]}"
+    return "images " + ", ".join(str(i) for i in ids[:-1]) + f" and {ids[-1]}"
 
 
 def _coords_text(coords: bool) -> str:

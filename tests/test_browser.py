@@ -26,6 +26,8 @@ APP = ROOT / "search_ui" / "app.py"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WAIT = 60
+#: The first search that needs the model waits for it to load (minutes on a loaded 2-core machine).
+MODEL_WAIT = 600
 
 
 def _skip_reason() -> str | None:
@@ -52,6 +54,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _empty_collection(path: Path, model_source: str) -> Path:
+    from bioclip import load_model
+    from indexer.store import Collection
+
+    model = load_model(model_source, device="cpu")
+    Collection.create(path, model.describe(), dimension=model.dimension)
+    return path
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir):
     reason = _skip_reason()
@@ -59,6 +70,7 @@ def server(tmp_path_factory, tiny_model_dir):
         pytest.skip(reason)
     base = tmp_path_factory.mktemp("browser")
     coll = build_app_collection(base, tiny_model_dir)
+    empty = _empty_collection(base / "empty" / "empty.coll", coll.model_source)
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", BIOCLIP_SEARCH_THREADS="1")
     env.pop("BIOCLIP_SEARCH_COLLECTIONS", None)  # the collection comes as bioclip-app passes it
@@ -82,6 +94,7 @@ def server(tmp_path_factory, tiny_model_dir):
         "none",
         "--",
         str(coll.path),
+        str(empty),  # a second collection, empty: one server for every page the tests look at
         "--device",
         "cpu",
     ]
@@ -134,6 +147,7 @@ def driver(server, tmp_path_factory):
         f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
     ):
         opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     drv.set_page_load_timeout(WAIT)
     try:
@@ -193,7 +207,7 @@ def test_search_upload_filter_and_more_like_this_in_chromium(server, driver, art
         # a text query
         box = drv.find_element(By.CSS_SELECTOR, 'input[aria-label="Search"]')
         box.send_keys("Corvidae", Keys.ENTER)
-        wait_for_text(drv, "Searching for: family Corvidae")
+        wait_for_text(drv, "Searching for: family Corvidae", MODEL_WAIT)
         wait_idle(drv)
         assert "q=Corvidae" in drv.current_url
         shot(drv, artifacts, "02-text-query")
@@ -216,7 +230,7 @@ def test_search_upload_filter_and_more_like_this_in_chromium(server, driver, art
         wait_for_text(drv, "4 images pass the filters")
         wait_idle(drv)
         assert "country=Norway" in drv.current_url
-        state = BrowseState().with_values("country", ["Norway"]).with_upload()
+        state = BrowseState().with_values("country", ["Norway"]).with_photo("0" * 32)
         expected = run_search(engine, state, image_vector=engine.embed_image(coll.image_path(5))).hits[0]
         assert first_card_catalog(drv) == expected.metadata["catalogNumber"]
         shot(drv, artifacts, "04-filter")
@@ -252,7 +266,9 @@ def test_search_upload_filter_and_more_like_this_in_chromium(server, driver, art
         wait_idle(drv)
         assert f"detail={want.id}" in drv.current_url
         shot(drv, artifacts, "06-detail")
-        drv.find_element(By.XPATH, '//*[@data-testid="stSidebar"]//label[.//p[text()="Collection"]]').click()
+        drv.find_element(
+            By.XPATH, '//*[@data-testid="stSidebar"]//div[@role="radiogroup"]//label[.//p[text()="Collection"]]'
+        ).click()
         wait_for_text(drv, "About this collection")
         wait_for_text(drv, "not-an-image")
         shot(drv, artifacts, "07-collection-page")
@@ -274,3 +290,134 @@ def test_search_upload_filter_and_more_like_this_in_chromium(server, driver, art
     except Exception:
         shot(drv, artifacts, "failure")
         raise
+
+
+# -- issue 18: the views a curator works in, looked at in the browser --------------------------
+
+
+def _outside_requests(drv, base_url: str) -> list[str]:
+    """URLs the page asked for that are not on the app's own server (from Chrome's log)."""
+    import json as _json
+
+    out = []
+    for entry in drv.get_log("performance"):
+        msg = _json.loads(entry["message"])["message"]
+        if msg.get("method") == "Network.requestWillBeSent":
+            u = msg["params"]["request"]["url"]
+            if u.startswith(("http://", "https://", "ws://", "wss://")) and not u.startswith(
+                (base_url, base_url.replace("http", "ws"))
+            ):
+                out.append(u)
+    return out
+
+
+def _cards_per_row(drv) -> int:
+    tops: dict[int, int] = {}
+    for el in drv.find_elements("css selector", '[class*="st-key-res_card_"]'):
+        y = round(el.rect["y"])
+        tops[y] = tops.get(y, 0) + 1
+    return tops[min(tops)] if tops else 0
+
+
+def _contrast(drv, css: str) -> float:
+    """Contrast ratio (WCAG) of the first element matching ``css`` against a white page."""
+    rgb = drv.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? getComputedStyle(e).color : null;", css
+    )
+    assert rgb, css
+    r, g, b = (int(x) / 255 for x in rgb[rgb.index("(") + 1 : rgb.index(")")].split(",")[:3])
+
+    def lin(c: float) -> float:
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    lum = 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b)
+    return 1.05 / (lum + 0.05)
+
+
+def test_the_curators_views_in_chromium(server, driver, artifacts):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    url, coll = server
+    drv = driver
+    try:
+        # the grid on a laptop screen and on a wide monitor: cards wrap to the width, never squeezed
+        drv.set_window_size(1280, 800)
+        drv.get(url)
+        wait_for_text(drv, "Searching for: all images")
+        wait_idle(drv)
+        laptop = _cards_per_row(drv)
+        shot(drv, artifacts, "10-grid-laptop")
+        drv.set_window_size(1920, 1080)
+        time.sleep(1.0)
+        wide = _cards_per_row(drv)
+        shot(drv, artifacts, "11-grid-wide")
+        assert laptop >= 3 and wide > laptop, (laptop, wide)
+        # every image has alt text naming what it shows; captions are readable (WCAG AA)
+        imgs = drv.find_elements(By.CSS_SELECTOR, "img")
+        assert imgs and all((i.get_attribute("alt") or "").strip() for i in imgs)
+        assert any("Corvus corax" in (i.get_attribute("alt") or "") for i in imgs)
+        assert _contrast(drv, '[data-testid="stCaptionContainer"] p') >= 4.5
+
+        # live suggestions: typed, no Enter; a suggestion is a click away
+        box = drv.find_element(By.CSS_SELECTOR, 'input[aria-label="Search"]')
+        box.send_keys("Corv")
+        wait_for_text(drv, "Corvidae · family · 6 images")
+        shot(drv, artifacts, "12-live-suggestions")
+        [b for b in drv.find_elements(By.CSS_SELECTOR, "button") if b.text.startswith("Corvidae · family")][0].click()
+        wait_for_text(drv, "Searching for: family Corvidae", MODEL_WAIT)
+        wait_idle(drv)
+        assert "q=Corvidae" in drv.current_url
+
+        # the detail view: → and ← walk through the results, Esc goes back; the URL follows
+        drv.get(f"{url}/?q=Corvidae")
+        wait_for_text(drv, "Searching for: family Corvidae", MODEL_WAIT)
+        wait_idle(drv)
+        [b for b in drv.find_elements(By.CSS_SELECTOR, "button") if b.text == "Details"][0].click()
+        wait_for_text(drv, "Result 1 of 12")
+        wait_idle(drv)
+        first_detail = drv.current_url
+        drv.find_element(By.TAG_NAME, "h3").click()  # focus on the page, not in an input
+        ActionChains(drv).send_keys(Keys.ARROW_RIGHT).perform()
+        wait_for_text(drv, "Result 2 of 12")
+        wait_idle(drv)
+        assert drv.current_url != first_detail and "detail=" in drv.current_url
+        shot(drv, artifacts, "13-detail")
+        ActionChains(drv).send_keys(Keys.ESCAPE).perform()
+        wait_for_text(drv, "12 results")
+        wait_idle(drv)
+        assert "detail=" not in drv.current_url
+
+        # the map without internet: the bundled outline, clusters with counts, no outside request
+        drv.get_log("performance")  # forget what came before
+        drv.get(f"{url}/?view=map")
+        wait_for_text(drv, "8 of 12 results have coordinates")
+        wait_idle(drv)
+        time.sleep(2.0)  # deck.gl draws in the next frames
+        assert drv.find_elements(By.CSS_SELECTOR, '[data-testid="stDeckGlJsonChart"] canvas')
+        shot(drv, artifacts, "14-map-offline")
+        assert _outside_requests(drv, url) == []
+
+        # the taxonomy tree: a click on a node filters to it
+        drv.get(f"{url}/?view=taxa")
+        wait_for_text(drv, "family Corvidae · 6")
+        wait_idle(drv)
+        shot(drv, artifacts, "15-taxonomy-tree")
+        [b for b in drv.find_elements(By.CSS_SELECTOR, "button") if b.text == "family Corvidae · 6"][0].click()
+        wait_for_text(drv, "genus Corvus · 3")
+        wait_idle(drv)
+        assert "family=Corvidae" in drv.current_url
+        shot(drv, artifacts, "16-taxonomy-tree-corvidae")
+
+        # an empty collection says so, and how to fill it
+        drv.get(f"{url}/?collection=empty.coll")
+        wait_for_text(drv, "This collection is empty")
+        wait_idle(drv)
+        assert "bioclip-index build" in drv.find_element(By.TAG_NAME, "body").text
+        shot(drv, artifacts, "17-empty-collection")
+    except Exception:
+        shot(drv, artifacts, "failure-curator")
+        raise
+    finally:
+        drv.set_window_size(1400, 1000)

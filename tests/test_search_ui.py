@@ -112,11 +112,15 @@ def test_url_parameters_are_one_per_filter():
 
 def test_more_like_this_and_uploads_in_the_url():
     assert BrowseState().more_like(42).to_params() == {"like": ["42"]}
-    state, _ = BrowseState.from_query_string("like=42&q=ignored")
-    assert state.mode == "like" and state.like == 42
-    # an uploaded picture is never in the URL, its filters are
-    up = BrowseState(q="x").with_values("country", ["Kenya"]).with_upload()
-    assert up.to_params() == {"country": ["Kenya"]}
+    state, notices = BrowseState.from_query_string("like=42&q=ignored")
+    assert state.mode == "like" and state.like == (42,) and state.q == ""
+    assert notices == ["ignored q='ignored': a link searches by words or by an image, not both"]
+    # an uploaded photo is in the URL by its key in the collection's cache, with its filters
+    key = "0123456789abcdef0123456789abcdef"
+    up = BrowseState(q="x").with_values("country", ["Kenya"]).with_photo(key)
+    assert up.to_params() == {"photo": [key], "country": ["Kenya"]} and up.q == ""
+    assert BrowseState.from_params(up.to_params())[0] == up
+    assert BrowseState.from_query_string("photo=../../etc")[1] == ["ignored photo='../../etc': not the key of a photo"]
 
 
 def test_bad_url_values_are_dropped_with_a_notice():
@@ -193,7 +197,8 @@ def test_species_filter_and_values_with_quotes(engine):
 def test_search_modes(engine, coll):
     target = by_catalog(engine, "MUS-005")
     vec = engine.embed_image(coll.image_path(5))
-    result = searching.run_search(engine, BrowseState().with_upload(), image_vector=vec, image_name="me.png")
+    photo = BrowseState().with_photo("0" * 32)
+    result = searching.run_search(engine, photo, image_vector=vec, image_name="me.png")
     assert result.hits[0].id == target.id
     assert result.interpretation == "images similar to the uploaded picture me.png"
 
@@ -208,7 +213,7 @@ def test_search_modes(engine, coll):
     assert [h.id for h in listing.hits] == list(range(12)) and listing.candidates == 12
 
     with pytest.raises(QueryError):
-        searching.run_search(engine, BrowseState().with_upload())
+        searching.run_search(engine, photo)
     with pytest.raises(QueryError, match="no image with id"):
         searching.run_search(engine, BrowseState().more_like(12345))
 

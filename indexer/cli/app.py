@@ -91,4 +91,33 @@ def main(*, collections, port, host, device, log_queries, log_query_text, verbos
     env = {}
     if log_queries or log_query_text:  # read by search_ui/app.py when it opens the engines
         env[LOG_QUERIES_ENV] = "text" if log_query_text else "vectors"
+    check_port(host, port)
     sys.exit(run_app(list(collections), port=port, host=host, device=device, extra_env=env))
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse, before anything starts, a port that another program (another app) listens on, and
+    suggest a free one."""
+    if not _port_taken(host, port):
+        return
+    free = next((p for p in range(port + 1, min(port + 100, 65536)) if not _port_taken(host, p)), None)
+    hint = f"; try --port {free}" if free else "; pick another with --port"
+    raise click.ClickException(f"port {port} on {host} is taken (is another app running there?){hint}")
+
+
+def _port_taken(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False  # an address that does not resolve: Streamlit says so itself
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR as servers set it, so a port in TIME_WAIT after a restart counts as free
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError:
+            return True
+    return False

@@ -16,9 +16,13 @@ __all__ = ["Context"]
 @dataclass(frozen=True)
 class Context:
     """What a view draws with: the collection's engine, its media library (images and thumbnails),
-    the sidebar's facet catalog and the zero-shot taxa predictor (one of each per process)."""
+    the sidebar's facet catalog and the zero-shot taxa predictor (one of each per process), the
+    kept photos of photo searches, and where the background loading is (a
+    :class:`search_ui.loading.LoadStatus`; None: everything is loaded)."""
 
     engine: Any
     media: Any
     catalog: Any
     predictor: Any
+    photos: Any = None
+    status: Any = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from search_ui import ui
+from search_ui.hit_fields import when
 from search_ui.overview import collection_overview
 from search_ui.views import Context
 
@@ -20,9 +21,9 @@ def collection_page(ctx: Context) -> None:
     st.caption(ui.md(o["path"]))
     c = st.columns(4)
     c[0].metric("Images", f"{o['images']:,}")
-    c[1].metric("Failures", f"{o['failures']:,}")
-    c[2].metric("Retired", f"{o['retired']:,}")
-    c[3].metric("Generation", o["generation"])
+    c[1].metric("Images that could not be read", f"{o['failures']:,}")
+    c[2].metric("Images replaced or removed", f"{o['retired']:,}")
+    c[3].metric("Last updated", when(o["updated"]) if o["updated"] else "never")
     st.markdown("**Model**")
     st.table(
         {
@@ -66,7 +67,7 @@ def collection_page(ctx: Context) -> None:
             }
         )
     with right:
-        st.markdown("**Failures by reason**")
+        st.markdown("**Images that could not be read, by reason**")
         if o["failures_by_reason"]:
             st.table(
                 {"reason": [r for r, _ in o["failures_by_reason"]], "images": [n for _, n in o["failures_by_reason"]]}
@@ -76,11 +77,12 @@ def collection_page(ctx: Context) -> None:
         st.markdown("**Sources**")
         st.table({"source": [s for s, _ in o["sources"]], "images": [n for _, n in o["sources"]]})
     if o["failures"]:
-        with st.expander(f"The failures ({o['failures']:,})"):
+        with st.expander(f"The images that could not be read ({o['failures']:,})"):
             rows = engine.failures()[:500]
             st.dataframe(
                 {k: [str(r.get(k) or "") for r in rows] for k in ("location", "stage", "reason", "detail")},
                 hide_index=True,
                 width="stretch",
             )
-    st.caption(f"Created {o['created'] or '?'}; last published {o['updated'] or '?'}.")
+    created = when(o["created"]) if o["created"] else "at an unknown date"
+    st.caption(f"Created {created}; version {o['generation']} of its contents.")
