@@ -67,9 +67,12 @@ def configure_threads(n: int | None = None) -> int:
     except ImportError:  # pragma: no cover - faiss is a dependency
         pass
     torch = sys.modules.get("torch")
-    if torch is not None:
+    # torch may be half imported (the app imports it in a background thread): then it is capped
+    # once the model has loaded
+    set_threads = getattr(torch, "set_num_threads", None) if torch is not None else None
+    if set_threads is not None:
         try:
-            torch.set_num_threads(n)
+            set_threads(n)
         except RuntimeError:  # pragma: no cover - set after parallel work began: harmless
             pass
     return n

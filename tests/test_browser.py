@@ -311,6 +311,22 @@ def _outside_requests(drv, base_url: str) -> list[str]:
     return out
 
 
+def click_button(drv, text: str, *, starts: bool = False, timeout: float = WAIT) -> None:
+    """Click the first button whose text is ``text`` (or starts with it), once there is one."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def find(d):
+        for b in d.find_elements("css selector", "button"):
+            t = (b.get_attribute("textContent") or "").strip()
+            if (t.startswith(text) if starts else t == text) and b.is_displayed():
+                return b
+        return False
+
+    button = WebDriverWait(drv, timeout, poll_frequency=0.2).until(find)
+    drv.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+    button.click()
+
+
 def _cards_per_row(drv) -> int:
     tops: dict[int, int] = {}
     for el in drv.find_elements("css selector", '[class*="st-key-res_card_"]'):
@@ -365,7 +381,7 @@ def test_the_curators_views_in_chromium(server, driver, artifacts):
         box.send_keys("Corv")
         wait_for_text(drv, "Corvidae · family · 6 images")
         shot(drv, artifacts, "12-live-suggestions")
-        [b for b in drv.find_elements(By.CSS_SELECTOR, "button") if b.text.startswith("Corvidae · family")][0].click()
+        click_button(drv, "Corvidae · family", starts=True)
         wait_for_text(drv, "Searching for: family Corvidae", MODEL_WAIT)
         wait_idle(drv)
         assert "q=Corvidae" in drv.current_url
@@ -374,7 +390,7 @@ def test_the_curators_views_in_chromium(server, driver, artifacts):
         drv.get(f"{url}/?q=Corvidae")
         wait_for_text(drv, "Searching for: family Corvidae", MODEL_WAIT)
         wait_idle(drv)
-        [b for b in drv.find_elements(By.CSS_SELECTOR, "button") if b.text == "Details"][0].click()
+        click_button(drv, "Details")
         wait_for_text(drv, "Result 1 of 12")
         wait_idle(drv)
         first_detail = drv.current_url
@@ -404,7 +420,7 @@ def test_the_curators_views_in_chromium(server, driver, artifacts):
         wait_for_text(drv, "family Corvidae · 6")
         wait_idle(drv)
         shot(drv, artifacts, "15-taxonomy-tree")
-        [b for b in drv.find_elements(By.CSS_SELECTOR, "button") if b.text == "family Corvidae · 6"][0].click()
+        click_button(drv, "family Corvidae · 6")
         wait_for_text(drv, "genus Corvus · 3")
         wait_idle(drv)
         assert "family=Corvidae" in drv.current_url

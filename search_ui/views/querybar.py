@@ -14,17 +14,15 @@ from search_ui.photo_cache import photo_key
 from search_ui.session import bound, change, seed, state
 from search_ui.state import BrowseState
 
-__all__ = ["search_box", "upload_box", "query_bar", "pending_photo", "UPLOAD_BYTES"]
+__all__ = ["search_box", "suggestions", "upload_box", "query_bar", "pending_photo", "UPLOAD_BYTES"]
 
 ss = st.session_state
 #: Session key of the last uploaded photo's (key, name, bytes), until it is embedded and kept.
 UPLOAD_BYTES = "_upload"
 
 
-def search_box(engine: Any, s: BrowseState) -> None:
-    """The search box; it searches as the user pauses typing, and offers the collection's taxa that
-    match what is typed (or, for a name it does not know, the names close to it). ``engine`` may
-    be None while the collection opens (the box works; suggestions come once it is open)."""
+def search_box(s: BrowseState) -> None:
+    """The search box; it searches as the user pauses typing (works while the collection opens)."""
     seed("w_q", s.q)
     st.text_input(
         "Search",
@@ -34,11 +32,11 @@ def search_box(engine: Any, s: BrowseState) -> None:
         placeholder="A taxon at any rank (Corvidae, Corvus corax, common raven) or any words",
         help="Searches as you type. A name the collection knows is searched as that taxon; anything else as free text.",
     )
-    if engine is not None:
-        _suggestions(engine, s)
 
 
-def _suggestions(engine: Any, s: BrowseState) -> None:
+def suggestions(engine: Any, s: BrowseState) -> None:
+    """The collection's taxa that match what is typed (or, before anything is typed, its largest),
+    and for a name it does not know, the names close to it: each a button that searches it."""
     if s.mode != "text":
         return
     fixes = searching.corrections(engine, s.q)

@@ -19,7 +19,7 @@ from search_ui.views import Context
 from search_ui.views.detail import detail_missing, detail_view
 from search_ui.views.filters import sidebar_filters
 from search_ui.views.loading import wait_for_model
-from search_ui.views.querybar import pending_photo, query_bar, search_box, upload_box
+from search_ui.views.querybar import pending_photo, query_bar, search_box, suggestions, upload_box
 from search_ui.views.results import export_row, pager, results_view, selection_bar
 
 __all__ = ["search_page", "search_header", "EMPTY_MESSAGE"]
@@ -39,9 +39,11 @@ def search_header(engine: Any, s: BrowseState) -> None:
     """The search box and the photo upload (drawn while the collection still opens, too)."""
     top_q, top_up = st.columns([3, 2])
     with top_q:
-        search_box(engine, s)
+        search_box(s)
     with top_up:
         upload_box(s)
+    if engine is not None:  # the whole width: the suggestions fit on one or two lines
+        suggestions(engine, s)
 
 
 def _needs_model(s: BrowseState, photo: CachedPhoto | None) -> bool:

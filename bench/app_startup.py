@@ -1,0 +1,192 @@
+"""Benchmark: the app from its start to a usable search box, and to the first page of a query, in a
+real headless Chromium, against the app as it was before issue 18 (git commit 7a0febd, checked out
+into a temporary ``git worktree`` in the same run).
+
+Each measurement is a fresh ``streamlit run search_ui/app.py`` process (the tree's own code first on
+``PYTHONPATH``) on the same small collection (the app tests' 12 generated pictures, the tiny
+random-weight model: its load is dominated by importing torch and open_clip, as a real model's
+load is by reading its weights), and a browser that opens the page as soon as the server answers
+its health check:
+
+- **search box**: process start until the page shows an enabled search box;
+- **first page**: process start until the first result card of ``?q=Corvidae`` (a taxon query,
+  which needs the model) is on the page.
+
+Runs alternate between the two trees; the figures are medians, the ratio is this tree / baseline
+(below 1: faster). The machine (CPU model, bf16 units) and its load are printed: on a shared
+machine the absolute times move with the load, the ratio less so.
+
+    python bench/app_startup.py               # 3 runs of each
+    python bench/app_startup.py --repeat 5 --baseline 7a0febd
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+LIMIT = 900.0  # seconds a single measurement may take (a loaded 2-core machine is slow)
+
+
+def cpu() -> str:
+    """The CPU model and whether it has bf16 matrix units (AMX or AVX-512 BF16)."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return f"{model}; bf16 units: {', '.join(bf16) if bf16 else 'none'}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_driver():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+def measure(tree: Path, coll: Path, drv, what: str) -> float:
+    """Seconds from starting the app of ``tree`` to ``what`` ("box" or "page") in the browser."""
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(tree), HF_HUB_OFFLINE="1", BIOCLIP_SEARCH_THREADS="1")
+    env.pop("BIOCLIP_SEARCH_COLLECTIONS", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(tree / "search_ui" / "app.py"),
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--",
+        str(coll),
+        "--device",
+        "cpu",
+    ]
+    where = subprocess.run(
+        [sys.executable, "-c", "import search_ui, indexer; print(search_ui.__file__, indexer.__file__)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert all(w.startswith(str(tree)) for w in where), f"{tree}'s code is not the one imported: {where}"
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the app of {tree} exited with {proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                time.sleep(0.1)
+        drv.get(url if what == "box" else f"{url}/?q=Corvidae")
+        css = 'input[aria-label="Search"]' if what == "box" else '[data-testid="stCaptionContainer"]'
+        while time.monotonic() - t0 < LIMIT:
+            if what == "box":
+                boxes = drv.find_elements("css selector", css)
+                if boxes and boxes[0].is_enabled():
+                    return time.monotonic() - t0
+            elif any("cat. MUS-" in e.text for e in drv.find_elements("css selector", css)):
+                return time.monotonic() - t0
+            time.sleep(0.05)
+        raise RuntimeError(f"{what} did not appear within {LIMIT:.0f} s")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--baseline", default="7a0febd", help="the commit to compare with")
+    args = ap.parse_args()
+
+    from _common import machine
+    from test_app_fixtures import build_app_collection
+
+    from bioclip.testing import write_random_model
+
+    work = Path(tempfile.mkdtemp(prefix="bench-app-startup-"))
+    base_tree = work / "baseline"
+    try:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base_tree), args.baseline],
+            check=True,
+            capture_output=True,
+        )
+        model = write_random_model(work / "tiny")
+        coll = build_app_collection(work / "data", model).path
+        drv = make_driver()
+        times: dict[tuple[str, str], list[float]] = {}
+        try:
+            for _ in range(args.repeat):
+                for what in ("box", "page"):
+                    for name, tree in (("baseline", base_tree), ("this tree", ROOT)):
+                        times.setdefault((name, what), []).append(measure(tree, coll, drv, what))
+        finally:
+            drv.quit()
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print()
+        print(f"app start-up in headless Chromium; {machine()}; {cpu()}; load average {load:.1f}")
+        print(f"collection: 12 images, tiny random-weight model; baseline = {args.baseline}; {args.repeat} runs each")
+        for what, label in (("box", "start -> usable search box"), ("page", "start -> first page of ?q=Corvidae")):
+            b = statistics.median(times[("baseline", what)])
+            t = statistics.median(times[("this tree", what)])
+            runs = ", ".join(f"{x:.1f}" for x in times[("this tree", what)])
+            bruns = ", ".join(f"{x:.1f}" for x in times[("baseline", what)])
+            print(f"  {label:38s} baseline {b:6.1f} s [{bruns}]  this tree {t:6.1f} s [{runs}]  ratio {t / b:5.2f}x")
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
