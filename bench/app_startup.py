@@ -70,19 +70,39 @@ def make_driver():
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
         opts.add_argument(flag)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
 
 
-def measure(tree: Path, coll: Path, drv, what: str) -> float:
+#: Runs Python with ``tree``'s packages first: the editable install's import hook (which would
+#: find this worktree's packages whatever ``PYTHONPATH`` says) is taken out of ``sys.meta_path``.
+LAUNCHER = """
+import runpy, sys
+tree = sys.argv.pop(1)
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(type(f), "__module__", "")]
+sys.path.insert(0, tree)
+for name in [m for m in sys.modules if m.split(".")[0] in ("bioclip", "indexer", "search_ui")]:
+    del sys.modules[name]
+runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)
+"""
+
+
+def measure(tree: Path, coll: Path, drv, what: str, launcher: Path) -> float:
     """Seconds from starting the app of ``tree`` to ``what`` ("box" or "page") in the browser."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(tree), HF_HUB_OFFLINE="1", BIOCLIP_SEARCH_THREADS="1")
     env.pop("BIOCLIP_SEARCH_COLLECTIONS", None)
     cmd = [
         sys.executable,
-        "-m",
+        str(launcher),
+        str(tree),
         "streamlit",
         "run",
         str(tree / "search_ui" / "app.py"),
@@ -101,8 +121,11 @@ def measure(tree: Path, coll: Path, drv, what: str) -> float:
         "--device",
         "cpu",
     ]
+    probe = launcher.with_name("probe.py")
+    probe.write_text("import search_ui, indexer\nprint(search_ui.__file__, indexer.__file__)\n")
     where = subprocess.run(
-        [sys.executable, "-c", "import search_ui, indexer; print(search_ui.__file__, indexer.__file__)"],
+        [sys.executable, str(launcher), str(tree), "probe"],
+        cwd=probe.parent,
         env=env,
         capture_output=True,
         text=True,
@@ -161,6 +184,8 @@ def main() -> int:
             check=True,
             capture_output=True,
         )
+        launcher = work / "launch.py"
+        launcher.write_text(LAUNCHER)
         model = write_random_model(work / "tiny")
         coll = build_app_collection(work / "data", model).path
         drv = make_driver()
@@ -169,7 +194,7 @@ def main() -> int:
             for _ in range(args.repeat):
                 for what in ("box", "page"):
                     for name, tree in (("baseline", base_tree), ("this tree", ROOT)):
-                        times.setdefault((name, what), []).append(measure(tree, coll, drv, what))
+                        times.setdefault((name, what), []).append(measure(tree, coll, drv, what, launcher))
         finally:
             drv.quit()
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -51,8 +51,9 @@ st.set_option("client.showErrorDetails", "none")
 
 @st.cache_resource(show_spinner=False)
 def loader(path: str, device: str) -> EngineLoader:
-    """The collection's engine, opened in the background with its model (the page draws at once)."""
-    return EngineLoader(path, device).start()
+    """The collection's engine, opened in the background with its model (the page draws at once;
+    ``main`` starts the loader once the first page is drawn, so that nothing competes with that)."""
+    return EngineLoader(path, device)
 
 
 @st.cache_resource(show_spinner=False)
@@ -124,7 +125,7 @@ def main() -> None:
     status_slot = st.container()
     if status.phase == "failed":
         st.error(f"Cannot open the collection {path}: {status.error}")
-        loader.clear()  # the next visit tries again (the folder may be there by then)
+        loader.clear(path, args.device)  # the next visit tries again (the folder may be there by then)
         return
     if not status.engine_ready:  # the search box works already; the rest waits for the collection
         if state().tab == "search":
@@ -132,6 +133,7 @@ def main() -> None:
         with status_slot:
             loading_status(load, status)
         publish_url()
+        load.start()
         return
     engine = load.engine
     context = Context(

@@ -66,13 +66,6 @@ def open_search_engine(path: str, device: str) -> Any:
     return SearchEngine.open(path, device=device, log_queries=os.environ.get("BIOCLIP_SEARCH_LOG_QUERIES", "off"))
 
 
-def _import_model_libraries() -> None:
-    try:
-        import bioclip.model  # noqa: F401 - torch and open_clip, imported ahead of the model load
-    except Exception as exc:  # the model load itself says what is wrong
-        log.debug("could not import the model's libraries ahead: %s", exc)
-
-
 def _module_open() -> Callable[[str, str], Any]:
     return globals()["open_search_engine"]
 
@@ -102,8 +95,12 @@ class EngineLoader:
         self._thread = threading.Thread(target=self._run, name=f"bioclip-load-{path}", daemon=True)
 
     def start(self) -> EngineLoader:
-        self._started = time.monotonic()
-        EngineLoader.started.append(self)
+        """Start loading (once; later calls do nothing)."""
+        with self._lock:
+            if self._thread.is_alive() or self._done.is_set() or self in EngineLoader.started:
+                return self
+            self._started = time.monotonic()
+            EngineLoader.started.append(self)
         self._thread.start()
         return self
 
@@ -114,9 +111,6 @@ class EngineLoader:
         return all(ld.wait(max(0.0, deadline - time.monotonic())) for ld in list(cls.started))
 
     def _run(self) -> None:
-        # The model's libraries (torch, open_clip: seconds of imports) load beside the collection,
-        # whose reading mostly waits on DuckDB and the disk; the model then loads sooner.
-        threading.Thread(target=_import_model_libraries, name="bioclip-import", daemon=True).start()
         try:
             # looked up at each start, so that a caller (a test) can put a gate before the real open
             engine = (self._open or _module_open())(self.path, self.device)

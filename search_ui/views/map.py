@@ -11,7 +11,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import pydeck as pdk
 import streamlit as st
 
 from search_ui import geo, searching
@@ -23,7 +22,9 @@ __all__ = ["map_view"]
 _BASEMAP_LABELS = {"outline": "Countries (works offline)", "tiles": "Street map (needs the internet)"}
 
 
-def _layers(clusters: Sequence[geo.Cluster], outline: bool) -> list[pdk.Layer]:
+def _layers(clusters: Sequence[geo.Cluster], outline: bool) -> list[Any]:
+    import pydeck as pdk  # here: only a page with a map pays for its import
+
     data = [
         {
             "lat": c.lat,
@@ -97,6 +98,8 @@ def map_view(s: BrowseState, hits: Sequence[Any]) -> None:
         format_func=_BASEMAP_LABELS.get,
         horizontal=True,
     )
+    import pydeck as pdk
+
     outline = s.basemap != "tiles"
     view = geo.view_for(points)
     deck = pdk.Deck(
