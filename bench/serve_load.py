@@ -140,7 +140,15 @@ def indexer_loop(col: Path, work: Path, stop: threading.Event, commit_every: int
     batch = 0
     while not stop.is_set():
         folder = make_folder(work / f"more{batch}", commit_every * 2, start=10_000 + batch * 1000)
-        cmd = [sys.executable, "-m", "indexer.cli.index", "build", str(folder), "--labels", str(folder / "labels.csv")]
+        cmd = [
+            sys.executable,
+            "-c",
+            "from indexer.cli.index import main; main()",
+            "build",
+            str(folder),
+            "--labels",
+            str(folder / "labels.csv"),
+        ]
         cmd += ["--out", str(col), "--model", MODEL, "--commit-every", str(commit_every), "-q"]
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         log.append(f"batch {batch}: exit {r.returncode}" + (f" {r.stderr[-300:]}" if r.returncode else ""))
@@ -184,7 +192,15 @@ def main() -> None:
     try:
         folder = make_folder(work / "imgs", args.images)
         col = work / "col"
-        cmd = [sys.executable, "-m", "indexer.cli.index", "build", str(folder), "--labels", str(folder / "labels.csv")]
+        cmd = [
+            sys.executable,
+            "-c",
+            "from indexer.cli.index import main; main()",
+            "build",
+            str(folder),
+            "--labels",
+            str(folder / "labels.csv"),
+        ]
         subprocess.run([*cmd, "--out", str(col), "--model", MODEL, "-q"], check=True, cwd=ROOT, timeout=3600)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
