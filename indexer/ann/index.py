@@ -15,7 +15,7 @@ import numpy as np
 
 from indexer.ann.exact import as_matrix, f32, id_array, id_set
 from indexer.ann.info import IndexInfo
-from indexer.ann.io import load_index, save_index
+from indexer.ann.io import is_ondisk, load_index, save_index
 from indexer.ann.layout import Layout, add_chunks
 from indexer.ann.search import Request, Searcher
 from indexer.errors import AnnError, AnnUnsupportedError
@@ -192,6 +192,8 @@ class AnnIndex:
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, mmap: bool = False) -> AnnIndex:
         """Read an index saved by :meth:`save`; ``mmap=True`` maps it read-only (``add`` and
-        ``remove`` then raise; see :func:`indexer.ann.io.load_index`)."""
+        ``remove`` then raise; see :func:`indexer.ann.io.load_index`). An on-disk index (a sharded
+        build) is always mapped read-only."""
         index, info = load_index(path, mmap=mmap)
-        return cls(index, info, read_only=mmap, source=Path(path).resolve() if mmap else None)
+        mapped = mmap or is_ondisk(info)
+        return cls(index, info, read_only=mapped, source=Path(path).resolve() if mapped else None)

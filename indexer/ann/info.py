@@ -43,6 +43,9 @@ class IndexInfo:
     A kind that is missing was not measured: it is searched with the image parameters.
     ``memory_bytes`` is an estimate of the resident size when loaded into RAM; ``tuning`` says how
     tuning ran; ``file_bytes`` is the size of the saved index file.
+    ``build`` says how it was built when that was more than train-and-add in one process (a sharded
+    build: ``storage`` ``"ondisk"``, shards, training, seconds per phase, the codes' reconstruction
+    error ``pq_error`` that drift is measured against).
     """
 
     factory: str
@@ -57,6 +60,7 @@ class IndexInfo:
     tuning: dict[str, Any] = field(default_factory=dict)
     kinds: dict[str, dict[str, Any]] = field(default_factory=dict)
     file_bytes: int | None = None
+    build: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def params_for(self, kind: str) -> dict[str, int]:

@@ -25,6 +25,7 @@ from indexer.store.generations import (
     vectors_file,
 )
 from indexer.store.ids import member
+from indexer.store.pieces import VectorPiece
 from indexer.store.schema import ALL_COLUMNS, COLUMN_TYPES, META_VERSION, quote_ident, sql_string_list
 from indexer.store.vectors import SegmentVectors
 
@@ -136,6 +137,21 @@ class Snapshot:
                     yield ids[keep], np.asarray(vecs[keep])
                     continue
             yield ids, vecs
+
+    def vector_pieces(
+        self, segments: Sequence[SegmentInfo] | None = None, *, deleted: np.ndarray | None = None
+    ) -> list[VectorPiece]:
+        """One picklable :class:`~indexer.store.pieces.VectorPiece` per segment (retired ids left
+        out), for builds that read the vectors in other processes or on other machines."""
+        if deleted is None:
+            deleted = self.deleted_ids()
+        out = []
+        for seg in self.generation.segments if segments is None else segments:
+            lo, hi = np.searchsorted(deleted, [seg.min_id, seg.min_id + seg.rows])
+            retired = deleted[lo:hi] if hi > lo else None
+            path = str(self.collection.path / vectors_file(seg.n))
+            out.append(VectorPiece(path, seg.min_id, 0, seg.rows, retired))
+        return out
 
     def load_vectors(
         self, segments: Sequence[SegmentInfo] | None = None, *, dtype: Any = np.float32
