@@ -4,6 +4,12 @@ The index is derived data: it is built from the vectors in the segments, covers 
 of segments, and can be rebuilt at any time with another index type (``bioclip-index reindex``).
 Segments committed after the index was built are searched exactly by the engine until the next
 update, so readers always see every committed image.
+
+From ``ONDISK_MIN_ROWS`` vectors on (or with ``ondisk=True``) the index is built from shards and
+kept on disk (:mod:`indexer.ann.ondisk`): build memory stays bounded whatever n, and a search process
+maps the lists rather than loading them. Later updates add the new vectors to its delta
+(:mod:`indexer.ann.delta`, no retraining); ``retrain=False`` with ``force`` folds the delta in, and
+``force`` alone (``bioclip-index reindex --retrain``) trains a new index.
 """
 
 from __future__ import annotations
@@ -16,16 +22,24 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from indexer.ann.build import build_index
-from indexer.ann.choice import choose_index, fits_incremental
+from indexer.ann.choice import choose_index, fits_incremental, ivf_nlist
+from indexer.ann.delta import extend_ondisk, fold_ondisk
 from indexer.ann.index import AnnIndex
+from indexer.ann.io import is_ondisk
+from indexer.ann.ondisk import build_ondisk_index
+from indexer.ann.sharded import ShardOptions
 from indexer.ann.tuning_inputs import TuningInputs, gather
+from indexer.errors import AnnError
 
 if TYPE_CHECKING:  # pragma: no cover
     from indexer.store import Writer
 
-__all__ = ["update_index", "index_path"]
+__all__ = ["update_index", "index_path", "ONDISK_MIN_ROWS", "ondisk_factory"]
 
 log = logging.getLogger(__name__)
+
+ONDISK_MIN_ROWS = 10_000_000
+"""From this many vectors on, the index is built from shards and kept on disk."""
 
 
 def index_path(collection_path: os.PathLike | str, entry: dict) -> str:
@@ -40,6 +54,9 @@ def update_index(
     recall_target: float = 0.95,
     force: bool = False,
     tuning: TuningInputs | None = None,
+    retrain: bool = True,
+    ondisk: bool | None = None,
+    shards: ShardOptions | None = None,
 ) -> dict | None:
     """Bring the ANN index in line with the writer's last generation and publish it.
 
@@ -49,6 +66,11 @@ def update_index(
     (:mod:`indexer.ann.tuning_inputs`: the collection's text phrases, embedded with its model when
     one is given and cached; a user's query file; the query log). Returns the published index
     entry (None for an empty collection).
+
+    ``ondisk``: build a sharded on-disk index (None: from ``ONDISK_MIN_ROWS`` vectors on), its
+    shards run as ``shards`` says (local processes by default, or Ray tasks). An on-disk index
+    takes new vectors into its delta; ``force`` with ``retrain=False`` folds the delta into it
+    instead of training a new index (unless ``factory`` asks for another type).
     """
     snap = writer.snapshot()
     gen = snap.generation
@@ -65,10 +87,14 @@ def update_index(
     col_path = writer.collection.path
 
     rebuild = force or entry is None or (factory is not None and factory != entry.get("factory"))
+    same_type = entry is not None and (factory is None or factory == entry.get("factory"))
+    fold = force and not retrain and same_type and _entry_is_ondisk(entry)
+    if fold:
+        rebuild = False
     index = None
     if not rebuild:
         assert entry is not None
-        if not uncovered and int(entry.get("deleted_seen", -1)) == int(deleted.size):
+        if not fold and not uncovered and int(entry.get("deleted_seen", -1)) == int(deleted.size):
             return entry  # nothing changed since the index was built
         try:
             index = AnnIndex.load(index_path(col_path, entry))
@@ -76,16 +102,33 @@ def update_index(
             log.warning("cannot load the ANN index (%s); rebuilding it", exc)
             rebuild = True
         else:
-            if not fits_incremental(index, live, memory_budget):
+            if not is_ondisk(index.info) and not fits_incremental(index, live, memory_budget):
                 log.info("the collection outgrew its %s index; rebuilding", index.factory)
                 rebuild = True
 
     t0 = time.monotonic()
+    rel = writer.new_file_name("ann", ".faiss")
+    path = os.path.join(col_path, rel)
+    to_disk = ondisk if ondisk is not None else live >= ONDISK_MIN_ROWS
     if rebuild:
         # exact search needs no tuning: the phrases wait until an approximate index does (a user's
         # file is still read, so that a bad one is an error whatever the index)
-        exact = (factory or choose_index(live, writer.collection.dimension, memory_budget)) == "Flat"
+        chosen = ondisk_factory(factory, live, snap.dimension, memory_budget) if to_disk else factory
+        exact = (chosen or choose_index(live, writer.collection.dimension, memory_budget)) == "Flat"
         queries = gather(writer.collection, snap.connect(materialize=False), tuning or TuningInputs(), exact=exact)
+    if rebuild and to_disk:
+        log.info("building the ANN index over %d vectors from shards, on disk (%s)", live, chosen)
+        index = build_ondisk_index(
+            snap.vector_pieces(deleted=deleted),
+            path,
+            factory=str(chosen),
+            dimension=snap.dimension,
+            recall_target=recall_target,
+            options=shards,
+            tuning_queries=queries,
+            vector_lookup=snap.get_vectors,
+        )
+    elif rebuild:
         ids, vecs = snap.load_vectors(dtype=np.float16)
         log.info("building the ANN index over %d vectors", len(ids))
         index = build_index(
@@ -96,6 +139,15 @@ def update_index(
             recall_target=recall_target,
             tuning_queries=queries,
         )
+    elif index is not None and is_ondisk(index.info):
+        old = index_path(col_path, entry or {})
+        if uncovered:
+            extend_ondisk(old, path, snap.vector_pieces(uncovered, deleted=deleted))
+        elif fold:
+            fold_ondisk(old, path)
+        else:
+            index.save(path)
+        index = AnnIndex.load(path)
     else:
         assert index is not None
         if uncovered:
@@ -104,8 +156,8 @@ def update_index(
                 index.add(np.asarray(vecs, dtype=np.float32), ids)
         if deleted.size and index.supports_remove:
             index.remove(deleted)
-    rel = writer.new_file_name("ann", ".faiss")
-    index.save(os.path.join(col_path, rel))
+    if not os.path.exists(path):
+        index.save(path)
     info = index.info.to_dict()
     new_entry = {
         "path": rel,
@@ -120,6 +172,21 @@ def update_index(
     writer.publish_index(new_entry)
     log.info("published %s index (%d vectors) in %.1fs", index.factory, index.ntotal, new_entry["seconds"])
     return new_entry
+
+
+def _entry_is_ondisk(entry: dict | None) -> bool:
+    return bool(entry) and ((entry or {}).get("info") or {}).get("build", {}).get("storage") == "ondisk"
+
+
+def ondisk_factory(factory: str | None, n: int, d: int, memory_budget: int | None) -> str:
+    """The factory of an on-disk index: ``factory``, else the automatic choice, which must be IVF
+    (exact ``Flat``, chosen for small collections, becomes ``IVF{nlist},Flat``)."""
+    chosen = factory or choose_index(n, d, memory_budget)
+    if chosen == "Flat" and factory is None:
+        chosen = f"IVF{ivf_nlist(n)},Flat"
+    if not any(part.startswith("IVF") for part in chosen.split(",")) or "Refine" in chosen or chosen.endswith("RFlat"):
+        raise AnnError(f"an on-disk index must be an IVF index without an in-index refine, not {chosen!r}")
+    return chosen
 
 
 def _index_files(col_path, rel: str) -> list[str]:

@@ -15,7 +15,8 @@ largest coarse cluster in float32 and the empty index (centroids, HNSW graph, co
 worker holds the empty index, its shard's codes and ids (``shard_rows x (code_size + 8)`` bytes,
 twice that while FAISS grows its lists) and one 64 MiB float32 chunk; merging maps the shards and
 the output file (page cache, not process memory). None of it grows with n once the shard size is
-fixed: a larger collection means more shards, not bigger ones.
+fixed: a larger collection means more shards, not bigger ones. The one exception is tuning's
+synthetic filters, whose allowed ids the build keeps (about 7.3 bytes per vector: 0.7 GB at 100M).
 
 Serving: :func:`indexer.ann.io.load_index` opens ``PATH`` with ``IO_FLAG_ONDISK_SAME_DIR`` (the
 ``.ivfdata`` is found beside it even after the folder moved) and FAISS maps the lists read-only, so a
@@ -41,14 +42,14 @@ from typing import Any
 import numpy as np
 
 from indexer.ann.exact import TopK, f32
-from indexer.ann.io import ondisk_data_path
+from indexer.ann.io import faiss_prints_to_stderr, ondisk_data_path
 from indexer.ann.layout import ADD_CHUNK_BYTES, Layout, new_faiss_index
 from indexer.ann.train import pq_error, train_index
 from indexer.ann.workers import EXECUTORS, available_cores, run_tasks
 from indexer.errors import AnnError
 from indexer.store.pieces import Piece, sample_rows, split_pieces, total_rows
 
-__all__ = ["ShardOptions", "build_sharded", "merge_ondisk", "train_rows_for", "SHARD_CODE_BYTES"]
+__all__ = ["ShardOptions", "build_sharded", "build_memory", "merge_ondisk", "train_rows_for", "SHARD_CODE_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,42 @@ def train_rows_for(n: int, nlist: int, d: int, sample_bytes: int = TRAIN_SAMPLE_
 def shard_rows_for(code_size: int, n: int, workers: int) -> int:
     per_shard = max(1, SHARD_CODE_BYTES // (code_size + 8))
     return int(max(1, min(per_shard, -(-n // max(1, workers)))))
+
+
+def build_memory(factory: str, n: int, d: int, options: ShardOptions | None = None) -> dict[str, int]:
+    """The documented bound on a sharded build's memory (bytes), from the factory and the options;
+    ``peak`` is the larger of the training phase and the add phase (all workers together), plus the
+    allowed ids of tuning's synthetic filters (7.3 bytes per vector, the one term that grows with n).
+    Everything else stops growing once n fills one shard per worker: a larger n means more shards."""
+    from indexer.ann.choice import estimate
+    from indexer.ann.train import CODEBOOK_SAMPLE
+
+    options = options or ShardOptions()
+    parts = factory.split(",")
+    head = next(p for p in parts if p.startswith("IVF"))
+    nlist = int(head[3:].split("_")[0])
+    opq = d * d * 4 if parts[0].startswith("OPQ") else 0
+    core = ",".join(p for p in parts if not p.startswith("OPQ"))
+    per, fixed = estimate(core, 0, d)
+    code = int(per) - 8
+    workers = options.workers or (available_cores() if options.executor == "local" else 8)
+    train = options.train_rows or train_rows_for(n, nlist, d)
+    shard = options.shard_rows or shard_rows_for(code, n, workers)
+    # the sample in float16, its largest coarse cluster (~4x the mean) and the codebook sample in float32
+    training = train * d * 2 + 4 * (train // max(1, int(nlist**0.5))) * d * 4 + CODEBOOK_SAMPLE * d * 4
+    worker = fixed + opq + 2 * shard * (code + 8) + ADD_CHUNK_BYTES
+    local = workers if options.executor == "local" else 1
+    # tuning's synthetic filters keep their allowed ids (uniform 1%, 10%, 50%, three 10% regions)
+    filters = int(0.91 * n * 8)
+    return {
+        "tuning_filters": filters,
+        "training": int(training + fixed + opq),
+        "per_worker": int(worker),
+        "workers": int(workers),
+        "shard_rows": int(shard),
+        "train_rows": int(train),
+        "peak": int(max(training + fixed + opq, local * worker + fixed + opq) + filters),
+    }
 
 
 @dataclass(frozen=True)
@@ -285,7 +322,8 @@ def build_sharded(
         t_add = time.perf_counter() - t1
         t2 = time.perf_counter()
         ivfdata = ondisk_data_path(path)
-        merged = merge_ondisk(index, [t.out for t in tasks], str(ivfdata))
+        with faiss_prints_to_stderr():
+            merged = merge_ondisk(index, [t.out for t in tasks], str(ivfdata))
         if merged != added:
             raise AnnError(f"the merged index holds {merged} vectors, the shards added {added}")
         tmp = path.with_name(f".{path.name}.tmp")

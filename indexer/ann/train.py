@@ -173,7 +173,7 @@ def two_level_centroids(x: np.ndarray, nlist: int, *, spherical: bool, seed: int
 
 
 def pq_error(index: Any, vectors: np.ndarray) -> float:
-    """Mean squared distance between vectors and their reconstruction from the index's codes
+    """Median squared distance between vectors and their reconstruction from the index's codes
     (coarse centroid + code, through any pre-transform), or NaN when the index cannot say."""
     import faiss
 
@@ -187,7 +187,7 @@ def pq_error(index: Any, vectors: np.ndarray) -> float:
     ivf = layout.leaf
     codes = ivf.sa_encode(x)
     back = ivf.sa_decode(codes)
-    return float(np.mean(np.sum((x - back) ** 2, axis=1)))
+    return float(np.median(np.sum((x - back) ** 2, axis=1)))
 
 
 def _apply_chain(wrapper: Any, x: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ results come back as tasks finish (not in order), so the caller can report progr
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing as mp
 import os
@@ -67,7 +68,7 @@ def run_tasks(
         raise AnnError(f"unknown shard executor {executor!r}; expected one of {EXECUTORS}")
     if executor == "inline" or (executor == "local" and ("fork" not in mp.get_all_start_methods() or workers <= 1)):
         for i, task in enumerate(tasks):
-            yield i, _guard(i, lambda task=task: fn(task, visitor))
+            yield i, _guard(i, functools.partial(fn, task, visitor))
     elif executor == "local":
         yield from _run_local(fn, tasks, visitor, workers)
     else:
@@ -123,7 +124,7 @@ def _run_ray(
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
-                yield refs[ref], _guard(refs[ref], lambda ref=ref: ray.get(ref))
+                yield refs[ref], _guard(refs[ref], functools.partial(ray.get, ref))
     finally:
         if started:
             ray.shutdown()

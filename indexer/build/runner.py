@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from indexer.ann import TuningInputs, update_index
+from indexer.ann.sharded import ShardOptions
 from indexer.build.commit import record_finished_build
 from indexer.build.context import BuildRun, Committer, progress_bar
 from indexer.build.diff import classify
@@ -88,6 +89,7 @@ def build(
                 memory_budget=options.memory_budget,
                 recall_target=options.recall_target,
                 tuning=TuningInputs(model=model),  # text tuning phrases embedded with the build's model
+                shards=ShardOptions(executor=options.executor, ray_address=options.ray_address),
             )
         record_finished_build(run, sources, started, at_start)
     if lazy.loaded:  # once per machine and model: the text tower for text queries without torch

@@ -47,6 +47,7 @@ def command(*, collection, as_json, verbose, quiet):
             f"{info['index']}"
             + (f" (recall target {idx['recall_target']:.2f})" if isinstance(idx.get("recall_target"), float) else ""),
         ),
+        *_storage_rows(idx),
         ("not yet in index", info["unindexed_images"]),
         ("generation", info["generation"]),
         ("updated", info["updated"]),
@@ -71,3 +72,19 @@ def _precision(info: dict) -> str:
     created = info["model_info"].get("precision") or "fp32"
     last = (info.get("last_build") or {}).get("precision")
     return created if not last or last == created else f"{created} when created, {last} in the last build"
+
+
+def _storage_rows(idx: dict) -> list[tuple[str, str]]:
+    """An on-disk index (sharded build): its lists, its delta of recent images, the drift measured."""
+    from indexer.ann.delta import DRIFT_RETRAIN_RATIO
+
+    build = idx.get("build") or {}
+    if build.get("storage") != "ondisk":
+        return []
+    delta = (build.get("delta") or {}).get("n", 0)
+    text = f"on disk, {build.get('ivfdata_bytes', 0) / 1e9:.2f} GB of lists, {build.get('shards')} shards"
+    text += f"; delta {delta} images" if delta else ""
+    drift = build.get("drift")
+    if isinstance(drift, (int, float)):
+        text += f"; drift {drift:.2f}" + (" (run reindex --retrain)" if drift > DRIFT_RETRAIN_RATIO else "")
+    return [("index storage", text)]
