@@ -9,7 +9,11 @@ For each architecture (random-init weights, same cost as the real models):
     35.1 GFLOP per image for ViT-B/16 at 224 px and 162 GFLOP for ViT-L/14 (2 x multiply-adds),
     printed as a fraction of the ceiling;
   - ``indexer.build.build`` end to end on ``--images`` generated JPEGs (decode workers, pinned
-    memory, autocast), as images/s and as a ratio to forward-only.
+    memory, autocast), as images/s and as a ratio to forward-only;
+  - JPEG files on disk -> model input -> vectors with ``indexer.media.batch_decode.BatchDecoder``:
+    decoded by the GPU's JPEG decoder (nvJPEG, batched) and resized there, against the same files
+    decoded on the CPU (one process) and resized on the GPU; images/s of decoding alone and of
+    decoding + encoding, and the peak GPU memory.
 
 On a CPU (``--device cpu --quick``) it runs the same code with small sizes, to check the script.
 """
@@ -79,6 +83,31 @@ def make_images(dest: Path, n: int) -> None:
         Image.fromarray(small).resize((1024, 768), Image.BILINEAR).save(dest / f"img_{i:05d}.jpg", quality=90)
 
 
+def decode_rates(model, files: list[Path], batch: int) -> dict[str, float]:
+    """images/s: decode only (GPU JPEG decoder, CPU decoder) and decode + encode, from files on disk."""
+    import torch
+
+    from indexer.media.batch_decode import BatchDecoder
+
+    out = {}
+    dev = str(model.device)
+    for label, gpu_jpeg in (("gpu", True), ("cpu", False)):
+        decoder = BatchDecoder(model.preprocess_config, device=dev, gpu_jpeg=gpu_jpeg)
+        for encode in (False, True):
+            n, t0 = 0, time.perf_counter()
+            for a in range(0, len(files), batch):
+                datas = [p.read_bytes() for p in files[a : a + batch]]
+                decoded = decoder.decode(datas)
+                if encode and decoded.rows:
+                    model.encode_image_tensors(decoded.tensors)
+                n += len(decoded.rows)
+            _sync(dev)
+            out[f"{label}_{'encode' if encode else 'decode'}"] = n / (time.perf_counter() - t0)
+    if dev.startswith("cuda"):
+        out["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
@@ -123,6 +152,15 @@ def main() -> None:
             )
             rate = report.encoded / (time.perf_counter() - t0)
             print(f"{arch:10s} {fwd:14.1f} {tflops:8.1f} {tflops / ceiling:10.1%} {rate:12.1f} {rate / fwd:14.2f}")
+            files = sorted((work / "imgs").glob("*.jpg"))
+            rates = decode_rates(model, files, args.batch_size)
+            print(
+                f"{'':10s} from JPEG files: GPU decode {rates['gpu_decode']:.1f} img/s, CPU decode {rates['cpu_decode']:.1f} "
+                f"(ratio {rates['gpu_decode'] / rates['cpu_decode']:.2f}); decode + encode: GPU decode "
+                f"{rates['gpu_encode']:.1f} img/s ({rates['gpu_encode'] / fwd:.2f} of forward-only), CPU decode "
+                f"{rates['cpu_encode']:.1f}"
+                + (f"; peak GPU memory {rates['peak_gpu_gib']:.2f} GiB" if "peak_gpu_gib" in rates else "")
+            )
             shutil.rmtree(col, ignore_errors=True)
             del model
             if dev.startswith("cuda"):
