@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from indexer.ann import AnnIndex, exact_search, recall_at_k, update_index
 from indexer.ann.delta import extend_ondisk, fold_ondisk
 from indexer.ann.io import delta_path, faiss_prints_to_stderr, ondisk_data_path
+from indexer.ann.maintenance import ondisk_factory
 from indexer.ann.ondisk import build_ondisk_index
 from indexer.ann.sharded import ShardOptions, build_memory
 from indexer.ann.workers import run_tasks
@@ -170,6 +171,17 @@ def test_split_pieces_and_build_memory_bound():
     assert small["per_worker"] < 2**30 and big["peak"] < 16 * 2**30
     with pytest.raises(AnnError):
         ShardOptions(executor="mpi")
+
+
+def test_automatic_on_disk_choice_from_10m():
+    assert ondisk_factory(None, 20_000_000, 768, 16 * 2**30).startswith("IVF65536_HNSW32,")
+    assert ondisk_factory(None, 10**9, 512, 32 * 2**30).startswith("IVF131072_HNSW32,PQ")
+    assert (
+        ondisk_factory(None, 3000, 32, None).startswith("IVF")
+        and ondisk_factory("IVF64,PQ8", 10**8, 64, 1) == "IVF64,PQ8"
+    )
+    with pytest.raises(AnnError, match="IVF"):
+        ondisk_factory("HNSW32", 10**7, 64, None)
 
 
 def _collection(tmp_path, vecs, n_first):

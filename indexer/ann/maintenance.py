@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 ONDISK_MIN_ROWS = 10_000_000
 """From this many vectors on, the index is built from shards and kept on disk."""
+ONDISK_MIN_NLIST = 65_536
+"""The fewest inverted lists an automatically chosen on-disk index of ONDISK_MIN_ROWS+ vectors has."""
 
 
 def index_path(collection_path: os.PathLike | str, entry: dict) -> str:
@@ -180,10 +182,17 @@ def _entry_is_ondisk(entry: dict | None) -> bool:
 
 def ondisk_factory(factory: str | None, n: int, d: int, memory_budget: int | None) -> str:
     """The factory of an on-disk index: ``factory``, else the automatic choice, which must be IVF
-    (exact ``Flat``, chosen for small collections, becomes ``IVF{nlist},Flat``)."""
+    (exact ``Flat``, chosen for small collections, becomes ``IVF{nlist},Flat``; from
+    ``ONDISK_MIN_ROWS`` on it has at least ``ONDISK_MIN_NLIST`` lists and an HNSW quantizer)."""
     chosen = factory or choose_index(n, d, memory_budget)
     if chosen == "Flat" and factory is None:
         chosen = f"IVF{ivf_nlist(n)},Flat"
+    if factory is None and n >= ONDISK_MIN_ROWS:
+        # 65,536+ lists from 10M on: shorter lists to read from disk per probe (FAISS wiki, autofaiss)
+        head, _, code = chosen.partition(",")
+        nlist = int(head[3:].split("_")[0])
+        if nlist < ONDISK_MIN_NLIST:
+            chosen = f"IVF{ONDISK_MIN_NLIST}_HNSW32,{code}"
     if not any(part.startswith("IVF") for part in chosen.split(",")) or "Refine" in chosen or chosen.endswith("RFlat"):
         raise AnnError(f"an on-disk index must be an IVF index without an in-index refine, not {chosen!r}")
     return chosen
