@@ -196,7 +196,7 @@ def load_index(path: str | os.PathLike[str], *, mmap: bool = False) -> tuple[Any
         is_ivf = any(part.startswith("IVF") for part in info.factory.split(","))
         flags |= faiss.IO_FLAG_READ_ONLY | (faiss.IO_FLAG_MMAP if is_ivf else faiss.IO_FLAG_MMAP_IFC)
     try:
-        with faiss_prints_to_stderr():
+        with faiss_prints_to_stderr() if is_ondisk(info) else contextlib.nullcontext():
             index = faiss.read_index(str(path), flags)
     except RuntimeError as exc:
         raise AnnError(f"cannot read index {path}: {exc}") from exc
