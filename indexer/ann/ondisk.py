@@ -13,16 +13,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from indexer.ann import params as params_module
 from indexer.ann.choice import estimate
 from indexer.ann.index import AnnIndex
 from indexer.ann.info import IndexInfo
 from indexer.ann.io import ondisk_data_path, write_sidecar
 from indexer.ann.sharded import ShardOptions, build_sharded
-from indexer.ann.tuning import TUNE_K, TuningSet, tune
+from indexer.ann.tuning import tune
+from indexer.ann.tuning_set import TUNE_K, KindQueries, TuningSet
 from indexer.errors import AnnError
 from indexer.store.pieces import Piece
 from indexer.store.vectors import VectorLookup
@@ -50,7 +52,7 @@ def build_ondisk_index(
     recall_target: float = 0.95,
     seed: int = 0,
     options: ShardOptions | None = None,
-    tuning_queries: np.ndarray | None = None,
+    tuning_queries: Mapping[str, KindQueries | np.ndarray] | None = None,
     vector_lookup: VectorLookup | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> AnnIndex:
@@ -59,8 +61,9 @@ def build_ondisk_index(
 
     ``vector_lookup`` (ids -> stored float32 vectors) is what exact re-ranking of compressed codes
     reads at search time; tuning measures recall with it, so searches must pass it too
-    (``AnnIndex.needs_vector_lookup``). ``tuning_queries`` replace the vectors sampled from the
-    collection (text-like queries, say). Raises :class:`AnnError`.
+    (``AnnIndex.needs_vector_lookup``). ``tuning_queries``: queries per kind (``text``, ``image``,
+    ``mixed``; :mod:`indexer.ann.tuning_set`), each kind tuned to the target as in
+    :func:`indexer.ann.build.build_index`. Raises :class:`AnnError`.
     """
     if not 0.0 < recall_target <= 1.0:
         raise AnnError(f"recall_target must be in (0, 1], got {recall_target}")
@@ -89,25 +92,25 @@ def build_ondisk_index(
     ann = AnnIndex.load(path)
     lossy = ann.layout.lossy and ann.layout.refine is None
     t1 = time.perf_counter()
-    params, recall, filtered = tune(ann, tq, recall_target, vector_lookup if lossy else None)
-    ann.info.params, ann.info.measured_recall = params, recall
-    ann.info.tuning = {"queries": tq.size, "k": TUNE_K, "seed": seed, "method": tq.method}
-    if filtered:
-        ann.info.tuning["filtered_recall"] = filtered
+    kinds = tune(
+        ann, tq, recall_target, vector_lookup if lossy else None, budget_floats=params_module.LATENCY_BUDGET_FLOATS
+    )
+    ann.info.kinds = {kind: t.to_dict() for kind, t in kinds.items()}
+    ann.info.params, ann.info.measured_recall = dict(kinds["image"].params), round(kinds["image"].recall, 4)
+    ann.info.tuning = {"k": TUNE_K, "seed": seed, "queries": {k: t.queries for k, t in kinds.items()}}
     ann.info.build["seconds"]["tune"] = round(time.perf_counter() - t1, 2)
     ann.info.build_seconds = round(time.perf_counter() - t0, 3)
     write_sidecar(path, ann.info)
-    if recall < recall_target:
-        log.warning("%s reaches recall@%d %.3f < target %.3f", factory, TUNE_K, recall, recall_target)
+    for kind, t in kinds.items():
+        if not t.met:
+            log.warning("%s, %s queries: %s", factory, kind, t.note)
     log.info(
-        "built %s on disk: n=%d params=%s recall@%d=%.3f in %.1fs (%s + %s)",
+        "built %s on disk: n=%d in %.1fs (%s + %s); %s",
         factory,
         n,
-        params,
-        TUNE_K,
-        recall,
         ann.info.build_seconds,
         os.path.basename(os.fspath(path)),
         ondisk_data_path(path).name,
+        "; ".join(f"{k}: {t.params} recall@{TUNE_K} {t.recall:.3f}" for k, t in kinds.items()),
     )
     return ann
