@@ -138,7 +138,10 @@ class QueryEmbedder:
                     "the end was cut off"
                 )
         if todo:
-            vecs = model.encode_texts(todo)
+            # One text per forward pass: a text's vector then depends on that text alone, not on
+            # which others it was batched with (in bf16 the padding cut changes the rounding), so
+            # the same query scores the same in any process, cached or not.
+            vecs = [model.encode_texts([p])[0] for p in todo]
             with self._text_lock:
                 for p, v in zip(todo, vecs):
                     v = np.asarray(v, dtype=np.float32)
