@@ -237,12 +237,7 @@ def test_search_upload_filter_and_more_like_this_in_chromium(server, driver, art
 
         # more like this on the first result
         first = expected.id
-        buttons = [
-            b
-            for b in drv.find_elements(By.CSS_SELECTOR, '[data-testid="stButton"] button')
-            if b.text == "More like this"
-        ]
-        buttons[0].click()
+        click_button(drv, "More like this")
         wait_for_text(drv, f"Searching for: images similar to image {first}")
         wait_idle(drv)
         want = engine.similar(first, k=1, filters=BrowseState().with_values("country", ["Norway"]).to_filter()).hits[0]
@@ -258,9 +253,7 @@ def test_search_upload_filter_and_more_like_this_in_chromium(server, driver, art
         assert "Traceback" not in drv.find_element(By.TAG_NAME, "body").text
 
         # the detail view of that result, and the collection page
-        [b for b in drv.find_elements(By.CSS_SELECTOR, '[data-testid="stButton"] button') if b.text == "Details"][
-            0
-        ].click()
+        click_button(drv, "Details")
         wait_for_text(drv, "Rights holder")
         wait_for_text(drv, "Similar images")
         wait_idle(drv)

@@ -57,7 +57,9 @@ def _layers(clusters: Sequence[geo.Cluster], outline: bool) -> list[Any]:
             data=data,
             get_position="[lon, lat]",
             get_radius="radius",
-            radius_units="pixels",
+            radius_units="'pixels'",  # quoted: pydeck makes a bare string an expression
+            radius_min_pixels=6,
+            radius_max_pixels=48,
             get_fill_color=[176, 42, 30, 215],
             get_line_color=[255, 255, 255],
             line_width_min_pixels=1.5,
@@ -102,9 +104,11 @@ def map_view(s: BrowseState, hits: Sequence[Any]) -> None:
 
     outline = s.basemap != "tiles"
     view = geo.view_for(points)
+    # No map_style for the outline: a null style is what Streamlit fills with Carto's (a tile server)
+    style = {} if outline else {"map_style": "light"}
     deck = pdk.Deck(
         map_provider=None if outline else "carto",
-        map_style=None if outline else "light",
+        **style,
         initial_view_state=pdk.ViewState(**view),
         layers=_layers(clusters, outline),
         tooltip={"text": "{count} results\n{names}"},
