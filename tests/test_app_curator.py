@@ -304,7 +304,9 @@ def test_the_map_works_offline_and_clusters_points_with_counts(app):
     assert "http" not in str(spec.get("mapStyle"))
     layers = {layer["id"]: layer for layer in spec["layers"]}
     assert len(layers["countries"]["data"]["features"]) > 150  # the bundled outline of the world
-    assert layers["clusters"]["radiusUnits"] == "pixels"  # circles sized in pixels (a bare string would be an expression)
+    assert (
+        layers["clusters"]["radiusUnits"] == "pixels"
+    )  # circles sized in pixels (a bare string would be an expression)
     counts = [d["count"] for d in layers["clusters"]["data"]]
     assert sum(counts) == 8 and [d["label"] for d in layers["counts"]["data"]] == [str(c) for c in counts]
     assert any("8 of 12 results have coordinates" in c.value for c in at.caption)
