@@ -109,7 +109,8 @@ def build_memory(factory: str, n: int, d: int, options: ShardOptions | None = No
     """The documented bound on a sharded build's memory (bytes), from the factory and the options;
     ``peak`` is the larger of the training phase and the add phase (all workers together), plus the
     allowed ids of tuning's synthetic filters (7.3 bytes per vector, the one term that grows with n).
-    Everything else stops growing once n fills one shard per worker: a larger n means more shards."""
+    Everything else stops growing once n fills one shard per worker: a larger n means more shards.
+    Not counted: each process's own baseline (the interpreter, numpy, FAISS: ~50-100 MB apiece)."""
     from indexer.ann.choice import estimate
     from indexer.ann.train import CODEBOOK_SAMPLE
 
