@@ -5,8 +5,9 @@ Public API, served lazily (``import indexer`` stays cheap: no torch, no FAISS)::
     from indexer import BuildOptions, Filter, SearchEngine, Term, build, open_source
     build("photos.collection", [open_source("photos/")], model_name="bioclip")
     engine = SearchEngine.open("photos.collection")
+    curate("photos.collection"); Curation.open("photos.collection").entries("misidentified")
 
-See docs/ARCHITECTURE.md for the packages: ``store``, ``media``, ``ann``, ``build``, ``search``, ``cli``.
+See docs/ARCHITECTURE.md for the packages: ``store``, ``media``, ``ann``, ``build``, ``search``, ``curate``, ``cli``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from indexer._version import __version__  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only; the real imports are lazy
     from indexer.build import BuildOptions, BuildReport, build, open_source
+    from indexer.curate import CurateOptions, Curation, ListOptions, curate, evaluate
     from indexer.search import Condition, Filter, Grouping, Hit, Query, SearchEngine, SearchResult, Term
     from indexer.store import Collection
 
@@ -40,6 +42,11 @@ _LAZY = {
     "BuildReport": "indexer.build",
     "open_source": "indexer.build",
     "Collection": "indexer.store",
+    "curate": "indexer.curate",
+    "evaluate": "indexer.curate",
+    "Curation": "indexer.curate",
+    "CurateOptions": "indexer.curate",
+    "ListOptions": "indexer.curate",
 }
 
 __all__ = [
@@ -57,6 +64,11 @@ __all__ = [
     "BuildReport",
     "open_source",
     "Collection",
+    "curate",
+    "evaluate",
+    "Curation",
+    "CurateOptions",
+    "ListOptions",
 ]
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "AnnUnsupportedError",
     "TuningSetError",
     "EmptyTuningSetError",
+    "CurationError",
     "RayExecutorError",
     "RayNotInstalledError",
     "ForeignBioclipError",
@@ -128,6 +129,10 @@ class RayExecutorError(IndexerError):
 
 class RayNotInstalledError(RayExecutorError):
     """``executor="ray"`` was asked for but the ``ray`` package (with Ray Data) is not installed."""
+
+
+class CurationError(IndexerError):
+    """Curation data cannot be computed, read or used (the message names the file or the reason)."""
 
 
 class ForeignBioclipError(ImportError):

@@ -33,13 +33,14 @@ from search_ui.state import TABS, BrowseState
 from search_ui.taxa import TaxaPredictor
 from search_ui.views import Context
 from search_ui.views.collection import collection_page
+from search_ui.views.curation import curation_page
 from search_ui.views.loading import loading_status
 from search_ui.views.search import search_header, search_page
 
 log = logging.getLogger("search_ui")
 
 #: The view of each tab (search_ui.state.TABS).
-PAGES = {"search": search_page, "collection": collection_page}
+PAGES = {"search": search_page, "collection": collection_page, "curation": curation_page}
 
 st.set_page_config(page_title="bioclip-search", page_icon=":mag:", layout="wide")
 # Never show a stack trace to a visitor (also set in search_ui/.streamlit/config.toml).

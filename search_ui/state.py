@@ -53,7 +53,7 @@ DEFAULT_K = 200
 VIEWS = ("grid", "table", "map", "taxa")
 #: The map's basemaps: a bundled outline of the countries (offline) or tiles from the internet.
 BASEMAPS = ("outline", "tiles")
-TABS = ("search", "collection")
+TABS = ("search", "collection", "curation")
 MODES = ("text", "like", "image")
 #: The coordinates filter's choices, as the sidebar words them.
 COORDS: dict[str, bool | None] = {"any": None, "with coordinates": True, "without coordinates": False}

@@ -46,3 +46,25 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real sample data not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def curate_model(tiny_model_source):
+    """The tiny model, loaded once for the curation tests."""
+    from bioclip.model import load_model
+
+    return load_model(tiny_model_source, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def curated_bed(tmp_path_factory, curate_model):
+    """The curation test bed (tests/curatebed.py), curated once per session; tests that change it
+    work on a copy."""
+    from curatebed import build_bed
+
+    from indexer.curate import curate
+
+    bed = build_bed(tmp_path_factory.mktemp("curate"), curate_model)
+    report = curate(bed.path, model=curate_model)
+    assert report.full and report.images == len(bed.uuids) and report.labels == 24
+    return bed
