@@ -97,13 +97,16 @@ class ReviewQueue:
         examples = self.engine.get(cur.examples(entry.rank, entry.suggested, entry.id, k=6)) if entry.suggested else []
         return Review(entry, specimen, neighbours, examples, remaining)
 
-    def decide(self, kind: str, image_id: int, decision: str, *, by: str | None = None) -> None:
+    def decide(
+        self, kind: str, image_id: int, decision: str, *, by: str | None = None, options: ListOptions | None = None
+    ) -> None:
         """Record a decision on the entry of ``kind`` for ``image_id`` (looked up again, so that a
         click on a page drawn from an older state decides on what the data says now)."""
         cur = self.curation()
         if cur is None:
             raise CurationError("this collection has no curation data")
-        entry = next((e for e in cur.entries(kind, ListOptions(min_confidence=-1e9)) if e.id == image_id), None)
+        opts = ListOptions(**{**(options or ListOptions()).__dict__, "min_confidence": -1e9, "include_decided": True})
+        entry = next((e for e in cur.entries(kind, opts) if e.id == image_id), None)
         if entry is None:
             raise CurationError(f"image {image_id} is no longer in the {kind} list")
         cur.decide(entry, decision, by=by)

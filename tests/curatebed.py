@@ -100,7 +100,9 @@ def _outside(text: np.ndarray, g: np.ndarray) -> np.ndarray:
     return g - (g @ q) @ q.T
 
 
-def build_bed(root: Path, model, *, per_species: int = 30, seed: int = 0) -> Bed:
+def build_bed(root: Path, model, *, per_species: int = 30, seed: int = 0, pictures: bool = False) -> Bed:
+    """The bed at ``root/bed.collection``; ``pictures``: a generated picture per image (beside the
+    embeddings, as its location), for pages that show images (content meaningless)."""
     from indexer.build.importers import DeclaredModel, import_embeddings
 
     lineages, text, vecs, species = place(model, per_species, seed)
@@ -161,15 +163,22 @@ def build_bed(root: Path, model, *, per_species: int = 30, seed: int = 0) -> Bed
     labels += extra_labels
     bed.true_species = np.concatenate([species, np.full(len(extra_vecs), -1)])
     bed.vectors = all_vecs
-    write_parquet(root / "emb" / "part-00000.parquet", uuids, all_vecs, labels)
+    write_parquet(root / "emb" / "part-00000.parquet", uuids, all_vecs, labels, pictures=pictures)
     import_embeddings(bed.path, [str(root / "emb")], model=DeclaredModel(model=model))
     return bed
 
 
-def write_parquet(path: Path, uuids, vecs: np.ndarray, labels) -> None:
+def write_parquet(path: Path, uuids, vecs: np.ndarray, labels, *, pictures: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     n, d = vecs.shape
     cols: dict[str, pa.Array] = {"uuid": pa.array(uuids)}
+    if pictures:
+        from imagegen import picture
+
+        (path.parent / "pics").mkdir(exist_ok=True)
+        for i, u in enumerate(uuids):
+            picture(i).save(path.parent / "pics" / f"{u}.png")
+        cols["path"] = pa.array([str(path.parent / "pics" / f"{u}.png") for u in uuids])
     for j, rank in enumerate(RANK_NAMES):
         cols[rank] = pa.array([lab[j] for lab in labels], pa.string())
     cols["catalogNumber"] = pa.array([f"CAT-{u}" for u in uuids])

@@ -267,7 +267,8 @@ def duplicates(ev: Evidence, opts: ListOptions, rows: np.ndarray) -> list[Entry]
         pair = (
             [float(s) for x, y, s in zip(a.tolist(), b.tolist(), w.tolist()) if x in mset] if len(members) < 50 else []
         )
-        exact = all((members[i], members[i + 1]) in exact_pairs for i in range(len(members) - 1))
+        exact_sets = _exact_sets(members, exact_pairs, ev)
+        exact = len(exact_sets) == 1 and len(exact_sets[0]) == len(members)
         least = 1.0 if exact else (min(pair) if pair else float(opts.duplicate_cosine))
         ids = sorted(int(ev.state.ids[m]) for m in members)
         out.append(
@@ -276,11 +277,21 @@ def duplicates(ev: Evidence, opts: ListOptions, rows: np.ndarray) -> list[Entry]
                 ids[0],
                 round(least, 4),
                 members=ids,
-                detail={"exact": exact, "images": len(ids)},
+                detail={"exact": exact, "images": len(ids), "exact_copies": exact_sets},
             )
         )
     out.sort(key=lambda e: (-len(e.members), -e.score, e.id))
     return out
+
+
+def _exact_sets(members: list[int], exact_pairs: set[tuple[int, int]], ev: Evidence) -> list[list[int]]:
+    """The ids of a group's members that are byte-identical copies of each other (same sha256)."""
+    by_sha: dict[str, list[int]] = {}
+    if ev.sha is not None:
+        for m in members:
+            if ev.sha[m]:
+                by_sha.setdefault(str(ev.sha[m]), []).append(int(ev.state.ids[m]))
+    return [sorted(v) for v in by_sha.values() if len(v) > 1]
 
 
 def outlier_scores(ev: Evidence) -> np.ndarray:

@@ -25,9 +25,9 @@ def _skip(kind: str, image_id: int) -> None:
     ss.setdefault("cur_skipped", {}).setdefault(kind, []).append(image_id)
 
 
-def _decide(queue: ReviewQueue, kind: str, image_id: int, decision: str) -> None:
+def _decide(queue: ReviewQueue, kind: str, image_id: int, decision: str, opts: ListOptions) -> None:
     try:
-        queue.decide(kind, image_id, decision, by=ss.get("w_cur_by") or None)
+        queue.decide(kind, image_id, decision, by=ss.get("w_cur_by") or None, options=opts)
         ss["cur_notice"] = f"{decision.capitalize()}: image {image_id}."
     except Exception as exc:  # shown on the next run
         ss["cur_notice"] = f"Not recorded: {exc}"
@@ -57,7 +57,7 @@ def curation_page(ctx: Context) -> None:
     if review is None:
         st.success("Nothing left in this queue." + (f" ({len(skipped)} skipped in this session)" if skipped else ""))
     else:
-        _show(ctx, queue, kind, review)
+        _show(ctx, queue, kind, review, opts)
     d1, d2 = st.columns(2)
     d1.download_button(
         "Download this list (CSV)", queue.export(kind, opts), file_name=f"{kind}.csv", mime="text/csv", key="dl_plain"
@@ -72,7 +72,7 @@ def curation_page(ctx: Context) -> None:
         )
 
 
-def _show(ctx: Context, queue: ReviewQueue, kind: str, review) -> None:
+def _show(ctx: Context, queue: ReviewQueue, kind: str, review, opts: ListOptions) -> None:
     e = review.entry
     st.markdown(f"**{review.remaining:,} in the queue.** Image {e.id} · score {e.score:.3f}")
     if e.suggested:
@@ -112,9 +112,9 @@ def _show(ctx: Context, queue: ReviewQueue, kind: str, review) -> None:
         key=f"cur_accept_{kind}_{e.id}",
         type="primary",
         on_click=_decide,
-        args=(queue, kind, e.id, "accepted"),
+        args=(queue, kind, e.id, "accepted", opts),
     )
-    b2.button("Reject", key=f"cur_reject_{kind}_{e.id}", on_click=_decide, args=(queue, kind, e.id, "rejected"))
+    b2.button("Reject", key=f"cur_reject_{kind}_{e.id}", on_click=_decide, args=(queue, kind, e.id, "rejected", opts))
     b3.button("Skip", key=f"cur_skip_{kind}_{e.id}", on_click=_skip, args=(kind, e.id))
 
 
