@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None)
     args = ap.parse_args()
     rows = 50_000 if args.quick else args.rows
-    from bioclip.model import load_model
+    from bioclip import load_model
     from bioclip.testing import TINY_MODEL_CONFIG, write_random_model
     from indexer.build.importers import DeclaredModel, ImportOptions, import_embeddings
     from indexer.curate import CurateOptions, Curation, curate

@@ -51,7 +51,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def curate_model(tiny_model_source):
     """The tiny model, loaded once for the curation tests."""
-    from bioclip.model import load_model
+    from bioclip import load_model
 
     return load_model(tiny_model_source, device="cpu")
 

@@ -11,6 +11,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from indexer.curate import Curation  # noqa: E402
+from search_ui.loading import EngineLoader  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "search_ui" / "app.py"
 pytestmark = pytest.mark.slow
@@ -29,6 +30,9 @@ def _start(path, monkeypatch) -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=90)
     at.query_params["tab"] = "curation"
     at.run()
+    # the collection and its model load in the background: run again once they are loaded
+    if EngineLoader.wait_all(90) and not at.subheader:
+        at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 

@@ -92,20 +92,20 @@ def _show(ctx: Context, queue: ReviewQueue, kind: str, review, opts: ListOptions
     with left:
         st.markdown("**The specimen**" if len(review.specimen) == 1 else f"**The {len(review.specimen)} images**")
         for h in review.specimen[:6]:
-            ui.show_image(ctx.media.thumbnail(h), caption=_caption(h))
+            ui.show_image(ctx.media.thumbnail(h), alt=_caption(h), caption=_caption(h))
     with right:
         if review.neighbours:
             st.markdown("**Its nearest neighbours**")
             cols = st.columns(4)
             for i, (h, cos, name) in enumerate(review.neighbours):
                 with cols[i % 4]:
-                    ui.show_image(ctx.media.thumbnail(h), caption=f"{name or 'unnamed'} · {cos:.2f}")
+                    ui.show_image(ctx.media.thumbnail(h), alt=_caption(h), caption=f"{name or 'unnamed'} · {cos:.2f}")
         if review.examples:
             st.markdown(f"**Examples of {ui.sci_name(e.suggested)}**")
             cols = st.columns(4)
             for i, h in enumerate(review.examples):
                 with cols[i % 4]:
-                    ui.show_image(ctx.media.thumbnail(h), caption=_caption(h))
+                    ui.show_image(ctx.media.thumbnail(h), alt=_caption(h), caption=_caption(h))
     b1, b2, b3, _ = st.columns([1, 1, 1, 4])
     b1.button(
         "Accept",
