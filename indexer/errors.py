@@ -14,6 +14,7 @@ __all__ = [
     "FormatVersionError",
     "ModelMismatchError",
     "CollectionLockedError",
+    "DiskFullError",
     "QueryError",
     "FilterError",
     "AnnError",
@@ -93,6 +94,18 @@ class ModelMismatchError(CollectionError):
 
 class CollectionLockedError(CollectionError):
     """Another process is writing to the collection."""
+
+
+class DiskFullError(CollectionError):
+    """The disk holding a collection has no room for what was being written; nothing committed
+    before is lost. ``path`` is the collection (or the folder written to), ``needed`` and ``free``
+    are bytes (``needed`` an estimate of what the failed write needed)."""
+
+    def __init__(self, message: str, path: str, needed: int, free: int):
+        super().__init__(message)
+        self.path = path
+        self.needed = needed
+        self.free = free
 
 
 class QueryError(IndexerError):

@@ -31,6 +31,7 @@ from search_ui.session import bound, change, follow_url, publish_url, seed, set_
 from search_ui.sidebar import FacetCatalog
 from search_ui.state import TABS, BrowseState
 from search_ui.taxa import TaxaPredictor
+from search_ui.text import md
 from search_ui.views import Context
 from search_ui.views.collection import collection_page
 from search_ui.views.curation import curation_page
@@ -86,14 +87,14 @@ def main() -> None:
         st.error("No collection to search. Start the app with: bioclip-app COLLECTION")
         return
     for note in follow_url():
-        st.warning(f"The link had a problem: {note}")
+        st.warning(f"The link had a problem: {md(note)}")
 
     paths = list(args.collections)
     labels = collection_labels(paths)
     by_label = {v: k for k, v in labels.items()}
     s = state()
     if s.collection and s.collection not in by_label:
-        st.warning(f"No collection named {s.collection!r} here; showing {labels[paths[0]]}.")
+        st.warning(f"No collection named {md(repr(s.collection))} here; showing {md(labels[paths[0]])}.")
         s = replace(s, collection=None)
         set_state(s)
     path = by_label[s.collection] if s.collection else paths[0]
@@ -125,7 +126,7 @@ def main() -> None:
     # that its timer never cuts short the drawing of the page.
     status_slot = st.container()
     if status.phase == "failed":
-        st.error(f"Cannot open the collection {path}: {status.error}")
+        st.error(md(f"Cannot open the collection {path}: {status.error}"))
         loader.clear(path, args.device)  # the next visit tries again (the folder may be there by then)
         return
     if not status.engine_ready:  # the search box works already; the rest waits for the collection
@@ -160,7 +161,7 @@ def run() -> None:
     try:
         main()
     except (IndexerError, BioclipError) as exc:
-        st.error(str(exc))
+        st.error(md(exc))
     except Exception:  # the visitor gets a short message; the details go to the server log
         log.exception("unexpected error in the search page")
         st.error("Something went wrong on our side (the details are in the server log). Try another search.")

@@ -1,4 +1,5 @@
-"""The current results as CSV, headed by the query and filters that made them."""
+"""The current results as a plain CSV: one header row, one row per result, the search that made
+them in columns of its own (so every row says where it came from, and any CSV reader opens it)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,32 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
+from search_ui.hit_fields import hit_rank
 from search_ui.state import BrowseState
 
-__all__ = ["EXPORT_COLUMNS", "export_csv"]
+__all__ = ["EXPORT_COLUMNS", "RECORD_COLUMNS", "SEARCH_COLUMNS", "export_csv"]
 
-#: Columns of the CSV export, in order.
-EXPORT_COLUMNS = ("id", "score", "occurrenceID", "catalogNumber", "scientificName", "media", "license")
+#: The record's columns (Darwin Core names where there is one; ``rank`` is the rank it is
+#: identified to, ``media`` the image's link), in order.
+RECORD_COLUMNS = (
+    "id",
+    "score",
+    "scientificName",
+    "rank",
+    "vernacularName",
+    "occurrenceID",
+    "catalogNumber",
+    "institutionCode",
+    "country",
+    "year",
+    "license",
+    "media",
+)
+#: The search's columns, the same in every row: the collection, the query, how it was understood,
+#: the filters, the address that reopens the search (``?...``), when it was exported.
+SEARCH_COLUMNS = ("collection", "query", "understood_as", "filters", "search_link", "exported_at")
+#: Every column of the CSV export, in order.
+EXPORT_COLUMNS = RECORD_COLUMNS + SEARCH_COLUMNS
 
 
 def export_csv(
@@ -26,25 +47,20 @@ def export_csv(
     image_name: str | None = None,
     now: _dt.datetime | None = None,
 ) -> bytes:
-    """The results as UTF-8 CSV. It starts with ``#`` comment lines that record the collection,
-    the query, how it was understood, the filters and the URL parameters that reopen the search
-    (``pandas.read_csv(..., comment="#")`` skips them), then a header row of
-    :data:`EXPORT_COLUMNS`. A cell that a spreadsheet would run as a formula is quoted with ``'``."""
+    """The results as UTF-8 CSV with a header row of :data:`EXPORT_COLUMNS` (nothing before it).
+    The search columns repeat in every row. A cell that a spreadsheet would run as a formula is
+    quoted with ``'``."""
     now = now or _dt.datetime.now(_dt.timezone.utc)
-    buf = io.StringIO()
-    lines = [
-        "bioclip-search export",
-        f"collection: {collection}" if collection else None,
-        f"query: {state.describe_query(image_name)}",
-        f"understood as: {interpretation}" if interpretation else None,
-        f"filters: {state.describe_filters() or 'none'}",
-        f"url: ?{state.query_string()}",
-        f"results: {len(hits)}",
-        f"exported: {now.isoformat(timespec='seconds')}",
+    search = [
+        collection or "",
+        " ".join(state.describe_query(image_name).split()),
+        " ".join((interpretation or "").split()),
+        state.describe_filters() or "",
+        f"?{state.query_string()}",
+        now.isoformat(timespec="seconds"),
     ]
-    for line in lines:
-        if line is not None:
-            buf.write("# " + " ".join(line.split()) + "\n")
+    search = [_cell(v) for v in search]
+    buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(EXPORT_COLUMNS)
     scored = state.scored
@@ -54,11 +70,17 @@ def export_csv(
             [
                 h.id,
                 f"{float(h.score):.6f}" if scored else "",
+                _cell(h.scientific_name),
+                _cell(hit_rank(h)),
+                _cell(meta.get("vernacularName")),
                 _cell(meta.get("occurrenceID")),
                 _cell(meta.get("catalogNumber")),
-                _cell(h.scientific_name),
-                _cell(media.link(h) if media is not None else h.location),
+                _cell(meta.get("institutionCode")),
+                _cell(meta.get("country")),
+                _cell(meta.get("year")),
                 _cell(meta.get("license")),
+                _cell(media.link(h) if media is not None else h.location),
+                *search,
             ]
         )
     return buf.getvalue().encode("utf-8")

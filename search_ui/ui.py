@@ -6,7 +6,6 @@ session's state through :func:`search_ui.session.change`.
 from __future__ import annotations
 
 import html
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,13 +14,7 @@ import streamlit as st
 from search_ui.hit_fields import alt_text, card_fields, split_name
 from search_ui.session import change
 from search_ui.state import BrowseState
-
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|<>~$])")
-
-
-def md(text: Any) -> str:
-    """Escape text from the collection for Markdown (no links, emphasis or HTML sneak in)."""
-    return _MD_SPECIAL.sub(r"\\\1", str(text))
+from search_ui.text import md
 
 
 def sci_name(name: str) -> str:

@@ -108,7 +108,7 @@ def test_search_text_json_hits_have_id_score_location_metadata(built):
     col, _, _ = built
     result = CliRunner().invoke(search_cli.main, [str(col), "Corvidae", "--k", "3", "--json"])
     assert result.exit_code == 0, result.output
-    hits = json.loads(result.stdout)
+    hits = json.loads(result.stdout)["hits"]
     assert len(hits) == 3
     for h in hits:
         assert {"id", "score", "location", "scientificName", "catalogNumber"} <= set(h)
@@ -118,10 +118,10 @@ def test_search_by_image_finds_it_first_and_by_id_excludes_itself(built):
     col, folder, _ = built
     img = folder / "a" / "img_0004.png"
     result = CliRunner().invoke(search_cli.main, [str(col), "--image", str(img), "--k", "2", "--json"])
-    hits = json.loads(result.stdout)
+    hits = json.loads(result.stdout)["hits"]
     assert hits[0]["location"] == str(img)
     result = CliRunner().invoke(search_cli.main, [str(col), "--id", str(hits[0]["id"]), "--json"])
-    assert hits[0]["id"] not in [h["id"] for h in json.loads(result.stdout)]
+    assert hits[0]["id"] not in [h["id"] for h in json.loads(result.stdout)["hits"]]
 
 
 def test_search_filters_and_csv(built):

@@ -2,16 +2,19 @@
 
 - An indexer process is killed with SIGKILL at random moments (also mid-commit), several times, and
   resumed with the same command: the result has exactly the source's images, no duplicates, and the
-  same vectors as an uninterrupted run.
+  same vectors as an uninterrupted run. The same holds for a run that edits every label and adds
+  images, and every image keeps its id through the edits.
 - A reader process queries in a loop while a writer process adds images: no query fails, and the
   count it sees only grows.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,6 +74,33 @@ def _state(col: Path) -> dict[str, np.ndarray]:
     assert total == distinct, "duplicate images"
     assert len(ids) == total, "vectors and metadata disagree"
     return {keys[i]: v for i, v in zip(ids.tolist(), vecs)}
+
+
+def _ids_and_labels(col: Path) -> dict[str, tuple[int, str]]:
+    """key -> (id, catalogNumber) of the live images."""
+    con = Collection.open(col).snapshot().connect()
+    return {k: (i, c) for k, i, c in con.execute('SELECT key, id, "catalogNumber" FROM images').fetchall()}
+
+
+def _kill_at_random_moments(cmd: list[str], col: Path, rng: random.Random, attempts: int) -> int:
+    """Run ``cmd`` ``attempts`` times, each killed (SIGKILL) at a random instant after it published
+    a few commits; after every kill the collection must open. Returns how many runs were killed."""
+    kills = 0
+    for _attempt in range(attempts):
+        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        target = _generation(col) + rng.randint(1, 4)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and _generation(col) < target and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.15))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+        proc.stderr.close()
+        if _generation(col):
+            _state(col)  # opens, whole images only, vectors and metadata agree
+    return kills
 
 
 def _generation(col: Path) -> int:
@@ -183,3 +213,45 @@ def test_a_reader_process_is_never_blocked_and_sees_the_count_grow(tmp_path, tin
     assert all(a <= b for a, b in zip(counts, counts[1:])), "the count went down"
     assert counts[-1] == 120
     assert len(set(counts)) > 2, "the reader never saw intermediate states"
+
+
+def test_sigkill_while_labels_are_edited_and_images_added_then_resume_keeps_every_id(tmp_path, tiny_model_source):
+    folder = make_folder(tmp_path / "imgs", 96)
+    col = tmp_path / "col"
+    first = subprocess.run(
+        _build_cmd(folder, col, tiny_model_source), env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert first.returncode == 0, first.stderr
+    before = _ids_and_labels(col)
+    # Every label edited, a new column, and 24 new images.
+    make_folder(folder, 24, start=96)
+    with open(folder / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(folder / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*rows[0], "drawer"])
+        w.writeheader()
+        w.writerows(
+            {**r, "catalogNumber": r["catalogNumber"] + "-fixed", "drawer": f"D{n % 7}"} for n, r in enumerate(rows)
+        )
+    ref = tmp_path / "ref"
+    shutil.copytree(col, ref)
+    done = subprocess.run(
+        _build_cmd(folder, ref, tiny_model_source), env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    expected, expected_labels = _state(ref), _ids_and_labels(ref)
+    assert len(expected) == 120
+
+    kills = _kill_at_random_moments(_build_cmd(folder, col, tiny_model_source), col, random.Random(99), 4)
+    assert kills >= 2, "the runs ended before they could be killed; make the test's work longer"
+    final = subprocess.run(
+        _build_cmd(folder, col, tiny_model_source), env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert final.returncode == 0, final.stderr
+    got, labels = _state(col), _ids_and_labels(col)
+    assert labels == expected_labels  # the same ids and labels as the uninterrupted run
+    for key, (image_id, _) in before.items():
+        assert labels[key] == (image_id, before[key][1] + "-fixed"), key  # ids survived the edits
+    assert set(got) == set(expected)
+    for key, vec in expected.items():
+        np.testing.assert_allclose(got[key], vec, atol=2e-3, err_msg=key)

@@ -258,7 +258,7 @@ def test_countries_are_filled_from_codes_and_filters_take_a_name_or_a_code(gbif)
     assert json.loads(hits["T-3"].get("verbatim"))["country"] == "Deutschland"
     out = CliRunner().invoke(search_cli.main, [str(col), "a photo", "--where", "country=US", "--json"])
     assert out.exit_code == 0, out.output
-    assert sorted(h["catalogNumber"] for h in json.loads(out.stdout)) == ["T-1", "T-4"]
+    assert sorted(h["catalogNumber"] for h in json.loads(out.stdout)["hits"]) == ["T-1", "T-4"]
 
 
 def test_text_filters_ignore_case_and_accents(gbif):

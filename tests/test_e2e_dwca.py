@@ -158,7 +158,7 @@ def test_dwca_with_remote_media_indexes_and_finds_the_right_specimens(tmp_path, 
     # Through the CLI too, as JSON.
     out = CliRunner().invoke(search_cli.main, [str(col), "Ursidae", "--taxon", "Ursidae", "--json"])
     assert out.exit_code == 0, out.output
-    hits = json.loads(out.stdout)
+    hits = json.loads(out.stdout)["hits"]
     assert [h["catalogNumber"] for h in hits] == ["NHMUK 3001"] and hits[0]["license"] == "CC-BY-4.0"
 
     # A second run downloads nothing again (cache) and encodes nothing.

@@ -22,6 +22,7 @@ from indexer.media.localfs import (
     IMAGE_EXTENSIONS,
     FileEntry,
     FileProblem,
+    SkippedLink,
     read_file,
     walk_images,
 )
@@ -40,9 +41,9 @@ def make(root: Path, relpath: str, data: bytes = b"img") -> Path:
     return path
 
 
-def walk(root, limit: int = 10_000) -> list[FileEntry | FileProblem]:
+def walk(root, limit: int = 10_000, **kwargs) -> list[FileEntry | FileProblem]:
     """The whole walk, bounded: a walk that loops fails the test instead of hanging it."""
-    results = list(itertools.islice(walk_images(root), limit + 1))
+    results = list(itertools.islice(walk_images(root, **kwargs), limit + 1))
     assert len(results) <= limit, "the walk did not end"
     return results
 
@@ -206,18 +207,40 @@ def test_missing_or_file_root_is_a_source_error(tmp_path):
         walk(make(tmp_path, "a.jpg"))
 
 
-def test_symlinked_files_and_folders_are_followed(tmp_path):
+def test_symlinks_out_of_the_folder_are_skipped_and_said_unless_followed(tmp_path):
     outside = tmp_path / "outside"
     make(outside, "o1.jpg", b"12345")
     root = tmp_path / "root"
     make(root, "real.jpg")
+    make(root, "sub/inner.jpg", b"123")
     (root / "linked").symlink_to(outside, target_is_directory=True)
     (root / "alias.jpg").symlink_to(outside / "o1.jpg")
+    (root / "inside.jpg").symlink_to(root / "sub" / "inner.jpg")  # a link within the folder
+    (root / "same").symlink_to("sub", target_is_directory=True)
+    (root / "notes.txt").symlink_to(outside / "o1.jpg")  # not an image name: passed over
     result = walk(root)
-    assert relpaths(result) == ["alias.jpg", "linked/o1.jpg", "real.jpg"]
+    skipped = {r.relpath: r for r in result if isinstance(r, SkippedLink)}
+    assert sorted(skipped) == ["alias.jpg", "linked"]
+    assert skipped["linked"].is_dir and skipped["linked"].target == str(outside)
+    assert skipped["alias.jpg"].target == str(outside / "o1.jpg")
+    entries = [r for r in result if isinstance(r, FileEntry)]
+    assert [r.relpath for r in entries] == ["inside.jpg", "real.jpg", "same/inner.jpg", "sub/inner.jpg"]
+    assert entries[0].size == 3 and entries[0].path == str(root / "inside.jpg")
+
+    followed: list[str] = []
+    result = walk(root, follow_symlinks=True, followed=followed)
+    assert relpaths(result) == [
+        "alias.jpg",
+        "inside.jpg",
+        "linked/o1.jpg",
+        "real.jpg",
+        "same/inner.jpg",
+        "sub/inner.jpg",
+    ]
     alias = result[0]
     assert isinstance(alias, FileEntry) and alias.size == 5  # the target's size
-    assert result[1].path == str(root / "linked" / "o1.jpg")  # not resolved: keys stay stable
+    assert result[2].path == str(root / "linked" / "o1.jpg")  # not resolved: keys stay stable
+    assert sorted(followed) == sorted([str(outside / "o1.jpg"), str(outside)])
 
 
 def test_folder_reachable_twice_is_listed_twice_without_looping(tmp_path):
@@ -227,7 +250,10 @@ def test_folder_reachable_twice_is_listed_twice_without_looping(tmp_path):
     root.mkdir()
     (root / "a").symlink_to(outside)
     (root / "b").symlink_to(outside)
-    assert relpaths(walk(root)) == ["a/o.jpg", "b/o.jpg"]
+    assert relpaths(walk(root, follow_symlinks=True)) == ["a/o.jpg", "b/o.jpg"]
+    make(root, "inner/i.jpg")
+    (root / "c").symlink_to(root / "inner")
+    assert relpaths(walk(root)) == ["a", "b", "c/i.jpg", "inner/i.jpg"]  # a, b: not followed
 
 
 def test_broken_symlink(tmp_path):

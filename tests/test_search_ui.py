@@ -322,14 +322,12 @@ def test_page_bounds(n, page, expected):
 # -- export -------------------------------------------------------------------------------
 
 
-def read_export(data: bytes):
-    text = data.decode("utf-8")
-    comments = [line[2:] for line in text.splitlines() if line.startswith("# ")]
-    body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
-    return comments, list(csv.DictReader(io.StringIO(body)))
+def read_export(data: bytes) -> list[dict]:
+    """The export as any CSV reader sees it (no comment lines to skip)."""
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
 
 
-def test_export_has_the_columns_and_the_query(engine):
+def test_export_is_a_plain_csv_with_the_record_and_the_search_in_columns(engine):
     state = BrowseState(q="Corvidae").with_values("country", ["Kenya", "Côte d'Ivoire"])
     state = replace(state, year=(1900, None))
     result = searching.run_search(engine, state)
@@ -340,21 +338,29 @@ def test_export_has_the_columns_and_the_query(engine):
         interpretation=result.interpretation,
         now=dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
     )
-    comments, rows = read_export(data)
-    assert comments[0] == "bioclip-search export"
-    assert "query: text: Corvidae" in comments
-    assert "filters: country: Kenya or Côte d'Ivoire; year: 1900–…" in comments
-    assert f"url: ?{state.query_string()}" in comments
-    assert "exported: 2024-01-02T03:04:05+00:00" in comments
+    text = data.decode("utf-8")
+    assert text.splitlines()[0] == ",".join(export.EXPORT_COLUMNS) and "\n#" not in text
+    rows = read_export(data)
     assert list(rows[0]) == list(export.EXPORT_COLUMNS)
+    assert {"institutionCode", "country", "year", "rank", "vernacularName"} <= set(export.EXPORT_COLUMNS)
     assert [int(r["id"]) for r in rows] == [h.id for h in result.hits]
     first = result.hits[0]
     assert rows[0]["scientificName"] == first.scientific_name
     assert rows[0]["catalogNumber"] == first.metadata["catalogNumber"]
+    assert rows[0]["institutionCode"] == (first.metadata.get("institutionCode") or "")
+    assert rows[0]["country"] in ("Kenya", "Côte d'Ivoire")
+    assert rows[0]["year"] == str(first.metadata["year"])
+    assert rows[0]["rank"] == hit_fields.hit_rank(first)
+    assert rows[0]["vernacularName"] == (first.metadata.get("vernacularName") or "")
     assert rows[0]["media"] == first.location
     assert float(rows[0]["score"]) == pytest.approx(first.score, abs=1e-6)
-    # reopening the URL gives the same state
-    reopened, _ = BrowseState.from_query_string(comments[[c.startswith("url: ") for c in comments].index(True)][6:])
+    for r in rows:  # the search, in every row
+        assert r["collection"] == "/c/app.coll" and r["query"] == "text: Corvidae"
+        assert r["filters"] == "country: Kenya or Côte d'Ivoire; year: 1900–…"
+        assert r["understood_as"] == result.interpretation
+        assert r["exported_at"] == "2024-01-02T03:04:05+00:00"
+    # reopening the link gives the same state
+    reopened, _ = BrowseState.from_query_string(rows[0]["search_link"][1:])
     assert reopened == state
 
 
@@ -373,8 +379,8 @@ def test_export_neutralises_spreadsheet_formulas_and_keeps_awkward_text():
         ),
     ]
     state = BrowseState(q='line\nbreak "quoted"')
-    comments, rows = read_export(export.export_csv(hits, state))
-    assert 'query: text: line break "quoted"' in comments
+    rows = read_export(export.export_csv(hits, state))
+    assert rows[0]["query"] == 'text: line break "quoted"'
     assert rows[0]["scientificName"].startswith("'=")
     assert rows[0]["catalogNumber"] == "-1.5"
     assert rows[0]["occurrenceID"] == 'a,"b"\nc'
@@ -384,7 +390,7 @@ def test_export_neutralises_spreadsheet_formulas_and_keeps_awkward_text():
 def test_export_of_a_listing_has_no_scores(engine):
     state = BrowseState().with_values("family", ["Canidae"])
     result = searching.run_search(engine, state)
-    _, rows = read_export(export.export_csv(result.hits, state))
+    rows = read_export(export.export_csv(result.hits, state))
     assert len(rows) == 3 and {r["score"] for r in rows} == {""}
 
 

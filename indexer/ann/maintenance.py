@@ -14,6 +14,7 @@ maps the lists rather than loading them. Later updates add the new vectors to it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -30,6 +31,7 @@ from indexer.ann.ondisk import build_ondisk_index
 from indexer.ann.sharded import ShardOptions
 from indexer.ann.tuning_inputs import TuningInputs, gather
 from indexer.errors import AnnError
+from indexer.store.files import disk_full_error, is_out_of_space
 
 if TYPE_CHECKING:  # pragma: no cover
     from indexer.store import Writer
@@ -159,7 +161,7 @@ def update_index(
         if deleted.size and index.supports_remove:
             index.remove(deleted)
     if not os.path.exists(path):
-        index.save(path)
+        _save(index, col_path, rel)
     info = index.info.to_dict()
     new_entry = {
         "path": rel,
@@ -196,6 +198,22 @@ def ondisk_factory(factory: str | None, n: int, d: int, memory_budget: int | Non
     if not any(part.startswith("IVF") for part in chosen.split(",")) or "Refine" in chosen or chosen.endswith("RFlat"):
         raise AnnError(f"an on-disk index must be an IVF index without an in-index refine, not {chosen!r}")
     return chosen
+
+
+def _save(index: AnnIndex, col_path: os.PathLike | str, rel: str) -> None:
+    """Save the index as ``rel``; a full disk is a DiskFullError (nothing of the index is left)."""
+    path = os.path.join(col_path, rel)
+    try:
+        index.save(path)
+    except (OSError, RuntimeError, AnnError) as exc:
+        cause = exc.__cause__ if isinstance(exc, AnnError) and exc.__cause__ is not None else exc
+        if not is_out_of_space(cause):
+            raise
+        for name in _index_files(col_path, rel):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(col_path, name))
+        need = int(index.info.memory_bytes or 0) + (1 << 20)
+        raise disk_full_error(col_path, need, f"writing the search index ({index.ntotal:,} vectors)") from None
 
 
 def _index_files(col_path, rel: str) -> list[str]:

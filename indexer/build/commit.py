@@ -44,7 +44,7 @@ def record_item_failures(run: BuildRun, chunk: pa.Table, failures: Sequence[Fail
         old_ids = chunk.column("old_id").to_pylist()
         stale = [old_ids[f[0]] for f in failures if old_ids[f[0]] is not None and f[2] not in TRANSIENT_REASONS]
         if stale:
-            writer.retire(stale)
+            writer.retire(stale, reason="unreadable")
             report.replaced_by_failure += len(stale)
     for f in failures:
         report.failed_by_reason[f[2]] = report.failed_by_reason.get(f[2], 0) + 1
@@ -93,6 +93,8 @@ def _source_roots(con, sources: Sequence[Source]) -> dict[str, dict]:
             value = getattr(src, attr, None)
             if isinstance(value, (str, os.PathLike)):
                 roots.append(os.path.abspath(os.fspath(value)))
+        # Where followed symbolic links lead (a folder source with --follow-symlinks).
+        roots += [os.fspath(d) for d in getattr(src, "linked_roots", None) or ()]
         media = getattr(src, "roots", None)
         if isinstance(media, dict):
             roots += [os.path.abspath(os.fspath(d)) for d in media.values()]

@@ -1,7 +1,7 @@
 """Stage 2, diff: the scanned rows against the collection's live images and recorded failures.
 
 Every row of ``scan`` gets an ``action`` in the ``work`` table: ``scan-failure`` (recorded),
-``unchanged`` (skipped), ``metadata`` (re-committed with its stored vector), ``known-failure`` (not
+``unchanged`` (skipped), ``metadata`` (its new metadata superseding the old, same id and vector), ``known-failure`` (not
 tried again unless it may pass now), ``new`` or ``changed`` (decoded and encoded). A file is
 changed when its size or modification time is (``--rehash`` also compares content hashes);
 ``--prune`` retires images whose files are gone and clears their failures.
@@ -79,7 +79,7 @@ def classify(run: BuildRun, sources: Sequence[Source]) -> None:
             "SELECT id FROM live WHERE source IN (SELECT name FROM _sources) AND key NOT IN (SELECT key FROM scan)"
         ).fetchall()
         if gone:
-            writer.retire([i for (i,) in gone])
+            writer.retire([i for (i,) in gone], reason="pruned")
             report.pruned = len(gone)
             log.info("pruning %d images whose files are gone", len(gone))
         # Failures of files that are gone are cleared too (a record without a reason).

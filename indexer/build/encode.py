@@ -3,7 +3,7 @@
 A file whose bytes are already indexed (renamed or copied, or seen earlier in this run) reuses the
 stored vector; the others are encoded here from the decoded tensors (local executor) or come
 encoded (Ray). The rows then go to the writer with their content hash and pixel size, and the old
-vector of a changed file is retired.
+id of a changed file is retired, recording the new id that replaces it.
 """
 
 from __future__ import annotations
@@ -78,11 +78,12 @@ def commit_results(run: BuildRun, model: Any, results: Results) -> None:
         "width": pa.array([r["width"] for r in ok], pa.int32()),
         "height": pa.array([r["height"] for r in ok], pa.int32()),
     }
-    writer.add(image_rows(rows, extra), vectors)
-    old = [v for v in rows.column("old_id").to_pylist() if v is not None]
-    if old:
-        writer.retire(old)
-        report.replaced += len(old)
+    new_ids = writer.add(image_rows(rows, extra), vectors)
+    # A changed file's old id is retired, recording the id of its new pixels.
+    pairs = [(old, int(new)) for old, new in zip(rows.column("old_id").to_pylist(), new_ids) if old is not None]
+    if pairs:
+        writer.retire([old for old, _ in pairs], replaced_by=[new for _, new in pairs], reason="changed")
+        report.replaced += len(pairs)
     for j, s in enumerate(shas):
         committer.pending_sha.setdefault(s, vectors[j])
     if committer.hashes is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -97,6 +98,14 @@ def _worker_init(_worker_id: int) -> None:
 
     # One thread per decode worker: the cores belong to the encoder and the other workers.
     torch.set_num_threads(1)
+    # SIGTERM sent to the whole process group (systemd stops a service so) ends a worker quietly:
+    # the build process commits its work and shuts the workers down. torch's own handler would
+    # re-raise it (killed by a signal), which the build process would see as a crash.
+    signal.signal(signal.SIGTERM, _exit_quietly)
+
+
+def _exit_quietly(signum: int, frame: Any) -> None:
+    os._exit(0)
 
 
 def _mp_context() -> Any:

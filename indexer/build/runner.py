@@ -39,6 +39,7 @@ from indexer.build.scan import scan_sources
 from indexer.build.sources.base import Source
 from indexer.build.target import LazyModel, ModelChoice, open_target
 from indexer.build.work import WorkList, update_metadata_only
+from indexer.errors import DiskFullError
 
 __all__ = ["build"]
 
@@ -80,8 +81,12 @@ def build(
             _decode_and_encode(run, lazy, device, options.cache_dir or str(collection.path / "cache" / "media"))
             if lazy.loaded:
                 report.precision = lazy().precision
-        finally:
-            run.committer.commit()  # whatever happens (Ctrl-C included), what is done is committed
+        except DiskFullError:
+            raise  # nothing more fits; what was committed before is intact
+        except BaseException:
+            run.committer.commit()  # whatever else happens (Ctrl-C, SIGTERM included), what is done is committed
+            raise
+        run.committer.commit()
         if options.build_index:
             report.index = update_index(
                 writer,

@@ -1,7 +1,7 @@
 """Stage 3, work: what is to be decoded and encoded, piece by piece, remote media downloaded first.
 
-Rows whose metadata alone changed are re-committed here with their stored vector
-(:func:`update_metadata_only`). The rest (``new`` and ``changed``) come out of :class:`WorkList`
+Rows whose metadata alone changed get superseding metadata rows here, keeping their ids and stored
+vectors (:func:`update_metadata_only`). The rest (``new`` and ``changed``) come out of :class:`WorkList`
 as :class:`WorkPiece` s: a table of ``work`` rows, the rows to process, and the downloaded file of
 each remote row. Remote media are downloaded one piece ahead, in a background thread, while the
 executor decodes and encodes the piece before; download failures are recorded here and their rows
@@ -18,7 +18,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from indexer.build.commit import Failure, record_item_failures
@@ -66,24 +65,13 @@ def image_rows(chunk: pa.Table, extra: dict[str, Any] | None = None) -> pa.Table
 
 
 def update_metadata_only(run: BuildRun) -> None:
-    """Re-commit rows whose metadata alone changed, with their stored vectors (nothing is encoded)."""
+    """Give rows whose metadata alone changed their new metadata under the same ids (the image's
+    id, vector and index entry stay; nothing is encoded)."""
     con, writer, report, committer = run.con, run.writer, run.report, run.committer
     for chunk in row_tables(con, "action = 'metadata'"):
-        old_ids = chunk.column("old_id").to_numpy()
-        vectors = writer.snapshot().get_vectors(old_ids)
-        extra = _carry_over(con, old_ids)
-        writer.add(image_rows(chunk, extra), vectors)
-        writer.retire(old_ids)
+        writer.update(image_rows(chunk), chunk.column("old_id").to_numpy())
         report.metadata_updated += chunk.num_rows
         committer.maybe_commit()
-
-
-def _carry_over(con, old_ids: np.ndarray) -> dict[str, pa.Array]:
-    """sha256 of the old rows (from the writer's live table), in the order of ``old_ids``."""
-    con.register("_old", pa.table({"id": old_ids, "pos": np.arange(len(old_ids))}))
-    rows = con.execute("SELECT l.sha256 FROM _old o JOIN live l USING (id) ORDER BY o.pos").fetchall()
-    con.unregister("_old")
-    return {"sha256": pa.array([r[0] for r in rows], pa.string())}
 
 
 def _pieces(chunk: pa.Table) -> Iterator[pa.Table]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 
@@ -27,7 +28,12 @@ def _app_script() -> str:
 
 
 def run_app(collections: list[str], *, port: int, host: str, device: str, extra_env: dict | None = None) -> int:
-    """Start the Streamlit app on ``collections`` (blocks until it stops); returns its exit status."""
+    """Become the Streamlit app on ``collections``.
+
+    On POSIX the process execs Streamlit, so the server is the process a service manager started:
+    its signals (SIGTERM from systemd, ``docker stop``, Kubernetes; SIGKILL; Ctrl-C) reach the
+    server itself and nothing is left running. Elsewhere Streamlit runs as a child, which gets the
+    same signal forwarded; returns its exit status."""
     cmd = [
         sys.executable,
         "-m",
@@ -57,10 +63,26 @@ def run_app(collections: list[str], *, port: int, host: str, device: str, extra_
     ]
     env = dict(os.environ, **(extra_env or {}))
     click.echo(f"bioclip-search app on http://{host}:{port}  (Ctrl-C to stop)", err=True)
-    try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return 0
+    if os.name == "posix":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, cmd, env)  # does not return
+    return _run_child(cmd, env)  # pragma: no cover - not POSIX
+
+
+def _run_child(cmd: list[str], env: dict) -> int:  # pragma: no cover - not POSIX
+    """Run Streamlit as a child, forwarding SIGTERM (and Ctrl-C) to it, and wait for it."""
+    child = subprocess.Popen(cmd, env=env)
+
+    def forward(signum: int, frame: object) -> None:
+        child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    while True:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            child.send_signal(signal.SIGINT)
 
 
 @click.command(

@@ -2,7 +2,10 @@
 
 The library raises named exceptions; here (and only here, with the app) they become one-line
 messages and exit statuses: 1 for a refused or failed command, 2 for usage errors and for a
-``bioclip`` package that is not bioclip-search's (see :mod:`indexer._coexist`), 130 for Ctrl-C.
+``bioclip`` package that is not bioclip-search's (see :mod:`indexer._coexist`), 130 for Ctrl-C,
+143 for SIGTERM. SIGTERM (systemd, ``docker stop``, Kubernetes) is handled like Ctrl-C: it raises
+:class:`Terminated`, a KeyboardInterrupt, where the command is, so a build commits the work in
+progress and stops; a second SIGTERM ends the process at once.
 """
 
 from __future__ import annotations
@@ -11,13 +14,24 @@ import functools
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-__all__ = ["CONTEXT", "setup_logging", "friendly", "parse_size", "verbosity", "device_option", "kind_lines"]
+__all__ = [
+    "CONTEXT",
+    "Terminated",
+    "setup_logging",
+    "friendly",
+    "parse_size",
+    "verbosity",
+    "device_option",
+    "kind_lines",
+]
 
 # Idle OpenMP threads of the encoder sleep instead of spinning, so on a machine with few cores they
 # leave the CPU to the decode workers between batches (set before torch is first imported).
@@ -37,14 +51,34 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     warn_if_pybioclip_installed()
 
 
+class Terminated(KeyboardInterrupt):
+    """The process got SIGTERM. A KeyboardInterrupt, so that everything that commits the work in
+    progress on Ctrl-C does the same here; decode workers forked from the process inherit the
+    handler and stop as quietly as on Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
+def _catch_sigterm() -> Any:
+    """Install the SIGTERM handler (main thread only); the previous handler, to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def friendly(fn: Callable) -> Callable:
-    """Turn the library's named exceptions into one-line errors (exit status 1), never tracebacks."""
+    """Turn the library's named exceptions into one-line errors (exit status 1), never tracebacks;
+    Ctrl-C (130) and SIGTERM (143) into a line saying that committed work is kept."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from bioclip.errors import BioclipError
         from indexer.errors import ForeignBioclipError, IndexerError
 
+        previous = _catch_sigterm()
         try:
             return fn(*args, **kwargs)
         except ForeignBioclipError as exc:
@@ -52,9 +86,15 @@ def friendly(fn: Callable) -> Callable:
             sys.exit(2)
         except (IndexerError, BioclipError) as exc:
             raise click.ClickException(str(exc)) from None
+        except Terminated:
+            click.echo("stopped (SIGTERM); committed work is kept and the same command resumes it", err=True)
+            sys.exit(143)
         except KeyboardInterrupt:
             click.echo("interrupted; committed work is kept and the same command resumes it", err=True)
             sys.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

@@ -33,10 +33,13 @@ def render(payload: dict[str, Any], fmt: str) -> None:
         click.echo(f"note: {n}", err=True)
     hits = _hits(payload)
     if fmt == "json":
-        click.echo(json.dumps(hits, indent=2, ensure_ascii=False))
+        # The whole answer: how the query was understood, notices, paging, hits (extra an object).
+        click.echo(json.dumps({**payload, "hits": hits}, indent=2, ensure_ascii=False))
         return
     if fmt == "csv":
-        _write_csv(hits, payload["fields"])
+        from indexer.search.output import csv_rows
+
+        csv.writer(sys.stdout, lineterminator="\n").writerows(csv_rows({**payload, "hits": hits}))
         return
     offset, k = payload["offset"], payload["k"]
     summary = f"{payload['interpretation']} -- {len(hits)} results"
@@ -65,18 +68,6 @@ def render(payload: dict[str, Any], fmt: str) -> None:
             )
     if payload["has_more"]:
         click.echo(f"more: --offset {offset + k}", err=True)
-
-
-def _write_csv(hits: list[dict[str, Any]], fields: list[str]) -> None:
-    cols = ["id", "score", "location", *fields]
-    grouped = any(h.get("group") for h in hits)
-    w = csv.writer(sys.stdout)
-    w.writerow(cols + (["group"] if grouped else []))
-    for h in hits:
-        row = ["" if h.get(c) is None else h.get(c) for c in cols]
-        if grouped:
-            row.append(" ".join(str(g["id"]) for g in h.get("group") or []))
-        w.writerow(row)
 
 
 def print_fields(fields: list[tuple[str, str]], fmt: str) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "FileEntry",
     "FileProblem",
+    "SkippedLink",
     "read_file",
     "walk_images",
 ]
@@ -161,12 +162,28 @@ def _kind(mode: int) -> str:
     return "special file"
 
 
+@dataclass(frozen=True, slots=True)
+class SkippedLink:
+    """A symbolic link under the walk's root that leads outside it, not followed (see
+    :func:`walk_images`). ``path`` and ``relpath`` as in FileEntry; ``target`` is the real path it
+    leads to (text form); ``is_dir`` whether that is a folder."""
+
+    path: str
+    relpath: str
+    target: str
+    is_dir: bool
+
+
 # -- walking a folder ------------------------------------------------------------------------------
 
 
 def walk_images(
-    root: str | os.PathLike, extensions: Iterable[str] = IMAGE_EXTENSIONS
-) -> Iterator[FileEntry | FileProblem]:
+    root: str | os.PathLike,
+    extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    *,
+    follow_symlinks: bool = False,
+    followed: list[str] | None = None,
+) -> Iterator[FileEntry | FileProblem | SkippedLink]:
     """Every image file under ``root``, recursively, and a FileProblem for each one it cannot use.
 
     * Order is deterministic: each folder's entries sorted by their name's bytes, depth first,
@@ -174,7 +191,12 @@ def walk_images(
     * ``extensions`` match case-insensitively (``.JPG`` is an image), with or without the dot.
     * Hidden files and folders (name starts with ``.``, which includes macOS ``._*`` files) and
       ``__MACOSX`` folders are skipped.
-    * Symlinks are followed, to files and to folders. A folder symlink that leads back to a
+    * Symlinks that lead outside ``root`` (their real path is not under ``root``'s real path) are
+      not followed unless ``follow_symlinks``: each is a :class:`SkippedLink` (an image-named link
+      or a link to a folder; other links are not images and are passed over). With
+      ``follow_symlinks`` they are followed, and the real path of each such link's target is
+      appended to ``followed`` (when given): the places outside ``root`` the images come from.
+    * Symlinks inside ``root`` are followed, to files and to folders. A folder symlink that leads back to a
       folder being walked (a loop) is a FileProblem ``symlink-loop`` and is not entered (like
       ``find -L``); a folder reachable by two paths that is not a loop is listed under both.
       A symlink with an image extension that is broken, loops (``ELOOP``) or is unreadable is a
@@ -204,6 +226,7 @@ def walk_images(
     stack: list[tuple[Iterator[os.DirEntry[str]], tuple[str, ...], frozenset[tuple[int, int]]]] = [
         (iter(top), (), frozenset({(root_info.st_dev, root_info.st_ino)}))
     ]
+    real_root = os.path.realpath(fs_root)
     while stack:
         entries, parts, ancestors = stack[-1]
         entry = next(entries, None)
@@ -232,7 +255,18 @@ def walk_images(
                 continue
             yield _stat_problem(entry.path, path_to_text(entry.path), path_to_text("/".join(rel)), exc)
             continue
-        if stat.S_ISDIR(info.st_mode):
+        is_dir = stat.S_ISDIR(info.st_mode)
+        if is_link and (is_dir or is_image):
+            target = os.path.realpath(entry.path)
+            if not _under(target, real_root):
+                if not follow_symlinks:
+                    yield SkippedLink(
+                        path_to_text(entry.path), path_to_text("/".join(rel)), path_to_text(target), is_dir
+                    )
+                    continue
+                if followed is not None:
+                    followed.append(path_to_text(target))
+        if is_dir:
             ident = (info.st_dev, info.st_ino)
             shown = path_to_text(entry.path)
             relpath = path_to_text("/".join(rel))
@@ -257,6 +291,11 @@ def walk_images(
                 yield FileProblem(
                     shown, relpath, "not-a-regular-file", f"{shown} is a {_kind(info.st_mode)}, not a file"
                 )
+
+
+def _under(path: str, root: str) -> bool:
+    """Whether the real path ``path`` is the real path ``root`` or lies under it."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _list_dir(fs_path: str) -> list[os.DirEntry[str]]:

@@ -47,12 +47,13 @@ from indexer.search.ranking import Page, knn, ranked
 from indexer.search.results import Hit, SearchResult
 from indexer.search.state import FILTER_CACHE_BYTES, ServedState, StateOptions, _IdCache, load_state
 from indexer.search.taxonomy import TaxonMatch, Taxonomy
-from indexer.search.understand import ImageInput, QueryEmbedder, interpret
+from indexer.search.understand import MAX_IMAGE_BYTES, ImageInput, QueryEmbedder, interpret
 from indexer.store import Collection
 from indexer.store.ids import remove, sorted_unique
 from indexer.store.querylog import QueryLog
+from indexer.store.replacements import Replacement
 
-__all__ = ["SearchEngine", "Hit", "SearchResult", "ImageInput", "FilterInput"]
+__all__ = ["SearchEngine", "Hit", "SearchResult", "ImageInput", "FilterInput", "Replacement"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class SearchEngine:
         mmap_index: bool | None = None,
         filter_cache_bytes: int = FILTER_CACHE_BYTES,
         log_queries: bool | str = False,
+        max_image_bytes: int = MAX_IMAGE_BYTES,
     ):
         self.collection = collection
         self._model = model
@@ -86,7 +88,9 @@ class SearchEngine:
         self.refresh_interval = refresh_interval
         self._options = StateOptions(mmap_index, int(filter_cache_bytes))
         self._text_encoder: Any = None  # None: not looked for yet; False: none on this machine
-        self._embedder = QueryEmbedder(lambda: self.model, collection.dimension, text_model=lambda: self.text_model)
+        self._embedder = QueryEmbedder(
+            lambda: self.model, collection.dimension, max_image_bytes, text_model=lambda: self.text_model
+        )
         self._last_check = time.monotonic()
         self._state = load_state(collection, collection.latest_generation_number(), None, self._options)
         self._query_log = _query_log(collection, log_queries)
@@ -244,6 +248,12 @@ class SearchEngine:
         collection never held."""
         return self._served().vectors(np.asarray(ids, dtype=np.int64))
 
+    def replacement(self, image_id: int) -> Replacement | None:
+        """What became of a retired id: the image that replaced it (``new_id``, None when nothing
+        did) and why, with ``describe()`` for the user ("image 42 was replaced by 97 (its file
+        changed)"). None when ``image_id`` is live or was never an id of this collection."""
+        return self._served().replacement(int(image_id))
+
     def records_of(self, hit: Hit, limit: int = 50) -> list[Hit]:
         """Other images of the same specimen/record (same recordID, else same occurrenceID / catalogNumber)."""
         return self.get(catalog.record_ids(self._served(), hit.metadata, hit.id, limit))
@@ -321,7 +331,8 @@ class SearchEngine:
             interpretation += f", where {flt.describe()}"
         if grouping is not None:
             interpretation += f", {grouping.describe()}"
-        exclude = np.unique(np.asarray(q.excluded_ids, dtype=np.int64)) if q.excluded_ids else None
+        excluded = [*q.excluded_ids, *(p.image_id for p in parts if p.image_id is not None)]
+        exclude = np.unique(np.asarray(excluded, dtype=np.int64)) if excluded else None
 
         n_images = int(state.generation.images)
         hits: list[Hit]
@@ -354,6 +365,8 @@ class SearchEngine:
             has_more=has_more,
             timings=timings,
             kind=kind,
+            offset=offset,
+            k=k,
         )
 
     def browse(self, filters: FilterInput = None, *, k: int = 50, offset: int = 0) -> SearchResult:
@@ -376,6 +389,8 @@ class SearchEngine:
             generation=state.generation.number,
             elapsed_ms=(time.perf_counter() - t0) * 1000,
             has_more=offset + k < total,
+            offset=offset,
+            k=k,
         )
 
     def similar(self, image_id: int, **kwargs: Any) -> SearchResult:

@@ -59,6 +59,7 @@ a group stands for it and carries the others in ``Hit.group``. See :class:`Group
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -69,9 +70,19 @@ from typing import Any
 
 import numpy as np
 
-from indexer.errors import QueryError
+from indexer.errors import FetchError, QueryError
+from indexer.media.localfs import read_file
 
-__all__ = ["Term", "Query", "Grouping", "parse_term", "TERM_KINDS", "RECORD_FIELDS"]
+__all__ = [
+    "Term",
+    "Query",
+    "Grouping",
+    "parse_term",
+    "read_query_file",
+    "MAX_IMAGE_BYTES",
+    "TERM_KINDS",
+    "RECORD_FIELDS",
+]
 
 TERM_KINDS: tuple[str, ...] = ("text", "taxon", "image", "id", "vector")
 #: Record identity for grouping, in order of preference (see :class:`Grouping`).
@@ -335,6 +346,32 @@ def record_key(metadata: dict) -> str | None:
     return None
 
 
+#: Largest query picture read, in bytes (``BIOCLIP_SEARCH_MAX_IMAGE_MB``, default 100 MB): a query
+#: is one picture, and a path such as /dev/zero or a FIFO must not be read until memory runs out.
+MAX_IMAGE_BYTES = int(float(os.environ.get("BIOCLIP_SEARCH_MAX_IMAGE_MB", "100")) * 1024 * 1024)
+#: Largest ``vector=FILE.npy`` read (one vector of a few thousand floats is a few KB).
+_MAX_VECTOR_FILE = 16 << 20
+
+
+def read_query_file(path: str | os.PathLike, max_bytes: int, what: str = "image") -> bytes:
+    """The bytes of a query file: a regular file of at most ``max_bytes``, never a FIFO, device,
+    socket or folder (which could block or never end). Raises QueryError saying what is wrong."""
+    try:
+        return read_file(os.fspath(path), max_bytes=max_bytes)
+    except FetchError as exc:
+        shown = os.fspath(path)
+        if exc.reason == "too-large":
+            raise QueryError(
+                f"the {what} {shown} is larger than the {max_bytes / 1048576:g} MB a query {what} may be"
+                + (" (BIOCLIP_SEARCH_MAX_IMAGE_MB sets the limit)" if what == "image" else "")
+            ) from None
+        if exc.reason == "not-a-regular-file":
+            raise QueryError(f"the {what} {exc.detail}: give a picture file") from None
+        if exc.reason == "is-a-directory":
+            raise QueryError(f"the {what} {shown} is a folder: give a picture file") from None
+        raise QueryError(f"cannot read the {what} {shown}: {exc.detail or exc.reason}") from None
+
+
 def parse_term(spec: str) -> Term:
     """Parse ``KIND[:WEIGHT]=VALUE`` (the CLI's ``--term``): ``text=Corvus``, ``text:-0.5=juvenile``,
     ``image:2=photo.jpg``, ``id=42``, ``taxon=Corvidae``, ``vector=q.npy`` (a .npy file). Everything
@@ -355,8 +392,9 @@ def parse_term(spec: str) -> Term:
         return Term.image(value.strip(), weight)
     if kind == "vector":
         path = value.strip()
+        data = read_query_file(path, _MAX_VECTOR_FILE, "vector file")
         try:
-            arr = np.load(path, allow_pickle=False)
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise QueryError(f"cannot read the vector file {path}: {exc}") from None
         return Term.vector(arr, weight, label=f"vector {Path(path).name}")
@@ -400,3 +438,4 @@ class EmbeddedTerm:
     prompt: str | None = None
     taxon: Any = None
     alternatives: list = field(default_factory=list)
+    image_id: int | None = None  # an id term's image (the one that replaced a retired id)

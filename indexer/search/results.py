@@ -1,17 +1,27 @@
-"""What a search returns: :class:`Hit` (one image with its score and metadata) and :class:`SearchResult`."""
+"""What a search returns: :class:`Hit` (one image with its score and metadata) and :class:`SearchResult`.
+
+``to_dict`` of each is the one JSON shape of results, which ``bioclip-search --json`` prints and
+the HTTP API serves (see :mod:`indexer.search.output`, which also has the CSV shape).
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
 from indexer.search.taxonomy import TaxonMatch
+from indexer.store.schema import HIDDEN_COLUMNS
 
 __all__ = ["Hit", "SearchResult"]
 
-_HIDDEN = {"meta_hash"}
+#: Metadata that is internal to the indexer (digests, normalisation bookkeeping, folded copies for
+#: filters), never shown.
+HIDDEN_FIELDS: Final = HIDDEN_COLUMNS
+#: Bumped when a field of ``SearchResult.to_dict`` changes meaning or goes away (fields may be added).
+JSON_VERSION: Final = 1
 
 
 @dataclass(frozen=True)
@@ -36,15 +46,18 @@ class Hit:
         return self.get("scientificName") or _binomial(self.metadata)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able: id, score, location, then every non-empty metadata field (and ``group``:
-        the other members' id, score and location, when grouped)."""
-        out: dict[str, Any] = {"id": self.id, "score": round(float(self.score), 6), "location": self.location}
+        """JSON-able: ``id``, ``score``, ``location``, then every metadata field that has a value
+        (timestamps as ISO 8601 text; ``extra``, the source's other columns, as an object), and
+        ``group`` (the other members' id, score and location) when grouped."""
+        out: dict[str, Any] = {"id": int(self.id), "score": round(float(self.score), 6), "location": self.location}
         for k, v in self.metadata.items():
-            if v is None or k in ("id", "location") or k in _HIDDEN:
+            if v is None or k in ("id", "location") or k in HIDDEN_FIELDS:
                 continue
-            out[k] = v.isoformat() if hasattr(v, "isoformat") else v
+            out[k] = extra_object(v) if k in ("extra", "verbatim") else plain_value(v)
         if self.group:
-            out["group"] = [{"id": g.id, "score": round(float(g.score), 6), "location": g.location} for g in self.group]
+            out["group"] = [
+                {"id": int(g.id), "score": round(float(g.score), 6), "location": g.location} for g in self.group
+            ]
         return out
 
 
@@ -66,18 +79,53 @@ class SearchResult:
     has_more: bool = False  # a further page (offset + k) has results
     timings: dict[str, float] = field(default_factory=dict)  # ms: embed, filter, search, metadata
     kind: str = "image"  # the query's kind (image, text, mixed): which tuned index parameters searched it
+    offset: int = 0  # results (groups, when grouped) skipped before this page
+    k: int = 0  # the page size asked for
+
+    @property
+    def next_offset(self) -> int | None:
+        """The ``offset`` of the next page, None when there is none."""
+        return self.offset + self.k if self.has_more and self.k else None
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON object of this result: ``version``, ``interpretation``, ``notices``, ``prompts``,
+        ``taxon``, ``alternatives``, ``candidates`` (null without filters), ``generation``,
+        ``offset``, ``k``, ``has_more``, ``next_offset`` and ``hits`` (see :meth:`Hit.to_dict`)."""
         return {
+            "version": JSON_VERSION,
             "interpretation": self.interpretation,
             "notices": list(self.notices),
+            "prompts": list(self.prompts),
+            "taxon": self.taxon.describe() if self.taxon is not None else None,
+            "alternatives": [m.describe() for m in self.alternatives],
             "candidates": self.candidates,
             "generation": self.generation,
-            "prompts": list(self.prompts),
-            "alternatives": [m.describe() for m in self.alternatives],
-            "has_more": self.has_more,
+            "offset": self.offset,
+            "k": self.k,
+            "has_more": bool(self.has_more),
+            "next_offset": self.next_offset,
             "hits": [h.to_dict() for h in self.hits],
         }
+
+
+def plain_value(value: Any) -> Any:
+    """A JSON-able value: timestamps as ISO 8601 text, numpy scalars as Python numbers."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return value.item()
+    return value
+
+
+def extra_object(value: Any) -> Any:
+    """``extra`` is stored as JSON text; the object it holds (the text itself if it does not parse)."""
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError):
+        return value
+    return parsed if isinstance(parsed, dict) else value
 
 
 def _binomial(meta: dict) -> str | None:

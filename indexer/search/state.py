@@ -25,6 +25,7 @@ from indexer.search.taxonomy import Taxonomy
 from indexer.store import Collection, Snapshot
 from indexer.store.generations import SegmentInfo
 from indexer.store.ids import member
+from indexer.store.replacements import Replacement, find_replacement
 from indexer.store.schema import DERIVED_COLUMNS, quote_ident
 
 __all__ = ["ServedState", "StateOptions", "load_state", "FILTER_CACHE_BYTES"]
@@ -96,6 +97,7 @@ class ServedState:
 
     def __post_init__(self) -> None:
         self.segments = {s.n for s in self.snapshot.generation.segments}
+        self.update_files = set(self.snapshot.generation.updates)
         self.delete_files = set(self.snapshot.generation.deletes)
         self.filters = _IdCache(self.filter_cache_bytes)
         self.index_excluded = self._index_excluded()
@@ -129,6 +131,11 @@ class ServedState:
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """float32 (len(ids), d) stored vectors of ``ids``, in order (see Snapshot.get_vectors)."""
         return self.snapshot.get_vectors(ids)
+
+    def replacement(self, image_id: int) -> Replacement | None:
+        """What became of ``image_id`` if it was retired (see :mod:`indexer.store.replacements`);
+        None when it is live or was never an id of this collection."""
+        return find_replacement(self.snapshot, self.cursor(), int(image_id))
 
     def is_retired(self, image_id: int) -> bool:
         if not self.deleted.size:
@@ -256,18 +263,26 @@ def _delta(
 
 def _metadata(snap: Snapshot, previous: ServedState | None) -> Any:
     gen = snap.generation
-    if previous is not None and previous.segments <= {s.n for s in gen.segments}:
-        # Incremental: the same connection gets the new rows and loses the retired ones,
-        # in one transaction, so concurrent readers see one state or the other.
+    if (
+        previous is not None
+        and previous.segments <= {s.n for s in gen.segments}
+        and previous.update_files <= set(gen.updates)
+    ):
+        # Incremental: the same connection gets the new rows, the superseding rows of updated
+        # images and loses the retired ones, in one transaction, so concurrent readers see one
+        # state or the other.
         con = previous.con
         new_segs = [s for s in gen.segments if s.n not in previous.segments]
+        new_upds = [n for n in gen.updates if n not in previous.update_files]
         new_dels = [n for n in gen.deletes if n not in previous.delete_files]
-        if new_segs or new_dels:
+        if new_segs or new_upds or new_dels:
             cur = con.cursor()
             cur.execute("BEGIN TRANSACTION")
             try:
                 if new_segs:
                     _insert_rows(cur, snap, new_segs, live=False)
+                if new_upds:
+                    _apply_updates(cur, snap, new_upds)
                 if new_dels:
                     cur.execute(f"DELETE FROM images WHERE id IN ({snap.retired_sql(new_dels)})")
                 cur.execute("CREATE OR REPLACE VIEW failures AS " + snap.failures_sql())
@@ -282,12 +297,28 @@ def _metadata(snap: Snapshot, previous: ServedState | None) -> Any:
     install_fold(con)
     con.execute(f"CREATE TABLE images AS {snap.images_sql([])}")
     _insert_rows(con, snap, list(gen.segments), live=True)
+    if gen.updates:
+        _apply_updates(con, snap, list(gen.updates))
+        # In id order again (superseding rows went to the end): lookups skip what they need not read.
+        con.execute("CREATE OR REPLACE TABLE images AS SELECT * FROM images ORDER BY id")
     con.execute(f"CREATE VIEW failures AS {snap.failures_sql()}")
     # An ART index on id turns the metadata join of a page of hits into index lookups (a scan of
     # the id column otherwise); DuckDB keeps it up to date through the incremental inserts and
     # deletes above.
     con.execute("CREATE INDEX images_id ON images (id)")
     return con
+
+
+def _apply_updates(con: Any, snap: Snapshot, numbers: list[int]) -> None:
+    """Replace the rows of ``images`` superseded in the update files ``numbers`` by their newest
+    superseding rows (of ids still live), keeping the table in id order where it was."""
+    con.execute(f"CREATE TEMP TABLE _superseding AS {snap.updates_sql(numbers)}")
+    try:
+        con.execute("DELETE FROM images WHERE id IN (SELECT id FROM _superseding)")
+        retired = f" WHERE id NOT IN ({snap.retired_sql()})" if snap.generation.deletes else ""
+        con.execute(f"INSERT INTO images SELECT * FROM _superseding{retired} ORDER BY id")
+    finally:
+        con.execute("DROP TABLE _superseding")
 
 
 def _insert_rows(con: Any, snap: Snapshot, segments: list[SegmentInfo], *, live: bool) -> None:

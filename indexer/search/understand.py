@@ -10,27 +10,36 @@ for its facet counts and pages); the model is asked for only when a term needs i
 from __future__ import annotations
 
 import io
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from indexer.errors import DecodeError, QueryError
 from indexer.media.decode import decode_image
-from indexer.search.query import EmbeddedTerm, Query, Term, combine
+from indexer.search.query import MAX_IMAGE_BYTES, EmbeddedTerm, Query, Term, combine, read_query_file
 from indexer.search.state import ServedState
 from indexer.search.taxon_match import SUPRA_RANKS
 from indexer.search.taxonomy import TaxonMatch, looks_like_scientific_name
 
-__all__ = ["QueryEmbedder", "interpret", "taxon_prompt_for", "TEXT_CACHE_SIZE", "ImageInput"]
+__all__ = [
+    "QueryEmbedder",
+    "interpret",
+    "taxon_prompt_for",
+    "TEXT_CACHE_SIZE",
+    "ImageInput",
+    "MAX_IMAGE_PIXELS",
+]
 
 ImageInput = Any  # a path (str / Path), bytes, or a PIL image
 
 #: Text embeddings kept (prompt -> vector).
 TEXT_CACHE_SIZE = 1024
+#: Largest query picture in pixels (width x height, from its header, checked before decoding).
+MAX_IMAGE_PIXELS = 200_000_000
 
 
 def taxon_prompt_for(match: TaxonMatch) -> str:
@@ -52,10 +61,17 @@ class QueryEmbedder:
     ``model()`` gives (called only when a term needs it), text with ``text_model()`` (default: the
     model). Thread-safe."""
 
-    def __init__(self, model: Callable[[], Any], dimension: int, text_model: Callable[[], Any] | None = None):
+    def __init__(
+        self,
+        model: Callable[[], Any],
+        dimension: int,
+        max_image_bytes: int = MAX_IMAGE_BYTES,
+        text_model: Callable[[], Any] | None = None,
+    ):
         self._model = model
         self._text_model = text_model or model
         self.dimension = dimension
+        self.max_image_bytes = max_image_bytes
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._text_lock = threading.Lock()
 
@@ -78,7 +94,12 @@ class QueryEmbedder:
             elif term.kind == "image":
                 parts[i] = EmbeddedTerm(term, self.embed_image(term.value)[0], term.describe())
             elif term.kind == "id":
-                parts[i] = EmbeddedTerm(term, self.stored_vector(state, term.value), f"image {term.value}")
+                image_id, note = self.current_id(state, int(term.value))
+                if note:
+                    notices.append(note)
+                desc = f"image {image_id}" if image_id == int(term.value) else f"image {image_id} (was {term.value})"
+                vec = self.stored_vector(state, image_id)
+                parts[i] = EmbeddedTerm(term, vec, desc, image_id=image_id)
             else:
                 parts[i] = EmbeddedTerm(term, self.unit(term.value), term.label or "a vector")
         if texts:
@@ -152,6 +173,16 @@ class QueryEmbedder:
                     self._text_cache.popitem(last=False)
         return [out[p] for p in prompts], notices
 
+    def current_id(self, state: ServedState, image_id: int) -> tuple[int, str | None]:
+        """(the id to search with, a notice): a retired id is followed to the image that replaced
+        it, with a notice saying so; one that nothing replaced is a QueryError saying why."""
+        if not state.is_retired(image_id):
+            return image_id, None
+        rep = state.replacement(image_id)
+        if rep is None or rep.new_id is None:
+            raise QueryError(rep.describe() if rep is not None else f"image {image_id} is no longer in this collection")
+        return rep.new_id, f"{rep.describe()}; searching with image {rep.new_id}"
+
     def stored_vector(self, state: ServedState, image_id: int) -> np.ndarray:
         if state.is_retired(int(image_id)):
             raise QueryError(f"image {image_id} is no longer in this collection")
@@ -170,31 +201,46 @@ class QueryEmbedder:
         return v / norm
 
     def embed_image(self, image: ImageInput) -> np.ndarray:
-        """Embed a query image (path, bytes or PIL image) with the collection's preprocessing: (1, d)."""
+        """Embed a query image (path, bytes or PIL image) with the collection's preprocessing: (1, d).
+
+        A path must be a regular file, the bytes at most ``max_image_bytes``, the picture at most
+        MAX_IMAGE_PIXELS; anything else is a QueryError, raised before the model is loaded."""
+        data, name = self._image_bytes(image)
         model = self._model()
-        min_size = tuple(model.preprocess_config.draft_size)
         try:
-            if isinstance(image, (str, Path)):
-                try:
-                    data = Path(image).read_bytes()
-                except OSError as exc:
-                    raise QueryError(f"cannot read the image {image}: {exc.strerror or exc}") from None
-                pil = decode_image(data, min_size=min_size, name=str(image)).image
-            elif isinstance(image, (bytes, bytearray, memoryview)):
-                pil = decode_image(bytes(image), min_size=min_size).image
-            elif hasattr(image, "convert") and hasattr(image, "size"):
-                buf = io.BytesIO()
-                image.save(buf, format="PNG")
-                pil = decode_image(buf.getvalue(), min_size=min_size).image
-            else:
-                raise QueryError(f"cannot use a {type(image).__name__} as an image")
+            decoded = decode_image(
+                data, min_size=tuple(model.preprocess_config.draft_size), name=name, max_pixels=MAX_IMAGE_PIXELS
+            )
         except DecodeError as exc:
             raise QueryError(f"that file is not an image this engine can read ({exc.reason}: {exc.detail})") from None
         import torch
 
-        tensor = model.transform(pil).unsqueeze(0)
+        tensor = model.transform(decoded.image).unsqueeze(0)
         with torch.inference_mode():
             return model.encode_image_tensors(tensor)
+
+    def _image_bytes(self, image: ImageInput) -> tuple[bytes, str | None]:
+        """(the encoded picture, its name) of a query image, checked against the limits."""
+        limit = self.max_image_bytes
+        if isinstance(image, (str, os.PathLike)):
+            return read_query_file(image, limit), os.fspath(image)
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            if len(image) > limit:
+                raise QueryError(
+                    f"the picture is {len(image) / 1048576:.1f} MB; query pictures up to {limit / 1048576:g} MB are read"
+                )
+            return bytes(image), None
+        if hasattr(image, "convert") and hasattr(image, "size"):
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise QueryError(
+                    f"the picture has {width} x {height} pixels; query pictures up to "
+                    f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels are read"
+                )
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            return buf.getvalue(), None
+        raise QueryError(f"cannot use a {type(image).__name__} as an image")
 
 
 def interpret(q: Query, parts: list[EmbeddedTerm], label: str | None) -> str:
@@ -207,18 +253,14 @@ def interpret(q: Query, parts: list[EmbeddedTerm], label: str | None) -> str:
         if kind == "image":
             return "images similar to the uploaded picture" + (f" {p.term.label}" if p.term.label else "")
         if kind == "id":
-            return f"images similar to image {p.term.value}"
+            return f"images similar to {p.description}"
         return label or "a vector query"
     words = []
     for n, p in enumerate(parts):
         w = p.term.weight
         sign = "-" if w < 0 else "+"
         mag = abs(w)
-        what = (
-            p.description
-            if p.term.kind in ("text", "taxon")
-            else (f"image {p.term.value}" if p.term.kind == "id" else p.term.describe())
-        )
+        what = p.description if p.term.kind in ("text", "taxon", "id") else p.term.describe()
         text = what if mag == 1.0 else f"{mag:g} x {what}"
         words.append(text if n == 0 and sign == "+" else f"{sign} {text}")
     return "combination: " + " ".join(words)

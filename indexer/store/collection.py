@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from indexer._version import __version__
 from indexer.errors import CollectionError, CollectionNotFoundError, FormatVersionError
-from indexer.store.files import atomic_write_json
+from indexer.store.files import atomic_write_json, disk_full_error, is_out_of_space
 from indexer.store.generations import (
     FORMAT_VERSION,
     Generation,
@@ -89,8 +89,6 @@ class Collection:
             raise CollectionError(f"a collection already exists at {path}")
         if path.exists() and any(p for p in path.iterdir() if not p.name.startswith(".")):
             raise CollectionError(f"{path} exists and is not empty; choose a new folder for the collection")
-        for sub in ("generations", "segments", "index"):
-            (path / sub).mkdir(parents=True, exist_ok=True)
         manifest = {
             "format_version": FORMAT_VERSION,
             "created": utc_stamp(),
@@ -100,7 +98,14 @@ class Collection:
             "vector_dtype": "float16",
             "metric": "inner_product",
         }
-        atomic_write_json(path / MANIFEST, manifest)
+        try:
+            for sub in ("generations", "segments", "index"):
+                (path / sub).mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path / MANIFEST, manifest)
+        except OSError as exc:
+            if is_out_of_space(exc):
+                raise disk_full_error(path, 64 << 10, "creating the collection") from None
+            raise
         return cls(path, manifest)
 
     # -- properties ---------------------------------------------------------------------

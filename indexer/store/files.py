@@ -10,15 +10,22 @@ power cut may then lose the file, but never leaves part of one under the final n
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from indexer.errors import DiskFullError
+
 __all__ = [
+    "is_out_of_space",
+    "disk_full_error",
+    "human_bytes",
     "atomic_file",
     "atomic_path",
     "atomic_write_bytes",
@@ -91,3 +98,47 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """``obj`` as indented, key-sorted JSON (a stable text for files people read and diff)."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+#: errno values of a write that found no room: a full disk, an exceeded quota.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc`` (from writing a file) means the disk or the quota is full: an OSError with
+    ENOSPC / EDQUOT, or a RuntimeError of a C++ writer (FAISS) that reports one of them."""
+    if isinstance(exc, OSError):
+        return exc.errno in _NO_SPACE
+    if isinstance(exc, RuntimeError):
+        text = str(exc)
+        return any(os.strerror(code) in text for code in _NO_SPACE)
+    return False
+
+
+def disk_full_error(path: str | os.PathLike, needed: int, what: str) -> DiskFullError:
+    """The one-line error for a write into ``path`` (a collection) that found the disk full:
+    what was being written, about how much it needed, how much is free now."""
+    path = os.fspath(path)
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:  # pragma: no cover - the folder itself is gone
+        free = 0
+    more = max(needed - free, 0)
+    return DiskFullError(
+        f"the disk holding the collection {path} is full: {what} needs about {human_bytes(needed)} and "
+        f"{human_bytes(free)} is free; free at least {human_bytes(max(more, 1 << 20))} more and run the same "
+        "command again (everything committed before is intact)",
+        path,
+        needed,
+        free,
+    )
+
+
+def human_bytes(n: int) -> str:
+    """``1536`` -> ``1.5 KB`` (powers of 1024, one decimal)."""
+    value = float(n)
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"  # pragma: no cover

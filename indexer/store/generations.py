@@ -1,8 +1,13 @@
 """Generations: the published states of a collection, and the names of the files they list.
 
 A generation (``generations/gen-NNNNNNNN.json``) lists the live segments (metadata + vectors), the
-files of retired ids and of failures, the ANN index entry, counts, ``next_id`` and the extra
-metadata keys seen. Every data file is named by the number of the commit that wrote it.
+files of superseding metadata rows (updates), of retired ids and of failures, the ANN index entry,
+counts, ``next_id`` and the extra metadata keys seen. Every data file is named by the number of the
+commit that wrote it.
+
+Format versions: 1 had no update files and retired ids without their successor; 2 (this code)
+adds ``updates`` and the ``replaced_by`` / ``reason`` columns of ``del-*.parquet``. Version 1
+collections open as they are; a generation this code writes says 2.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ __all__ = [
     "generation_file",
     "segment_file",
     "vectors_file",
+    "updates_file",
     "deletes_file",
     "failures_file",
     "parse_generation_file",
@@ -29,7 +35,7 @@ __all__ = [
 ]
 
 #: The collection format this code reads and writes (manifest and generations).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Files referenced by any of the last this many generations are never deleted, so that a reader
 #: that opened a recent generation keeps working while a writer publishes new ones.
 KEEP_GENERATIONS = 5
@@ -57,8 +63,14 @@ def vectors_file(n: int) -> str:
     return f"segments/seg-{n:08d}.f16.npy"
 
 
+def updates_file(n: int) -> str:
+    """Metadata rows of commit ``n`` that supersede the rows of ids committed before (same ids,
+    same vectors: an edited label keeps its image's id)."""
+    return f"segments/upd-{n:08d}.parquet"
+
+
 def deletes_file(n: int) -> str:
-    """Ids retired by commit ``n``."""
+    """Ids retired by commit ``n``, with the id that replaced each one (if any) and why."""
     return f"segments/del-{n:08d}.parquet"
 
 
@@ -100,12 +112,14 @@ class Generation:
     number: int
     created: str
     segments: tuple[SegmentInfo, ...] = ()
+    updates: tuple[int, ...] = ()  # file numbers of upd-*.parquet
     deletes: tuple[int, ...] = ()  # file numbers of del-*.parquet
     failures: tuple[int, ...] = ()  # file numbers of fail-*.parquet
     next_id: int = 0
     next_file: int = 1
     images: int = 0
     deleted: int = 0
+    updated: int = 0  # superseding metadata rows written (cumulative)
     failed: int = 0
     index: dict | None = None
     extra_keys: tuple[str, ...] = ()
@@ -117,12 +131,14 @@ class Generation:
             "generation": self.number,
             "created": self.created,
             "segments": [s.to_dict() for s in self.segments],
+            "updates": list(self.updates),
             "deletes": list(self.deletes),
             "failures": list(self.failures),
             "next_id": self.next_id,
             "next_file": self.next_file,
             "images": self.images,
             "deleted": self.deleted,
+            "updated": self.updated,
             "failed": self.failed,
             "index": self.index,
             "extra_keys": list(self.extra_keys),
@@ -141,12 +157,14 @@ class Generation:
             number=int(d["generation"]),
             created=d.get("created", ""),
             segments=tuple(SegmentInfo(int(s["n"]), int(s["rows"]), int(s["min_id"])) for s in d.get("segments", [])),
+            updates=tuple(int(x) for x in d.get("updates", [])),
             deletes=tuple(int(x) for x in d.get("deletes", [])),
             failures=tuple(int(x) for x in d.get("failures", [])),
             next_id=int(d.get("next_id", 0)),
             next_file=int(d.get("next_file", 1)),
             images=int(d.get("images", 0)),
             deleted=int(d.get("deleted", 0)),
+            updated=int(d.get("updated", 0)),
             failed=int(d.get("failed", 0)),
             index=d.get("index"),
             extra_keys=tuple(d.get("extra_keys", [])),
@@ -163,6 +181,7 @@ class Generation:
         for s in self.segments:
             names.add(segment_file(s.n))
             names.add(vectors_file(s.n))
+        names.update(updates_file(n) for n in self.updates)
         names.update(deletes_file(n) for n in self.deletes)
         names.update(failures_file(n) for n in self.failures)
         if self.index:

@@ -22,6 +22,7 @@ from indexer.store.generations import (
     deletes_file,
     failures_file,
     segment_file,
+    updates_file,
     vectors_file,
 )
 from indexer.store.ids import member
@@ -32,7 +33,7 @@ from indexer.store.vectors import SegmentVectors
 if TYPE_CHECKING:  # pragma: no cover
     from indexer.store.collection import Collection
 
-__all__ = ["Snapshot", "FAILURE_SCHEMA"]
+__all__ = ["Snapshot", "FAILURE_SCHEMA", "RETIREMENT_SCHEMA"]
 
 #: The columns of a ``fail-*.parquet`` file (and of the ``failures`` relation).
 FAILURE_SCHEMA = pa.schema(
@@ -49,6 +50,12 @@ FAILURE_SCHEMA = pa.schema(
     ]
 )
 
+#: The columns of a ``del-*.parquet`` file (format 1 files have only ``id``), plus ``commit``, the
+#: file's number, in :meth:`Snapshot.retirements`. ``reason`` is one of RETIRE_REASONS.
+RETIREMENT_SCHEMA = pa.schema(
+    [("id", pa.int64()), ("replaced_by", pa.int64()), ("reason", pa.string()), ("commit", pa.int64())]
+)
+
 
 class Snapshot:
     """A read-only view of one generation. Thread-safe for reading; never takes locks."""
@@ -57,6 +64,7 @@ class Snapshot:
         self.collection = collection
         self.generation = generation
         self._vec_cache: dict[int, np.ndarray] = {}
+        self._retirements: pa.Table | None = None
         self._lock = threading.Lock()
         segs = generation.segments
         self._lookup = SegmentVectors(
@@ -79,6 +87,9 @@ class Snapshot:
     def segment_paths(self, segments: Sequence[SegmentInfo] | None = None) -> list[str]:
         segs = self.generation.segments if segments is None else segments
         return self._paths([segment_file(s.n) for s in segs])
+
+    def update_paths(self, numbers: Sequence[int] | None = None) -> list[str]:
+        return self._paths([updates_file(n) for n in (self.generation.updates if numbers is None else numbers)])
 
     def delete_paths(self, numbers: Sequence[int] | None = None) -> list[str]:
         return self._paths([deletes_file(n) for n in (self.generation.deletes if numbers is None else numbers)])
@@ -118,6 +129,29 @@ class Snapshot:
 
         parts = [pq.read_table(p, columns=["id"]).column("id").to_numpy() for p in self.delete_paths()]
         return np.unique(np.concatenate(parts).astype(np.int64))
+
+    def retirements(self) -> pa.Table:
+        """Every retirement record of this generation (cached): ``id``, ``replaced_by`` (the id that
+        replaced it; null when none did, or in a format 1 file, which holds only ids), ``reason``
+        (null in format 1) and ``commit`` (the number of the commit that retired it)."""
+        with self._lock:
+            if self._retirements is None:
+                import pyarrow.parquet as pq
+
+                parts = []
+                for n, path in zip(self.generation.deletes, self.delete_paths()):
+                    t = pq.read_table(path)
+                    cols = {
+                        f.name: t.column(f.name).cast(f.type)
+                        if f.name in t.column_names
+                        else pa.nulls(t.num_rows, f.type)
+                        for f in RETIREMENT_SCHEMA
+                        if f.name != "commit"
+                    }
+                    cols["commit"] = pa.array([n] * t.num_rows, pa.int64())
+                    parts.append(pa.table(cols, schema=RETIREMENT_SCHEMA))
+                self._retirements = pa.concat_tables(parts) if parts else RETIREMENT_SCHEMA.empty_table()
+            return self._retirements
 
     def iter_vectors(
         self, segments: Sequence[SegmentInfo] | None = None, *, deleted: np.ndarray | None = None
@@ -169,8 +203,11 @@ class Snapshot:
     # -- metadata ----------------------------------------------------------------------
 
     def images_sql(self, segments: Sequence[SegmentInfo] | None = None, *, live: bool = True) -> str:
-        """A SELECT over the image rows of the given segments (default: all) of this generation,
-        every column of schema.ALL_COLUMNS; ``live`` leaves out retired ids.
+        """A SELECT of every column of schema.ALL_COLUMNS over the image rows of this generation.
+
+        Without ``segments``: one row per id, its newest (a row of an update file supersedes the
+        id's segment row and older updates); ``live`` leaves out retired ids. With ``segments``
+        (a subset): those segments' rows as committed, updates not applied.
 
         Paths are inlined as string literals (they are the collection's own file names).
         """
@@ -188,8 +225,12 @@ class Snapshot:
             for c in ALL_COLUMNS
         )
         sql = f"SELECT {cols} FROM read_parquet({sql_string_list(paths)}, union_by_name = true)"
+        names = ", ".join(quote_ident(c) for c in ALL_COLUMNS)
+        if segments is None and self.generation.updates:
+            newest = self.updates_sql()
+            sql = f"SELECT {names} FROM ({sql}) WHERE id NOT IN (SELECT id FROM ({newest})) UNION ALL {newest}"
         if live and self.generation.deletes:
-            sql += f" WHERE id NOT IN ({self.retired_sql()})"
+            sql = f"SELECT {names} FROM ({sql}) WHERE id NOT IN ({self.retired_sql()})"
         return sql
 
     def segments_to_normalise(self, segments: Sequence[SegmentInfo] | None = None) -> list[SegmentInfo]:
@@ -199,6 +240,23 @@ class Snapshot:
         segs = self.generation.segments if segments is None else segments
         paths = self.segment_paths(segs)
         return [s for s, p in zip(segs, paths) if _parquet_min_meta_version(*_file_id(p)) < META_VERSION]
+
+    def updates_sql(self, numbers: Sequence[int] | None = None) -> str:
+        """A SELECT of the newest superseding row per id among the given update files (default: all
+        of this generation's), every column of schema.ALL_COLUMNS; retired ids included."""
+        paths = self.update_paths(numbers)
+        # Files written before a column was added lack it: null, of the schema's type.
+        present = set().union(*(_parquet_columns(*_file_id(p)) for p in paths))
+        cols = ", ".join(
+            quote_ident(c) if c in present else f"CAST(NULL AS {COLUMN_TYPES.get(c, 'VARCHAR')}) AS {quote_ident(c)}"
+            for c in ALL_COLUMNS
+        )
+        files = sql_string_list(paths)
+        # The newest row per id wins; zero-padded file names order like commit numbers.
+        return (
+            f"SELECT {cols} FROM (SELECT *, row_number() OVER (PARTITION BY id ORDER BY filename DESC) AS _newest "
+            f"FROM read_parquet({files}, union_by_name = true, filename = true)) WHERE _newest = 1"
+        )
 
     def retired_sql(self, numbers: Sequence[int] | None = None) -> str:
         """A SELECT of the ids retired by the given commits (default: every commit of this generation)."""
@@ -230,7 +288,12 @@ class Snapshot:
 
         con = duckdb.connect(":memory:")
         kind = "TABLE" if materialize else "VIEW"
-        con.execute(f"CREATE {kind} images AS {self.images_sql()}")
+        sql = self.images_sql()
+        if materialize and self.generation.updates:
+            # Superseding rows come out of a window in hash order: in id order again, lookups by
+            # id and ranges of ids skip the rest of the table as they do without updates.
+            sql = f"SELECT * FROM ({sql}) ORDER BY id"
+        con.execute(f"CREATE {kind} images AS {sql}")
         con.execute(f"CREATE VIEW failures AS {self.failures_sql()}")
         return con
 

@@ -8,7 +8,11 @@ Contracts:
   which the next writer deletes.
 - Ids: every image row gets the next integer id at commit; ids are never reused (``next_id`` only
   grows, and is published with the rows that used it). A retired id (re-encoded, pruned) stays
-  retired.
+  retired, and its retirement records the id that replaced it, if one did, and why.
+- Identity: new metadata for an image already committed (an edited label, a new column) is a
+  superseding row with the same id (``update``), written to an update file; readers take the
+  newest row of an id, its vector stays where it is, and the ANN index is not touched. Only new
+  or changed pixels get new ids.
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 
 from indexer.dwc import normalise_query
 from indexer.errors import CollectionError
-from indexer.store.files import atomic_file, atomic_write_json
+from indexer.store.files import atomic_file, atomic_write_json, disk_full_error, is_out_of_space
 from indexer.store.generations import (
     KEEP_GENERATIONS,
     Generation,
@@ -33,13 +37,16 @@ from indexer.store.generations import (
     failures_file,
     generation_file,
     segment_file,
+    updates_file,
     utc_stamp,
     utcnow,
     vectors_file,
 )
 from indexer.store.lock import WriterLock
-from indexer.store.schema import META_VERSION, arrow_schema
-from indexer.store.snapshot import FAILURE_SCHEMA, Snapshot
+from indexer.store.replacements import RETIRE_REASONS
+from indexer.store.rows import conform, last_per_id
+from indexer.store.schema import META_VERSION
+from indexer.store.snapshot import FAILURE_SCHEMA, RETIREMENT_SCHEMA, Snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     from indexer.store.collection import Collection
@@ -48,7 +55,11 @@ __all__ = ["Writer"]
 
 log = logging.getLogger(__name__)
 
-_DELETE_SCHEMA = pa.schema([("id", pa.int64())])
+_DELETE_SCHEMA = pa.schema([f for f in RETIREMENT_SCHEMA if f.name != "commit"])
+#: The identity columns the writer keeps of every live image (the ``live`` table); an update
+#: carries over the ones its rows do not give (``_CARRIED``).
+_LIVE_COLUMNS = ("id", "key", "source", "size", "mtime", "sha256", "meta_hash", "width", "height", "indexed_at")
+_CARRIED = ("sha256", "width", "height", "indexed_at")
 
 
 def _write_parquet(path: Path, table: pa.Table) -> None:
@@ -66,11 +77,12 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 class Writer:
     """The single writer of a collection. Use as a context manager.
 
-    ``add`` / ``retire`` / ``record_failures`` buffer changes; ``commit`` writes them as one
-    segment and publishes a new generation. Anything not committed is lost on a crash, anything
-    committed is kept. The writer keeps a small in-memory DuckDB table of the live images'
-    identities (``live``: id, key, source, size, mtime, sha256, meta_hash) and of the live failures
-    (``failed``), for the pipeline to diff a source against without re-reading Parquet.
+    ``add`` / ``update`` / ``retire`` / ``record_failures`` buffer changes; ``commit`` writes them
+    as one segment (and update, retirement, failure files) and publishes a new generation. Anything
+    not committed is lost on a crash, anything committed is kept. The writer keeps a small
+    in-memory DuckDB table of the live images' identities (``live``: id, key, source, size, mtime,
+    sha256, meta_hash, width, height, indexed_at) and of the live failures (``failed``), for the
+    pipeline to diff a source against without re-reading Parquet.
     """
 
     def __init__(self, collection: Collection):
@@ -82,7 +94,8 @@ class Writer:
             self._clean_orphans()
             self._pending_rows: list[pa.Table] = []
             self._pending_vecs: list[np.ndarray] = []
-            self._pending_retire: list[np.ndarray] = []
+            self._pending_updates: list[pa.Table] = []
+            self._pending_retire: list[pa.Table] = []
             self._pending_fail: list[pa.Table] = []
             self._pending_count = 0
             self.next_id = self.generation.next_id
@@ -152,13 +165,11 @@ class Writer:
 
         snap = Snapshot(self.collection, self.generation)
         con = duckdb.connect(":memory:")
-        con.execute(
-            # A row normalised by an earlier version (or none) has no usable digest: the build
-            # re-commits its metadata (normalised; its vector kept), whatever the hash says.
-            "CREATE TABLE live AS SELECT id, key, source, size, mtime, sha256, "
-            f"CASE WHEN coalesce(meta_version, 0) >= {META_VERSION} THEN meta_hash END AS meta_hash "
-            f"FROM ({snap.images_sql()})"
-        )
+        # A row normalised by an earlier version (or none) has no usable digest: the build
+        # re-commits its metadata (normalised, under the same id), whatever the hash says.
+        digest = f"CASE WHEN coalesce(meta_version, 0) >= {META_VERSION} THEN meta_hash END AS meta_hash"
+        live_cols = ", ".join(digest if c == "meta_hash" else c for c in _LIVE_COLUMNS)
+        con.execute(f"CREATE TABLE live AS SELECT {live_cols} FROM ({snap.images_sql()})")
         con.execute(
             "CREATE TABLE failed AS SELECT key, source, location, stage, reason, detail, size, mtime, failed_at "
             f"FROM ({snap.failures_sql()})"
@@ -188,7 +199,7 @@ class Writer:
             return np.empty(0, dtype=np.int64)
         ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
         self.next_id += n
-        table = self._normalised(_conform(rows, ids))
+        table = self._normalised(conform(rows, ids))
         self._pending_rows.append(table)
         self._pending_vecs.append(vectors.astype(np.float16))
         self._pending_count += n
@@ -209,12 +220,61 @@ class Writer:
             con.unregister("_to_normalise")
         return out.select(table.column_names).cast(table.schema)
 
-    def retire(self, ids: Sequence[int] | np.ndarray) -> None:
-        """Buffer the retirement of ids (a changed or removed image's old vector)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.size:
-            self._pending_retire.append(ids)
-            self._pending_count += int(ids.size)
+    def update(self, rows: pa.Table, ids: Sequence[int] | np.ndarray) -> None:
+        """Buffer new metadata for live images ``ids`` (one row each, any subset of the schema's
+        columns; ``key`` required): superseding rows with the same ids and vectors. Columns the rows
+        do not give among sha256, width, height and indexed_at are carried over from the current row.
+        Raises ValueError for an id that is not live."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size != rows.num_rows:
+            raise ValueError(f"{rows.num_rows} rows for {ids.size} ids")
+        if ids.size == 0:
+            return
+        con = self.con
+        con.register("_upd_ids", pa.table({"id": ids, "pos": np.arange(ids.size, dtype=np.int64)}))
+        try:
+            carried = con.sql(
+                f"SELECT u.pos, {', '.join('l.' + c for c in _CARRIED)} FROM _upd_ids u LEFT JOIN live l USING (id) "
+                "ORDER BY u.pos"
+            ).to_arrow_table()
+            missing = con.execute(
+                "SELECT min(id), count(*) FROM _upd_ids WHERE id NOT IN (SELECT id FROM live)"
+            ).fetchall()[0]
+        finally:
+            con.unregister("_upd_ids")
+        if missing[1]:
+            raise ValueError(f"cannot update image {missing[0]} (and {missing[1] - 1} more): not a live image")
+        for name in _CARRIED:
+            if name not in rows.column_names:
+                rows = rows.append_column(name, carried.column(name))
+        self._pending_updates.append(self._normalised(conform(rows, ids)))
+        self._pending_count += int(ids.size)
+
+    def retire(
+        self,
+        ids: Sequence[int] | np.ndarray,
+        *,
+        replaced_by: Sequence[int | None] | np.ndarray | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Buffer the retirement of ids (a changed or removed image's old vector), recording why
+        (one of RETIRE_REASONS, or None: not said) and, aligned with ``ids``, the id that replaced
+        each (None: none)."""
+        if reason is not None and reason not in RETIRE_REASONS:
+            raise ValueError(f"unknown retirement reason {reason!r}; expected one of {sorted(RETIRE_REASONS)}")
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if not ids.size:
+            return
+        if replaced_by is None:
+            successors = pa.nulls(ids.size, pa.int64())
+        else:
+            successors = pa.array(list(replaced_by), pa.int64())
+            if len(successors) != ids.size:
+                raise ValueError(f"{len(successors)} successors for {ids.size} retired ids")
+        self._pending_retire.append(
+            pa.table({"id": ids, "replaced_by": successors, "reason": pa.array([reason] * ids.size, pa.string())})
+        )
+        self._pending_count += int(ids.size)
 
     def record_failures(self, rows: pa.Table) -> None:
         """Buffer failures: columns of FAILURE_SCHEMA (``failed_at`` filled in if absent). A row
@@ -236,82 +296,134 @@ class Writer:
     # -- commit -------------------------------------------------------------------------
 
     def commit(self, *, index: dict | None | Literal[False] = False, stats: dict | None = None) -> int | None:
-        """Write buffered changes as one segment and publish a new generation.
+        """Write buffered changes as one segment (and update, retirement and failure files) and
+        publish a new generation.
 
         ``index``: False keeps the current index entry, None drops it, a dict replaces it (see
         ``publish_index``). Returns the new generation number, or None if there was nothing to do.
+        All or nothing: if anything fails before the generation is published (a full disk raises
+        DiskFullError), the files this commit wrote are removed, the changes stay buffered and the
+        last published generation is untouched.
         """
         if not self._pending_count and index is False and stats is None:
             return None
         col = self.collection
         gen = self.generation
+        con = self.con
+        written: list[Path] = []
+        extra_keys = set(self._extra_keys)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            new = self._write_commit(gen, written, extra_keys, index, stats)
+            atomic_write_json(col.path / generation_file(new.number), new.to_dict())
+        except BaseException as exc:
+            # Published only if the generation file is in place (a signal may land just after).
+            if not (col.path / generation_file(gen.number + 1)).exists():
+                con.execute("ROLLBACK")
+                for path in written:
+                    path.unlink(missing_ok=True)
+                if is_out_of_space(exc):
+                    raise disk_full_error(col.path, self._pending_bytes(), self._describe_pending()) from None
+                raise
+            new = self.collection.read_generation(gen.number + 1)
+        con.execute("COMMIT")
+        self.generation = new
+        self._extra_keys = extra_keys
+        self._pending_rows, self._pending_vecs, self._pending_fail = [], [], []
+        self._pending_updates, self._pending_retire = [], []
+        self._pending_count = 0
+        log.debug("published generation %d (%d images)", new.number, new.images)
+        return new.number
+
+    def _write_commit(
+        self, gen: Generation, written: list[Path], extra_keys: set[str], index: Any, stats: dict | None
+    ) -> Generation:
+        """Write the buffered changes' files (appending each to ``written``) and bring the live and
+        failed tables up to date (inside the caller's transaction); the generation to publish."""
+        col, con = self.collection, self.con
         file_n = gen.next_file
-        segments = list(gen.segments)
-        deletes = list(gen.deletes)
-        failures = list(gen.failures)
-        deleted = gen.deleted
+        segments, updates = list(gen.segments), list(gen.updates)
+        deletes, failures = list(gen.deletes), list(gen.failures)
+        deleted, updated = gen.deleted, gen.updated
+
+        def write(name: str, table: pa.Table) -> None:
+            written.append(col.path / name)
+            _write_parquet(col.path / name, table)
 
         if self._pending_rows:
             table = pa.concat_tables(self._pending_rows)
-            vecs = np.concatenate(self._pending_vecs)
             first = int(table.column("id")[0].as_py())
-            _write_npy(col.path / vectors_file(file_n), vecs)
-            _write_parquet(col.path / segment_file(file_n), table)
+            written.append(col.path / vectors_file(file_n))
+            _write_npy(col.path / vectors_file(file_n), np.concatenate(self._pending_vecs))
+            write(segment_file(file_n), table)
             segments.append(SegmentInfo(file_n, table.num_rows, first))
-            self._note_extra_keys(table)
-            self.con.register(
-                "_new_rows", table.select(["id", "key", "source", "size", "mtime", "sha256", "meta_hash"])
-            )
-            self.con.execute("INSERT INTO live SELECT * FROM _new_rows")
-            self.con.execute("DELETE FROM failed WHERE key IN (SELECT key FROM _new_rows)")
-            self.con.unregister("_new_rows")
+            extra_keys |= self._extra_keys_of(table)
+            con.register("_new_rows", table.select(list(_LIVE_COLUMNS)))
+            con.execute("INSERT INTO live SELECT * FROM _new_rows")
+            con.execute("DELETE FROM failed WHERE key IN (SELECT key FROM _new_rows)")
+            con.unregister("_new_rows")
+        if self._pending_updates:
+            utable = last_per_id(pa.concat_tables(self._pending_updates))
+            write(updates_file(file_n), utable)
+            updates.append(file_n)
+            updated += utable.num_rows
+            extra_keys |= self._extra_keys_of(utable)
+            con.register("_upd_rows", utable.select(list(_LIVE_COLUMNS)))
+            con.execute("DELETE FROM live WHERE id IN (SELECT id FROM _upd_rows)")
+            con.execute("INSERT INTO live SELECT * FROM _upd_rows")
+            con.unregister("_upd_rows")
         if self._pending_retire:
-            retire = np.unique(np.concatenate(self._pending_retire))
-            _write_parquet(col.path / deletes_file(file_n), pa.table({"id": retire}, schema=_DELETE_SCHEMA))
+            retire = last_per_id(pa.concat_tables(self._pending_retire))
+            write(deletes_file(file_n), retire.cast(_DELETE_SCHEMA))
             deletes.append(file_n)
-            deleted += int(retire.size)
-            self.con.register("_retired", pa.table({"id": retire}))
-            self.con.execute("DELETE FROM live WHERE id IN (SELECT id FROM _retired)")
-            self.con.unregister("_retired")
+            deleted += retire.num_rows
+            con.register("_retired", retire.select(["id"]))
+            con.execute("DELETE FROM live WHERE id IN (SELECT id FROM _retired)")
+            con.unregister("_retired")
         if self._pending_fail:
             ftable = pa.concat_tables(self._pending_fail)
-            _write_parquet(col.path / failures_file(file_n), ftable)
+            write(failures_file(file_n), ftable)
             failures.append(file_n)
-            self.con.register("_fails", ftable)
-            self.con.execute("DELETE FROM failed WHERE key IN (SELECT key FROM _fails)")
-            self.con.execute(
+            con.register("_fails", ftable)
+            con.execute("DELETE FROM failed WHERE key IN (SELECT key FROM _fails)")
+            con.execute(
                 "INSERT INTO failed SELECT key, source, location, stage, reason, detail, size, mtime, failed_at "
                 "FROM (SELECT *, row_number() OVER (PARTITION BY key ORDER BY failed_at DESC) AS r FROM _fails) "
                 "WHERE r = 1 AND reason IS NOT NULL AND key NOT IN (SELECT key FROM live)"
             )
-            self.con.unregister("_fails")
+            con.unregister("_fails")
 
-        images = self.con.execute("SELECT count(*) FROM live").fetchall()[0][0]
-        failed = self.con.execute("SELECT count(*) FROM failed").fetchall()[0][0]
-        new_stats = dict(gen.stats)
-        if stats:
-            new_stats.update(stats)
-        new = Generation(
+        images = con.execute("SELECT count(*) FROM live").fetchall()[0][0]
+        failed = con.execute("SELECT count(*) FROM failed").fetchall()[0][0]
+        return Generation(
             number=gen.number + 1,
             created=utc_stamp(),
             segments=tuple(segments),
+            updates=tuple(updates),
             deletes=tuple(deletes),
             failures=tuple(failures),
             next_id=self.next_id,
             next_file=file_n + 1,
             images=int(images),
             deleted=deleted,
+            updated=updated,
             failed=int(failed),
             index=gen.index if index is False else index,
-            extra_keys=tuple(sorted(self._extra_keys)),
-            stats=new_stats,
+            extra_keys=tuple(sorted(extra_keys)),
+            stats={**gen.stats, **(stats or {})},
         )
-        atomic_write_json(col.path / generation_file(new.number), new.to_dict())
-        self.generation = new
-        self._pending_rows, self._pending_vecs, self._pending_retire, self._pending_fail = [], [], [], []
-        self._pending_count = 0
-        log.debug("published generation %d (%d images)", new.number, images)
-        return new.number
+
+    def _pending_bytes(self) -> int:
+        """About how many bytes committing the buffered changes writes (Arrow sizes are an upper
+        bound of the compressed Parquet), plus room for the generation file."""
+        tables = self._pending_rows + self._pending_updates + self._pending_retire + self._pending_fail
+        return sum(v.nbytes for v in self._pending_vecs) + sum(t.nbytes for t in tables) + (64 << 10)
+
+    def _describe_pending(self) -> str:
+        n_rows = sum(t.num_rows for t in self._pending_rows)
+        n_upd = sum(t.num_rows for t in self._pending_updates)
+        parts = [f"{n_rows:,} images" if n_rows else "", f"{n_upd:,} metadata updates" if n_upd else ""]
+        return "committing " + (" and ".join(p for p in parts if p) or "the build's records")
 
     def publish_index(self, entry: dict | None) -> int:
         """Publish a new generation whose ANN index entry is ``entry``.
@@ -328,9 +440,10 @@ class Writer:
         """A fresh name under ``index/`` for a derived file of the next generation."""
         return f"index/{prefix}-{self.generation.number + 1:08d}{suffix}"
 
-    def _note_extra_keys(self, table: pa.Table) -> None:
+    def _extra_keys_of(self, table: pa.Table) -> set[str]:
+        """The keys of the ``extra`` JSON objects of ``table``'s rows."""
         if "extra" not in table.column_names:
-            return
+            return set()
         con = self.con
         con.register("_extra", table.select(["extra"]))
         try:
@@ -339,46 +452,4 @@ class Writer:
             ).fetchall()
         finally:
             con.unregister("_extra")
-        self._extra_keys.update(k for (k,) in keys if k)
-
-
-def _conform(rows: pa.Table, ids: np.ndarray) -> pa.Table:
-    """Cast ``rows`` to the full segment schema, setting ``id`` and ``indexed_at``."""
-    schema = arrow_schema()
-    n = rows.num_rows
-    now = utcnow()
-    arrays = []
-    for f in schema:
-        if f.name == "id":
-            arrays.append(pa.array(ids, pa.int64()))
-        elif f.name == "indexed_at":
-            arrays.append(pa.array([now] * n, f.type))
-        elif f.name in rows.column_names:
-            col = rows.column(f.name)
-            if col.type != f.type:
-                col = _safe_cast(col, f.type, f.name)
-            arrays.append(col)
-        else:
-            arrays.append(pa.nulls(n, f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def _safe_cast(col: pa.ChunkedArray, to: pa.DataType, name: str) -> pa.ChunkedArray:
-    """Cast, turning values that do not parse into nulls (a bad ``year`` must not lose the image)."""
-    import pyarrow.compute as pc
-
-    try:
-        return col.cast(to)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        stripped = pc.utf8_trim_whitespace(col)
-        if pa.types.is_integer(to):
-            ok = pc.match_substring_regex(stripped, r"^[+-]?\d{1,9}(\.0*)?$")
-            cleaned = pc.if_else(ok, pc.replace_substring_regex(stripped, r"\.0*$", ""), pa.scalar(None, pa.string()))
-            return cleaned.cast(to)
-        if pa.types.is_floating(to):
-            ok = pc.match_substring_regex(stripped, r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-            return pc.if_else(ok, stripped, pa.scalar(None, pa.string())).cast(to)
-    log.warning("column %s: cannot convert %s to %s; stored as null", name, col.type, to)
-    return pa.nulls(len(col), to)
+        return {k for (k,) in keys if k}

@@ -17,8 +17,12 @@ from search_ui.views import Context
 __all__ = ["detail_view", "detail_missing"]
 
 
-def detail_missing(s: BrowseState) -> None:
-    st.warning(f"There is no image {s.detail} in this collection.")
+def detail_missing(s: BrowseState, replacement: Any = None) -> None:
+    """``?detail=ID`` of no image: why (a retired id says what became of it), and the way back."""
+    text = (
+        replacement.describe() + "." if replacement is not None else f"There is no image {s.detail} in this collection."
+    )
+    st.warning(ui.md(text))
     st.button("← Back to the results", key="detail_back", on_click=change, args=(BrowseState.without_detail,))
 
 

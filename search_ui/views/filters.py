@@ -10,6 +10,7 @@ from search_ui import state as browse_state
 from search_ui.session import bound, change, seed
 from search_ui.sidebar import FacetCatalog
 from search_ui.state import COORDS, FACET_FIELDS, BrowseState
+from search_ui.text import md
 
 __all__ = ["sidebar_filters", "active_filters"]
 
@@ -84,7 +85,7 @@ def active_filters(s: BrowseState) -> None:
     cols = st.columns(min(6, len(chips) + 1))
     for i, chip in enumerate(chips):
         cols[i % (len(cols) - 1 or 1)].button(
-            f"✕ {chip.text}",
+            f"✕ {md(chip.text)}",
             key=f"chip_{i}",
             on_click=change,
             args=(BrowseState.without_filter, chip.param, chip.value),

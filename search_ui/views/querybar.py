@@ -45,12 +45,12 @@ def suggestions(engine: Any, s: BrowseState) -> None:
             st.markdown(f"No taxon named *{ui.md(s.q.strip())}* here. Did you mean")
             for i, m in enumerate(fixes):
                 st.button(
-                    m.name,
+                    ui.md(m.name),
                     key=f"fix_{i}",
                     on_click=change,
                     args=(BrowseState.search_text, m.name),
                     kwargs={"sync": True},
-                    help=searching.describe_taxon(m),
+                    help=ui.md(searching.describe_taxon(m)),
                 )
     if s.q.strip():
         matches = searching.suggest_taxa(engine, s.q, limit=6)
@@ -64,7 +64,7 @@ def suggestions(engine: Any, s: BrowseState) -> None:
     with st.container(horizontal=True, gap="small", key="suggestions"):
         for i, m in enumerate(matches):
             st.button(
-                searching.describe_taxon(m),
+                ui.md(searching.describe_taxon(m)),
                 key=f"sugg_{i}",
                 on_click=change,
                 args=(BrowseState.search_text, m.name),
@@ -130,7 +130,7 @@ def query_bar(ctx: Any, s: BrowseState, photo: Any = None) -> None:
             _part(ctx, part, photo)
         for i, chip in enumerate(chips):
             st.button(
-                f"✕ {chip.text}",
+                f"✕ {ui.md(chip.text)}",
                 key=f"chip_{i}",
                 on_click=change,
                 args=(BrowseState.without_filter, chip.param, chip.value),
@@ -153,7 +153,7 @@ def _part(ctx: Any, part: Any, photo: Any) -> None:
     with st.container(horizontal=True, gap="small", vertical_alignment="center", border=True, width="content"):
         if part.kind == "photo" and photo is not None and photo.preview:
             st.image(photo.preview, width=56, alt=f"The photo searched with: {photo.name}")
-            label = f"your photo {photo.name}"
+            label = f"your photo {ui.md(photo.name)}"
         elif part.kind == "image":
             found = ctx.engine.get([part.image_id])
             if found:

@@ -12,7 +12,7 @@ from bioclip.errors import BioclipError
 from indexer.errors import IndexerError
 from search_ui import searching, ui, upload
 from search_ui.photo_cache import CachedPhoto
-from search_ui.session import memo, seed, state
+from search_ui.session import memo, seed, set_state, state
 from search_ui.state import BrowseState
 from search_ui.taxa import TaxaPredictor
 from search_ui.views import Context
@@ -91,7 +91,7 @@ def search_page(ctx: Context) -> None:
             photo = _photo(ctx, s)
         except (IndexerError, BioclipError) as exc:  # UploadError, a link to a photo no longer kept
             query_bar(ctx, s)
-            st.error(str(exc))
+            st.error(ui.md(exc))
             sidebar_filters(catalog, s, {})
             return
         if photo is not None:
@@ -110,18 +110,25 @@ def search_page(ctx: Context) -> None:
         key = (engine.collection.path, engine.generation, s.search_key())
         result, counts = memo("search", key, lambda: _search(engine, s, vec, name))
     except (IndexerError, BioclipError) as exc:
-        st.error(str(exc))
+        st.error(ui.md(exc))
     sidebar_filters(catalog, s, counts)
     if result is None:
         return
     st.caption(f"Searching for: {ui.md(result.interpretation)}")
     for note in result.notices:
-        st.info(note)
+        st.info(ui.md(note))
 
     if s.detail is not None:
         found = engine.get([s.detail])
         if not found:
-            detail_missing(s)
+            # A link to an image whose file changed: say so and show the image that replaced it.
+            rep = engine.replacement(s.detail)
+            found = engine.get([rep.new_id]) if rep is not None and rep.new_id is not None else []
+            if found:
+                st.info(ui.md(f"{rep.describe()}; showing image {rep.new_id}."))
+                set_state(s.with_detail(rep.new_id))
+        if not found:
+            detail_missing(s, engine.replacement(s.detail))
         else:
             detail_view(ctx, found[0], list(result.hits))
         return
@@ -162,7 +169,7 @@ def _likely_taxa(predictor: TaxaPredictor, catalog: Any, vector: Any, data: byte
                 with st.spinner("Comparing with the collection's taxa…"):
                     scores = predictor.predict(vector, rank, k=5)
             except (IndexerError, BioclipError) as exc:
-                st.warning(str(exc))
+                st.warning(ui.md(exc))
                 return
             for t in scores:
                 label = f"*{ui.md(t.name)}*" + (f" ({ui.md(t.common_name)})" if t.common_name else "")

@@ -55,6 +55,7 @@ def open_source(
     media_roots: Mapping[str, str] | None = None,
     name: str | None = None,
     record_license: bool = False,
+    follow_symlinks: bool = False,
 ) -> Source:
     """Return the source that ``spec`` (a path, pattern or URL) names.
 
@@ -62,6 +63,7 @@ def open_source(
     CSV/TSV a manifest rather than a Darwin Core file); ``media_roots`` maps URL prefixes to local
     folders for every kind; ``name`` labels the source in reports (and in Darwin Core keys);
     ``record_license`` lets a Darwin Core record's licence fill in for its images without one.
+    ``follow_symlinks`` lets a folder source follow symbolic links that lead outside it.
     Raises SourceError when ``spec`` names nothing usable, or an option does not fit the kind.
     """
     spec = os.fspath(spec)
@@ -80,7 +82,7 @@ def open_source(
         )
     source: Source
     if kind == "folder":
-        source = FolderSource(spec, labels=labels, name=name)
+        source = FolderSource(spec, labels=labels, name=name, follow_symlinks=follow_symlinks)
     elif kind == "manifest":
         source = ManifestSource(spec, path_column=path_column, name=name)
     elif kind == "dwca":

@@ -93,16 +93,28 @@ class FolderSource:
 
     ``key`` and ``location`` are the absolute path (in the lossless text form of
     ``indexer.media.localfs.path_to_text``). Files the walk cannot use (broken symlinks, loops,
-    unreadable directories) come out as rows with ``error_reason``.
+    unreadable directories) come out as rows with ``error_reason``. Symbolic links that lead outside
+    ``root`` are not followed unless ``follow_symlinks``; they are counted in ``report``
+    (``links_not_followed``, with a warning naming the first few). With ``follow_symlinks``,
+    ``linked_roots`` lists the real paths they lead to (where the app may then show images from).
     """
 
-    def __init__(self, root: str | os.PathLike, *, labels: str | os.PathLike | None = None, name: str | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        labels: str | os.PathLike | None = None,
+        name: str | None = None,
+        follow_symlinks: bool = False,
+    ):
         root = os.fspath(root)
         if not os.path.isdir(root):
             raise SourceError(f"not a folder: {root}", root)
         self.root = os.path.abspath(root)
         self.labels = os.fspath(labels) if labels is not None else None
         self.name = name or self.root
+        self.follow_symlinks = follow_symlinks
+        self.linked_roots: list[str] = []
         self.report: dict = {}
         # Read eagerly: a bad labels file must fail before any encoding starts.
         read = read_labels_file(self.labels) if self.labels else None
@@ -113,13 +125,19 @@ class FolderSource:
         return f"FolderSource({self.root!r}, labels={self.labels!r})"
 
     def scan(self) -> Iterator[pa.RecordBatch]:
-        from indexer.media.localfs import FileProblem, walk_images
+        from indexer.media.localfs import FileProblem, SkippedLink, walk_images
 
         rows: dict[str, list] = {
             k: [] for k in ("relpath", "key", "location", "size", "mtime", "error_reason", "error_detail")
         }
         seen_relpaths: set[str] = set()
-        for entry in walk_images(self.root):
+        skipped: list[SkippedLink] = []
+        self.linked_roots = []
+        for entry in walk_images(self.root, follow_symlinks=self.follow_symlinks, followed=self.linked_roots):
+            if isinstance(entry, SkippedLink):
+                skipped.append(entry)
+                log.info("not following %s: a symbolic link to %s, outside %s", entry.path, entry.target, self.root)
+                continue
             rows["relpath"].append(entry.relpath)
             rows["key"].append(entry.path)
             rows["location"].append(entry.path)
@@ -161,6 +179,21 @@ class FolderSource:
                     self.root,
                     ", ".join(unmatched[:3]),
                 )
+        self._report_skipped(skipped)
+
+    def _report_skipped(self, skipped: list) -> None:
+        """Count the links not followed in ``report``, with a warning naming the first few."""
+        self.report.pop("links_not_followed", None)
+        warnings = [w for w in self.report.get("warnings", []) if "--follow-symlinks" not in w]
+        if skipped:
+            self.report["links_not_followed"] = len(skipped)
+            first = ", ".join(f"{s.relpath} -> {s.target}" for s in skipped[:3])
+            warnings.append(
+                f"{len(skipped)} symbolic links lead outside {self.root} and were not followed "
+                f"(first: {first}); --follow-symlinks indexes what they lead to"
+            )
+        if warnings:
+            self.report["warnings"] = warnings
 
     def _finish(self, rows: dict[str, list]) -> pa.RecordBatch:
         files = pa.table(

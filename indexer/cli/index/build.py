@@ -106,6 +106,12 @@ __all__ = ["command", "format_report"]
     default=None,
     help="Larger images are recorded as failures (default 400 MP).",
 )
+@click.option(
+    "--follow-symlinks",
+    is_flag=True,
+    help="Follow symbolic links that lead outside a source folder (by default they are counted and skipped; "
+    "links inside the folder are always followed).",
+)
 @click.option("--prune", is_flag=True, help="Retire images whose files are gone from the sources.")
 @click.option("--retry-failed", is_flag=True, help="Try recorded failures again even if unchanged.")
 @click.option(
@@ -152,6 +158,7 @@ def command(
     commit_every,
     commit_seconds,
     max_pixels,
+    follow_symlinks,
     prune,
     retry_failed,
     rehash,
@@ -184,6 +191,7 @@ def command(
             media_roots=roots or None,
             name=source_name,
             record_license=record_license,
+            follow_symlinks=follow_symlinks,
         )
         for s in sources
     ]
