@@ -69,16 +69,19 @@ def _catch_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-def friendly(fn: Callable) -> Callable:
+def friendly(fn: Callable | None = None, *, sigterm: bool = True) -> Callable:
     """Turn the library's named exceptions into one-line errors (exit status 1), never tracebacks;
-    Ctrl-C (130) and SIGTERM (143) into a line saying that committed work is kept."""
+    Ctrl-C (130) and SIGTERM (143) into a line saying that committed work is kept. ``@friendly(
+    sigterm=False)`` leaves SIGTERM to the command (a server that shuts down gracefully on it)."""
+    if fn is None:
+        return functools.partial(friendly, sigterm=sigterm)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from bioclip.errors import BioclipError
         from indexer.errors import ForeignBioclipError, IndexerError
 
-        previous = _catch_sigterm()
+        previous = _catch_sigterm() if sigterm else None
         try:
             return fn(*args, **kwargs)
         except ForeignBioclipError as exc:

@@ -74,7 +74,7 @@ def main() -> None:
 @click.option("--background", "state_file", default=None, hidden=True)
 @device_option
 @verbosity
-@friendly
+@friendly(sigterm=False)  # uvicorn shuts down gracefully on SIGTERM itself
 def run(**opts) -> None:
     """Serve COLLECTION(s) over HTTP; NAME=COLLECTION names one in the URLs (default: its folder's name)."""
     setup_logging(opts["verbose"], opts["quiet"])
