@@ -33,8 +33,12 @@ def render(payload: dict[str, Any], fmt: str) -> None:
         click.echo(f"note: {n}", err=True)
     hits = _hits(payload)
     if fmt == "json":
-        # The whole answer: how the query was understood, notices, paging, hits (extra an object).
-        click.echo(json.dumps({**payload, "hits": hits}, indent=2, ensure_ascii=False))
+        # The whole answer: how the query was understood, notices, paging, hits (extra an object);
+        # the keys a server adds for its own clients (the collection's name) are left out.
+        from indexer.serve.payload import PAYLOAD_KEYS
+
+        answer = {key: payload[key] for key in PAYLOAD_KEYS if key in payload}
+        click.echo(json.dumps({**answer, "hits": hits}, indent=2, ensure_ascii=False))
         return
     if fmt == "csv":
         from indexer.search.output import csv_rows
