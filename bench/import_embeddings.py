@@ -39,23 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _common import clustered_embeddings, machine  # noqa: E402
+from _common import clustered_embeddings, cpu_description, machine  # noqa: E402
 from peak_memory import tree_pss_mb  # noqa: E402
-
-
-def cpu_info() -> str:
-    model, flags = "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name") and model == "unknown CPU":
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}; bf16: {', '.join(bf16) if bf16 else 'none'}"
 
 
 def write_shards(folder: Path, rows: int, shard_rows: int, dim: int, seed: int = 0) -> list[Path]:
@@ -143,7 +128,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     need = 2 * args.rows * args.dim * 2
     free = shutil.disk_usage(work).free
-    print(f"machine: {machine()}; {cpu_info()}; {platform.node()}")
+    print(f"machine: {machine()}; {cpu_description()}; {platform.node()}")
     print(f"data: {args.rows:,} x {args.dim} float16, not normalised, {args.shard_rows:,} rows per shard, with ranks")
     if need > free:
         raise SystemExit(f"needs ~{need / 2**30:.1f} GiB of disk in {work}, {free / 2**30:.1f} GiB free: use --rows")
