@@ -8,12 +8,10 @@ import pytest
 from test_app_fixtures import build_app_collection, picture_bytes
 
 pytest.importorskip("streamlit")
+from apptest_help import TIMEOUT, ok, settle  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from search_ui.loading import EngineLoader  # noqa: E402
-
 APP = Path(__file__).resolve().parents[1] / "search_ui" / "app.py"
-TIMEOUT = 60  # the first run loads the model
 
 
 @pytest.fixture(scope="module")
@@ -49,30 +47,10 @@ def app(coll, monkeypatch):
     return start
 
 
-def ok(at: AppTest) -> None:
-    """No stack trace and no unexpected error on the page."""
-    assert not at.exception, [e.value for e in at.exception]
-
-
-def settle(at: AppTest) -> AppTest:
-    """``at`` once the collection and its model are loaded (run again if they were loading)."""
-    if EngineLoader.wait_all(TIMEOUT) and loading(at):
-        at.run()
-    ok(at)
-    return at
-
-
 def uploader(at: AppTest):
     """The photo uploader (its key changes each time the page empties it)."""
     gen = at.session_state["_upload_gen"] if "_upload_gen" in at.session_state else 0  # noqa: SIM401
     return at.file_uploader(key=f"w_upload_{gen}")
-
-
-def loading(at: AppTest) -> bool:
-    return any(
-        "Opening the collection" in i.value or "Loading the model" in i.value or "still loading" in i.value
-        for i in at.info
-    )
 
 
 def errors(at: AppTest) -> list[str]:

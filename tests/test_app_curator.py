@@ -14,13 +14,13 @@ import pytest
 from test_app_fixtures import build_app_collection, picture_bytes
 
 pytest.importorskip("streamlit")
+from apptest_help import TIMEOUT, loading_shown, ok, settle  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from search_ui import loading  # noqa: E402
 from search_ui.loading import EngineLoader  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "search_ui" / "app.py"
-TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")
@@ -38,24 +38,6 @@ def engine(coll):
 @pytest.fixture(scope="module")
 def ids(engine):
     return {h.metadata["catalogNumber"]: h.id for h in engine.get(range(12))}
-
-
-def ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-
-
-def loading_shown(at: AppTest) -> bool:
-    return any(
-        "Opening the collection" in i.value or "Loading the model" in i.value or "still loading" in i.value
-        for i in at.info
-    )
-
-
-def settle(at: AppTest) -> AppTest:
-    if EngineLoader.wait_all(TIMEOUT) and loading_shown(at):
-        at.run()
-    ok(at)
-    return at
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from test_app_fixtures import build_app_collection, picture
 
 pytest.importorskip("streamlit")
 cmarkgfm = pytest.importorskip("cmarkgfm")
+from apptest_help import settle  # noqa: E402
 from cmarkgfm.cmark import Options  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
-from test_app import settle  # noqa: E402
 
 from indexer.build import BuildOptions, build  # noqa: E402
 from indexer.build.sources import FolderSource  # noqa: E402

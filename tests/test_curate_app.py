@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("streamlit")
+from apptest_help import ok  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from indexer.curate import Curation  # noqa: E402
@@ -33,7 +34,7 @@ def _start(path, monkeypatch) -> AppTest:
     # the collection and its model load in the background: run again once they are loaded
     if EngineLoader.wait_all(90) and not at.subheader:
         at.run()
-    assert not at.exception, [e.value for e in at.exception]
+    ok(at)
     return at
 
 

@@ -210,22 +210,20 @@ def test_licences_are_one_canonical_short_form_with_their_page(gbif):
 def test_the_app_lists_each_licence_once_links_it_and_has_a_country_filter(gbif, monkeypatch):
     """The Streamlit page on a GBIF download (which carries only countryCode, and licences in three
     spellings): one License choice per licence, a Country filter, the licence linked in the detail view."""
+    from apptest_help import settle
     from streamlit.testing.v1 import AppTest
 
     _, col, _ = gbif
     monkeypatch.setenv("BIOCLIP_SEARCH_COLLECTIONS", str(col))
     monkeypatch.setenv("BIOCLIP_SEARCH_DEVICE", "cpu")
     app = str(Path(__file__).resolve().parents[1] / "search_ui" / "app.py")
-    at = AppTest.from_file(app, default_timeout=60)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = settle(AppTest.from_file(app, default_timeout=60).run())  # the collection opens in the background
     assert at.multiselect(key="w_f_license").options == ["CC-BY-4.0 · 2", "CC-BY-NC-4.0 · 1"]
     assert at.multiselect(key="w_f_country").options == ["United States · 2", "Germany · 1", "Kenya · 1"]
     ids = {h.get("catalogNumber"): h.id for h in SearchEngine.open(col).browse(k=9).hits}
     at = AppTest.from_file(app, default_timeout=60)
     at.query_params["detail"] = str(ids["T-3"])
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
+    settle(at.run())
     assert any("[CC-BY-4.0](<https://creativecommons.org/licenses/by/4.0/>)" in m.value for m in at.markdown)
     assert [b.proto.url for b in at.get("link_button")][:1] == ["https://www.gbif.org/occurrence/1003"]
 

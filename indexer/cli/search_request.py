@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from indexer.errors import QueryError
+from indexer.media.localfs import _MAX_VECTOR_FILE, MAX_IMAGE_BYTES, read_query_file
 
 __all__ = [
     "build_request",
@@ -43,12 +44,10 @@ _KINDS = "text, taxon, image, id, vector"
 
 
 def _b64_file(path: str, what: str) -> str:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        if what == "image":
-            raise QueryError(f"cannot read the image {path}: {exc.strerror or exc}") from None
-        raise QueryError(f"cannot read the vector file {path}: {exc}") from None
+    """A query file's bytes as base64: a regular file within the limit, as the engine reads it
+    (a device, FIFO or folder is refused before anything is read)."""
+    limit = MAX_IMAGE_BYTES if what == "image" else _MAX_VECTOR_FILE
+    data = read_query_file(path, limit, "image" if what == "image" else "vector file")
     return base64.b64encode(data).decode("ascii")
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
-from indexer.errors import FetchError, SourceError
+from indexer.errors import FetchError, QueryError, SourceError
 from indexer.locations import path_to_text, text_to_path
 
 __all__ = [
@@ -23,7 +23,9 @@ __all__ = [
     "FileEntry",
     "FileProblem",
     "SkippedLink",
+    "MAX_IMAGE_BYTES",
     "read_file",
+    "read_query_file",
     "walk_images",
 ]
 
@@ -103,6 +105,33 @@ def read_file(path: str | os.PathLike, *, max_bytes: int | None = None) -> bytes
         return _read_all(fd, info.st_size, max_bytes, shown)
     finally:
         os.close(fd)
+
+
+#: Largest query picture read, in bytes (``BIOCLIP_SEARCH_MAX_IMAGE_MB``, default 100 MB): a query
+#: is one picture, and a path such as /dev/zero or a FIFO must not be read until memory runs out.
+MAX_IMAGE_BYTES = int(float(os.environ.get("BIOCLIP_SEARCH_MAX_IMAGE_MB", "100")) * 1024 * 1024)
+#: Largest ``vector=FILE.npy`` read (one vector of a few thousand floats is a few KB).
+_MAX_VECTOR_FILE = 16 << 20
+
+
+def read_query_file(path: str | os.PathLike, max_bytes: int, what: str = "image") -> bytes:
+    """The bytes of a query file: a regular file of at most ``max_bytes``, never a FIFO, device,
+    socket or folder (which could block or never end). Raises QueryError saying what is wrong."""
+    try:
+        return read_file(os.fspath(path), max_bytes=max_bytes)
+    except FetchError as exc:
+        shown = os.fspath(path)
+        if exc.reason == "too-large":
+            raise QueryError(
+                f"the {what} {shown} is larger than the {max_bytes / 1048576:g} MB a query {what} may be"
+                + (" (BIOCLIP_SEARCH_MAX_IMAGE_MB sets the limit)" if what == "image" else "")
+            ) from None
+        wanted = "a picture file" if what == "image" else "a .npy file"
+        if exc.reason == "not-a-regular-file":
+            raise QueryError(f"the {what} {exc.detail}: give {wanted}") from None
+        if exc.reason == "is-a-directory":
+            raise QueryError(f"the {what} {shown} is a folder: give {wanted}") from None
+        raise QueryError(f"cannot read the {what} {shown}: {exc.detail or exc.reason}") from None
 
 
 def _read_all(fd: int, expected: int, max_bytes: int | None, shown: str) -> bytes:

@@ -70,8 +70,8 @@ from typing import Any
 
 import numpy as np
 
-from indexer.errors import FetchError, QueryError
-from indexer.media.localfs import read_file
+from indexer.errors import QueryError
+from indexer.media.localfs import _MAX_VECTOR_FILE, MAX_IMAGE_BYTES, read_query_file
 
 __all__ = [
     "Term",
@@ -344,32 +344,6 @@ def record_key(metadata: dict) -> str | None:
                 return f"{name}:{inst}:{coll}:{str(v).strip()}"
             return f"{name}:{str(v).strip()}"
     return None
-
-
-#: Largest query picture read, in bytes (``BIOCLIP_SEARCH_MAX_IMAGE_MB``, default 100 MB): a query
-#: is one picture, and a path such as /dev/zero or a FIFO must not be read until memory runs out.
-MAX_IMAGE_BYTES = int(float(os.environ.get("BIOCLIP_SEARCH_MAX_IMAGE_MB", "100")) * 1024 * 1024)
-#: Largest ``vector=FILE.npy`` read (one vector of a few thousand floats is a few KB).
-_MAX_VECTOR_FILE = 16 << 20
-
-
-def read_query_file(path: str | os.PathLike, max_bytes: int, what: str = "image") -> bytes:
-    """The bytes of a query file: a regular file of at most ``max_bytes``, never a FIFO, device,
-    socket or folder (which could block or never end). Raises QueryError saying what is wrong."""
-    try:
-        return read_file(os.fspath(path), max_bytes=max_bytes)
-    except FetchError as exc:
-        shown = os.fspath(path)
-        if exc.reason == "too-large":
-            raise QueryError(
-                f"the {what} {shown} is larger than the {max_bytes / 1048576:g} MB a query {what} may be"
-                + (" (BIOCLIP_SEARCH_MAX_IMAGE_MB sets the limit)" if what == "image" else "")
-            ) from None
-        if exc.reason == "not-a-regular-file":
-            raise QueryError(f"the {what} {exc.detail}: give a picture file") from None
-        if exc.reason == "is-a-directory":
-            raise QueryError(f"the {what} {shown} is a folder: give a picture file") from None
-        raise QueryError(f"cannot read the {what} {shown}: {exc.detail or exc.reason}") from None
 
 
 def parse_term(spec: str) -> Term:
