@@ -25,64 +25,21 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
+from browserhelp import free_port, make_driver, stop, streamlit_command, wait_healthy  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 LIMIT = 900.0  # seconds a single measurement may take (a loaded 2-core machine is slow)
 
 
-def cpu() -> str:
-    """The CPU model and whether it has bf16 matrix units (AMX or AVX-512 BF16)."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
-    return f"{model}; bf16 units: {', '.join(bf16) if bf16 else 'none'}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_driver():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
-    ):
-        opts.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-
-
-#: Runs Python with ``tree``'s packages first: the editable install's import hook (which would
-#: find this worktree's packages whatever ``PYTHONPATH`` says) is taken out of ``sys.meta_path``.
 LAUNCHER = """
 import runpy, sys
 tree = sys.argv.pop(1)
@@ -99,28 +56,10 @@ def measure(tree: Path, coll: Path, drv, what: str, launcher: Path) -> float:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(tree), HF_HUB_OFFLINE="1", BIOCLIP_SEARCH_THREADS="1")
     env.pop("BIOCLIP_SEARCH_COLLECTIONS", None)
-    cmd = [
-        sys.executable,
-        str(launcher),
-        str(tree),
-        "streamlit",
-        "run",
-        str(tree / "search_ui" / "app.py"),
-        "--server.port",
-        str(port),
-        "--server.address",
-        "127.0.0.1",
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-        "--server.fileWatcherType",
-        "none",
-        "--",
-        str(coll),
-        "--device",
-        "cpu",
-    ]
+    app = tree / "search_ui" / "app.py"
+    cmd = streamlit_command(
+        app, port, [str(coll), "--device", "cpu"], python=[sys.executable, str(launcher), str(tree), "streamlit"]
+    )
     probe = launcher.with_name("probe.py")
     probe.write_text("import search_ui, indexer\nprint(search_ui.__file__, indexer.__file__)\n")
     where = subprocess.run(
@@ -136,15 +75,7 @@ def measure(tree: Path, coll: Path, drv, what: str, launcher: Path) -> float:
     proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the app of {tree} exited with {proc.returncode}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                time.sleep(0.1)
+        wait_healthy(proc, url, LIMIT, poll=0.1)
         drv.get(url if what == "box" else f"{url}/?q=Corvidae")
         css = 'input[aria-label="Search"]' if what == "box" else '[data-testid="stCaptionContainer"]'
         while time.monotonic() - t0 < LIMIT:
@@ -157,12 +88,7 @@ def measure(tree: Path, coll: Path, drv, what: str, launcher: Path) -> float:
             time.sleep(0.05)
         raise RuntimeError(f"{what} did not appear within {LIMIT:.0f} s")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=20)
 
 
 def main() -> int:
@@ -171,7 +97,7 @@ def main() -> int:
     ap.add_argument("--baseline", default="7a0febd", help="the commit to compare with")
     args = ap.parse_args()
 
-    from _common import machine
+    from _common import cpu_description, machine
     from test_app_fixtures import build_app_collection
 
     from bioclip.testing import write_random_model
@@ -199,7 +125,7 @@ def main() -> int:
             drv.quit()
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print()
-        print(f"app start-up in headless Chromium; {machine()}; {cpu()}; load average {load:.1f}")
+        print(f"app start-up in headless Chromium; {machine()}; {cpu_description()}; load average {load:.1f}")
         print(f"collection: 12 images, tiny random-weight model; baseline = {args.baseline}; {args.repeat} runs each")
         for what, label in (("box", "start -> usable search box"), ("page", "start -> first page of ?q=Corvidae")):
             b = statistics.median(times[("baseline", what)])

@@ -50,7 +50,9 @@ log = logging.getLogger(__name__)
 
 ENV_SWITCH = "BIOCLIP_TEXT_ENCODER"
 #: Bumped when the folder's layout or the export changes; older folders are ignored.
-FORMAT = 1
+#: 1: torch.export (dynamo) graph, any batch and length (tens of seconds to export on two cores);
+#: 2: a traced graph of one text at the full context length (a few seconds to export).
+FORMAT = 2
 _ONNX, _VOCAB, _META = "text.onnx", "bpe_simple_vocab_16e6.txt.gz", "meta.json"
 _PROBE = (
     "a photo of Corvus corax.",
@@ -115,10 +117,10 @@ class TextEncoder:
         return self.text_token_count(text) > self.context_length
 
     def _run(self, tokens: np.ndarray) -> np.ndarray:
-        # Positions after the longest text's end token change nothing (a causal tower pooled there).
-        tokens = tokens[:, : int(tokens.argmax(axis=1).max()) + 1]
-        (features,) = self._session.run(None, {"tokens": tokens})
-        return normalise(features)
+        # The graph takes one text of the full context length (the model's own padding: positions
+        # after the end token change nothing in a causal tower pooled there).
+        rows = [self._session.run(None, {"tokens": row[None, :]})[0] for row in tokens]
+        return normalise(np.concatenate(rows))
 
 
 def open_text_encoder(identity: str | None) -> TextEncoder | None:
@@ -213,8 +215,12 @@ def _reference(model: Any) -> Any:
 
 
 def _export(model: Any, vocab: str, dest: Path) -> None:
-    """torch.export of the causal text tower (any number of texts, any length up to the context)
-    to ONNX, weights in a file beside the graph (ONNX Runtime opens that much faster)."""
+    """The causal text tower traced on one text of the full context length, to ONNX.
+
+    Tracing (torch's TorchScript-based exporter) takes a few seconds where ``torch.export`` takes
+    tens on two cores, and a build pays for it; a traced attention keeps the shapes it was traced
+    with, so the graph takes exactly one text of ``context_length`` tokens (as the model itself is
+    fed), and :class:`TextEncoder` runs it once per text. A query is one text or a few."""
     import io
     import warnings
 
@@ -223,12 +229,7 @@ def _export(model: Any, vocab: str, dest: Path) -> None:
     tower = _reference(model).text_tower()
     if tower is None:
         raise ValueError("the text tower is not a causal transformer pooled at the end token")
-    tokens = torch.from_numpy(ClipBpe(vocab, model.context_length)(list(_PROBE[:2])))
-    tokens = tokens[:, : int(tokens.argmax(dim=-1).max()) + 1]
-    dims = {
-        0: torch.export.Dim("texts", min=1, max=65536),
-        1: torch.export.Dim("length", min=2, max=model.context_length),
-    }
+    tokens = torch.from_numpy(ClipBpe(vocab, model.context_length)([_PROBE[1]]))
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's notes are not the user's business
         torch.onnx.export(
@@ -237,10 +238,8 @@ def _export(model: Any, vocab: str, dest: Path) -> None:
             str(dest / _ONNX),
             input_names=["tokens"],
             output_names=["features"],
-            dynamic_shapes=(dims,),
-            dynamo=True,
-            external_data=True,
-            verbose=False,
+            dynamo=False,
+            opset_version=17,
         )
     shutil.copyfile(vocab, dest / _VOCAB)
 

@@ -8,37 +8,20 @@ and selenium; skips with the reason when they are absent. Screenshots go to
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from browserhelp import make_driver, skip_reason, streamlit_server
 from test_app_fixtures import build_app_collection
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "search_ui" / "app.py"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WAIT = 60
 #: The first search that needs the model waits for it to load (minutes on a loaded 2-core machine).
 MODEL_WAIT = 600
-
-
-def _skip_reason() -> str | None:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
-    if missing:
-        return f"needs {', '.join(missing)} (apt-get install chromium chromium-driver)"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "needs selenium (pip install -e '.[dev]')"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +29,6 @@ def artifacts() -> Path:
     out = Path(os.environ.get("BIOCLIP_BROWSER_ARTIFACTS") or ROOT / "artifacts" / "browser")
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _empty_collection(path: Path, model_source: str) -> Path:
@@ -65,91 +42,24 @@ def _empty_collection(path: Path, model_source: str) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir):
-    reason = _skip_reason()
+    reason = skip_reason()
     if reason:
         pytest.skip(reason)
     base = tmp_path_factory.mktemp("browser")
     coll = build_app_collection(base, tiny_model_dir)
     empty = _empty_collection(base / "empty" / "empty.coll", coll.model_source)
-    port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", BIOCLIP_SEARCH_THREADS="1")
     env.pop("BIOCLIP_SEARCH_COLLECTIONS", None)  # the collection comes as bioclip-app passes it
     env.pop("BIOCLIP_SEARCH_DEVICE", None)
-    log = open(base / "streamlit.log", "wb")  # noqa: SIM115 - the server writes to it until the fixture ends
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(APP),
-        "--server.port",
-        str(port),
-        "--server.address",
-        "127.0.0.1",
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-        "--server.fileWatcherType",
-        "none",
-        "--",
-        str(coll.path),
-        str(empty),  # a second collection, empty: one server for every page the tests look at
-        "--device",
-        "cpu",
-    ]
-    proc = subprocess.Popen(cmd, cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + WAIT
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"streamlit exited with {proc.returncode}: {(base / 'streamlit.log').read_text()[-2000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
-                    if resp.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("streamlit did not come up in time")
-            time.sleep(0.3)
+    # a second collection, empty: one server for every page the tests look at
+    app_args = [str(coll.path), str(empty), "--device", "cpu"]
+    with streamlit_server(APP, app_args, cwd=base, env=env, timeout=WAIT) as url:
         yield url, coll
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")
 def driver(server, tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
-    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    drv.set_page_load_timeout(WAIT)
+    drv = make_driver(tmp_path_factory.mktemp("chromium-profile"), log_requests=True, page_load_timeout=WAIT)
     try:
         yield drv
     finally:

@@ -43,3 +43,13 @@ def test_the_readme_says_how_to_live_beside_pybioclip():
     readme = (ROOT / "README.md").read_text()
     assert "### Installed beside pybioclip" in readme or "## Installed beside pybioclip" in readme
     assert "pip uninstall pybioclip" in readme
+
+
+def test_the_readme_lists_the_apps_csv_columns_in_order():
+    from search_ui.export import EXPORT_COLUMNS
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    para = readme[readme.index("**Download CSV**") :]
+    para = para[: para.index("\n\n")]
+    named = [c for c in re.findall(r"`([A-Za-z_]+)`", para) if c in EXPORT_COLUMNS]
+    assert named == list(EXPORT_COLUMNS)
