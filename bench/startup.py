@@ -120,7 +120,8 @@ def main() -> None:
             seconds = v.run("bioclip-index", "build", str(folder), "--out", str(col), "--model", model, "-q")
             cols[v.name] = col
             print(f"{v.name}: first build of {len(photos)} photos {seconds:.1f}s")
-        first_cache = json.loads((work / "cache" / "precision.json").read_text()) if (work / "cache").exists() else {}
+        decided = work / "cache" / "precision.json"  # absent where the CPU's flags decided at once
+        first_cache = json.loads(decided.read_text()) if decided.is_file() else {}
         times: dict[tuple[str, str], list[float]] = {}
         wrote: dict[str, int] = {}
         for _ in range(args.rounds):
