@@ -187,6 +187,49 @@ def test_the_engine_searches_with_the_parameters_of_its_query_kind(tmp_path, dat
     assert own >= 0.93 and own > recall_at_k(engine.knn(q, 10, kind="image")[1], truth, 10) + 0.05
     assert engine.search(vector=q[0], kind="text", k=3).kind == "text"
 
+    # every answer says which kind it was searched as and what recall and parameters applied
+    stored = entry["info"]["kinds"]
+    text = engine.search(vector=q[0], kind="text", k=3).to_dict()
+    image = engine.search(vector=q[0], k=3).to_dict()
+    assert (text["query_kind"], image["query_kind"]) == ("text", "image")
+    assert text["recall"]["kind"] == "text" and text["recall"]["index"] == FACTORY
+    assert text["recall"]["recall_at_10"] == stored["text"]["recall"] >= 0.95
+    assert text["recall"]["measured_on"] == stored["text"]["queries"] and "texts.npy" in text["recall"]["measured_on"]
+    assert text["recall"]["params"] == stored["text"]["params"] and text["recall"]["target"] == 0.95
+    assert image["recall"]["params"]["nprobe"] == stored["image"]["params"]["nprobe"]
+    assert text["recall"]["params"]["nprobe"] > image["recall"]["params"]["nprobe"]
+    nprobe = text["recall"]["params"]["nprobe"]
+    assert text["searched_as"].startswith(f"searched as a text query (recall@10 {stored['text']['recall']:.3f}")
+    assert f"nprobe {nprobe}" in text["searched_as"] and "on text queries" in text["searched_as"]
+
+    # and so does bioclip-search --json, and its table on stderr
+    from click.testing import CliRunner
+
+    from indexer.cli import search as search_cli
+
+    np.save(tmp_path / "q.npy", TB.images(1, stream=9)[0][0])
+    args = [str(c.path), "--term", f"vector={tmp_path / 'q.npy'}", "--k", "3"]
+    r = CliRunner().invoke(search_cli.main, [*args, "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["query_kind"] == "image" and out["recall"]["params"] == image["recall"]["params"]
+    assert out["recall"]["recall_at_10"] == stored["image"]["recall"] and out["searched_as"] == image["searched_as"]
+    table = CliRunner().invoke(search_cli.main, args)
+    assert table.exit_code == 0 and image["searched_as"] in table.stderr and "searched as" not in table.stdout
+
+
+def test_exact_search_and_browsing_say_so(tmp_path, data):
+    c = make_collection(tmp_path / "small", data, n=300)  # no ANN index: searched exactly
+    engine = SearchEngine.open(c.path, refresh_interval=None)
+    x, _, _ = data
+    got = engine.search(vector=x[0], kind="mixed", k=3).to_dict()
+    assert got["query_kind"] == "mixed" and got["recall"]["index"] is None
+    assert got["recall"]["recall_at_10"] == 1.0 and got["recall"]["params"] == {}
+    assert got["searched_as"] == "searched as a mixed query (exact search: every image compared)"
+    listing = engine.browse({"family": "Family1"}, k=3).to_dict()
+    assert listing["query_kind"] is None and listing["recall"] is None
+    assert listing["searched_as"].startswith("no query: ") and "not ranked" in listing["searched_as"]
+
 
 def test_a_collection_indexed_before_query_kinds_opens_and_reindex_retunes_it(tmp_path, data):
     from click.testing import CliRunner
@@ -212,7 +255,14 @@ def test_a_collection_indexed_before_query_kinds_opens_and_reindex_retunes_it(tm
     info = engine.info()
     assert info["recall"] == {"image": old["measured_recall"], "text": None, "mixed": None}
     assert "before query kinds" in info["recall_detail"]["image"]["queries"]
-    assert engine.search(vector=TB.text_queries(1, stream=1)[0], kind="text", k=5).hits  # image parameters
+    old_text = engine.search(vector=TB.text_queries(1, stream=1)[0], kind="text", k=5)
+    assert old_text.hits  # image parameters
+    said = old_text.to_dict()
+    assert said["query_kind"] == "text" and said["recall"]["recall_at_10"] is None  # not measured: no figure
+    assert said["recall"]["measured_on"] is None and said["recall"]["params"] == old["params"]
+    assert "not measured" in said["recall"]["note"] and "recall not measured on text queries" in said["searched_as"]
+    old_image = engine.search(vector=x[0], k=5).to_dict()["recall"]
+    assert old_image["recall_at_10"] == old["measured_recall"] and "before query kinds" in old_image["measured_on"]
     plain = CliRunner().invoke(index_cli.main, ["info", str(c.path)])
     assert plain.exit_code == 0 and "text   recall not measured" in plain.output, plain.output
 

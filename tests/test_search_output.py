@@ -46,6 +46,9 @@ def test_json_is_one_object_with_interpretation_notices_paging_and_extra_as_an_o
     assert (out["offset"], out["k"], out["has_more"], out["next_offset"]) == (0, 4, True, 4)
     assert out["candidates"] is None and out["generation"] >= 1 and out["prompts"] == ["Corvus coraxx"]
     assert len(out["hits"]) == 4
+    assert out["query_kind"] == "text" and out["recall"]["kind"] == "text" and out["recall"]["recall_at_10"] == 1.0
+    assert out["searched_as"].startswith("searched as a text query (exact search")
+    assert json.loads(run(col, "--id", 2, "--json").stdout)["query_kind"] == "image"
     for hit in out["hits"]:
         assert isinstance(hit["extra"], dict) and {"preparation", "drawer"} <= set(hit["extra"])
         assert isinstance(hit["id"], int) and isinstance(hit["score"], float) and "meta_hash" not in hit

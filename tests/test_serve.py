@@ -162,6 +162,21 @@ def test_post_json_terms_and_multipart_upload(server, col):
     assert got["interpretation"].startswith("images similar to the uploaded picture mine.png")
 
 
+def test_every_answer_says_its_query_kind_and_the_recall_that_applied(server, col):
+    engine = SearchEngine.open(col[0], refresh_interval=None)
+    want = engine.search("Corvus", k=3).to_dict()
+    text = body(server.get("/v1/collections/col/search", fields={"q": "Corvus", "k": 3}))
+    assert text["query_kind"] == "text" and text["recall"] == want["recall"] and text["recall"]["kind"] == "text"
+    assert text["recall"]["index"] == engine.info()["index"] and text["recall"]["recall_at_10"] == 1.0
+    assert text["searched_as"] == want["searched_as"] and text["searched_as"].startswith("searched as a text query")
+    by_id = body(server.request("POST", "/v1/collections/col/search", json={"terms": [{"kind": "id", "value": 3}]}))
+    assert by_id["query_kind"] == "image" and by_id["recall"]["kind"] == "image"
+    both = body(server.get("/v1/collections/col/search", fields=[("q", "Corvus"), ("term", "id=3")]))
+    assert both["query_kind"] == "mixed" and both["searched_as"].startswith("searched as a mixed query")
+    similar = body(server.get("/v1/collections/col/images/2/similar", fields={"k": 2}))
+    assert similar["query_kind"] == "image" and similar["recall"]["measured_on"]
+
+
 def test_image_metadata_similar_taxa_and_facets(server):
     meta = body(server.get("/v1/collections/col/images/2"))
     assert meta["id"] == 2 and "score" not in meta and meta["links"]["similar"].endswith("/images/2/similar")
@@ -367,6 +382,9 @@ def test_openapi_describes_every_endpoint_and_the_docs_page_works_offline(server
     post = paths["/v1/collections/{name}/search"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(post)
     assert "SearchRequest" in spec["components"]["schemas"]
+    answer = spec["components"]["schemas"]["SearchResponse"]["properties"]
+    assert {"query_kind", "recall", "searched_as"} <= set(answer)
+    assert {"recall_at_10", "measured_on", "params"} <= set(spec["components"]["schemas"]["RecallOut"]["properties"])
     docs = server.get("/docs")
     assert docs.status == 200 and b"swagger-ui-bundle.js" in docs.data and b"cdn.jsdelivr" not in docs.data
     js = re.search(rb'src="([^"]*swagger-ui-bundle\.js)"', docs.data).group(1).decode()

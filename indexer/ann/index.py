@@ -167,6 +167,11 @@ class AnnIndex:
             return self._searcher.filtered(req, allowed[allowed >= 0], exact_ok=exact_subsets)
         return self._searcher.unfiltered(req, excluded)
 
+    def search_params(self, kind: str = "image") -> dict[str, int]:
+        """The parameters a search of ``kind`` queries runs with: those tuned for the kind (the image
+        ones where it was not measured), with the defaults of the index type filled in."""
+        return self._params(None, kind)
+
     def _params(self, override: dict[str, int] | None, kind: str = "image") -> dict[str, int]:
         p = self.info.params_for(kind)
         for key, value in (override or {}).items():

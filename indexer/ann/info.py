@@ -10,7 +10,15 @@ from typing import Any
 
 from indexer.errors import AnnError
 
-__all__ = ["IndexInfo", "FORMAT_VERSION", "QUERY_KINDS", "check_kind", "kind_summary", "kind_rows"]
+__all__ = [
+    "IndexInfo",
+    "FORMAT_VERSION",
+    "QUERY_KINDS",
+    "check_kind",
+    "kind_summary",
+    "kind_rows",
+    "applied_recall",
+]
 
 #: Version of the sidecar format this code writes. 2: search parameters and recall per query kind
 #: (``kinds``); version 1 sidecars (one figure, measured on image queries) are still read.
@@ -170,3 +178,47 @@ def kind_rows(summary: Mapping[str, Mapping[str, Any] | None]) -> list[dict[str,
             }
         )
     return rows
+
+
+def applied_recall(info: IndexInfo | None, kind: str, params: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """What applied to one query of ``kind``, as every answer reports it: ``kind``, ``index`` (the
+    FAISS factory; null: no index, every image compared exactly), ``recall_at_10`` (as stored for
+    the kind; null when the kind was not measured), ``target``, ``measured_on`` (the queries the
+    figure was measured on), ``params`` (``params``: what the search ran with; else the stored
+    ones), ``met`` and ``note``. ``info`` None: exact search, recall 1 by definition."""
+    check_kind(kind)
+    if info is None:
+        return {
+            "kind": kind,
+            "index": None,
+            "recall_at_10": 1.0,
+            "target": None,
+            "measured_on": "none needed (exact search)",
+            "params": {},
+            "met": None,
+            "note": "no ANN index: every image compared exactly, recall 1 by definition",
+        }
+    entry = info.kinds.get(kind)
+    used = dict(params) if params is not None else info.params_for(kind)
+    if not entry:
+        return {
+            "kind": kind,
+            "index": info.factory,
+            "recall_at_10": None,
+            "target": info.recall_target,
+            "measured_on": None,
+            "params": used,
+            "met": None,
+            "note": f"{kind} queries not measured: searched with the image parameters; reindex to tune them",
+        }
+    recall = entry.get("recall")
+    return {
+        "kind": kind,
+        "index": info.factory,
+        "recall_at_10": float(recall) if isinstance(recall, int | float) else None,
+        "target": info.recall_target,
+        "measured_on": entry.get("queries") or None,
+        "params": used,
+        "met": entry.get("met"),
+        "note": str(entry.get("note") or ""),
+    }

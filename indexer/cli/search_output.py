@@ -50,6 +50,8 @@ def render(payload: dict[str, Any], fmt: str) -> None:
     if payload["candidates"] is not None:
         summary += f" of {payload['candidates']} matching the filters"
     click.echo(summary, err=True)
+    if payload.get("searched_as"):
+        click.echo(payload["searched_as"], err=True)
     for rank, h in enumerate(hits, start=offset + 1):
         name = _name(h) or "(no name)"
         common = h.get("vernacularName")

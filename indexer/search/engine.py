@@ -43,7 +43,7 @@ from indexer.errors import IndexerError, QueryError
 from indexer.search import catalog
 from indexer.search.filters import Filter, available_fields
 from indexer.search.query import Grouping, Query, Term
-from indexer.search.ranking import Page, knn, ranked
+from indexer.search.ranking import Page, knn, ranked, recall_applied
 from indexer.search.results import Hit, SearchResult
 from indexer.search.state import FILTER_CACHE_BYTES, ServedState, StateOptions, _IdCache, load_state
 from indexer.search.taxonomy import TaxonMatch, Taxonomy
@@ -365,13 +365,15 @@ class SearchEngine:
             has_more=has_more,
             timings=timings,
             kind=kind,
+            recall=recall_applied(state, kind),
             offset=offset,
             k=k,
         )
 
     def browse(self, filters: FilterInput = None, *, k: int = 50, offset: int = 0) -> SearchResult:
         """The images passing ``filters`` (all, without), in id order, with score 0: listing, not
-        ranking. ``candidates`` is how many pass in all (the pages to come included)."""
+        ranking. ``candidates`` is how many pass in all (the pages to come included). There is no
+        query, so the result's ``kind`` and ``recall`` are None."""
         t0 = time.perf_counter()
         k, offset = _check_int(k, "k", 1), _check_int(offset, "offset", 0)
         state = self._served()

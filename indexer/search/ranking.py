@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 
 from indexer.ann import exact_search
+from indexer.ann.info import applied_recall
 from indexer.search.query import Grouping, record_key
 from indexer.search.results import Hit
 from indexer.search.state import ServedState
 from indexer.store.ids import member, remove
 
-__all__ = ["Page", "knn", "ranked", "group_hits"]
+__all__ = ["Page", "knn", "ranked", "group_hits", "recall_applied"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,16 @@ def knn(
         s = np.concatenate([s, np.full((m, pad), -np.inf, np.float32)], axis=1)
         i = np.concatenate([i, np.full((m, pad), -1, np.int64)], axis=1)
     return s.astype(np.float32), i.astype(np.int64)
+
+
+def recall_applied(state: ServedState, kind: str) -> dict[str, Any]:
+    """The recall figure and search parameters that applied to a query of ``kind`` on ``state``
+    (see :func:`indexer.ann.info.applied_recall`): the served index's, for that kind; with no
+    index (or an empty one), exact search."""
+    index = state.index
+    if index is None or not index.ntotal:
+        return applied_recall(None, kind)
+    return applied_recall(index.info, kind, index.search_params(kind))
 
 
 def ranked(state: ServedState, page: Page, timings: dict[str, float]) -> tuple[list[Hit], bool]:

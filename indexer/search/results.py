@@ -7,6 +7,7 @@ the HTTP API serves (see :mod:`indexer.search.output`, which also has the CSV sh
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -15,12 +16,13 @@ import numpy as np
 from indexer.search.taxonomy import TaxonMatch
 from indexer.store.schema import HIDDEN_COLUMNS
 
-__all__ = ["Hit", "SearchResult"]
+__all__ = ["Hit", "SearchResult", "searched_as"]
 
 #: Metadata that is internal to the indexer (digests, normalisation bookkeeping, folded copies for
 #: filters), never shown.
 HIDDEN_FIELDS: Final = HIDDEN_COLUMNS
-#: Bumped when a field of ``SearchResult.to_dict`` changes meaning or goes away (fields may be added).
+#: Bumped when a field of ``SearchResult.to_dict`` changes meaning or goes away (fields may be added:
+#: ``query_kind``, ``recall`` and ``searched_as`` were, in version 1).
 JSON_VERSION: Final = 1
 
 
@@ -78,7 +80,8 @@ class SearchResult:
     alternatives: list[TaxonMatch] = field(default_factory=list)  # other taxa an ambiguous name names
     has_more: bool = False  # a further page (offset + k) has results
     timings: dict[str, float] = field(default_factory=dict)  # ms: embed, filter, search, metadata
-    kind: str = "image"  # the query's kind (image, text, mixed): which tuned index parameters searched it
+    kind: str | None = None  # the query's kind (image, text, mixed): which tuned parameters searched it; None: no query
+    recall: dict[str, Any] | None = None  # what applied to that kind (indexer.ann.info.applied_recall); None: no query
     offset: int = 0  # results (groups, when grouped) skipped before this page
     k: int = 0  # the page size asked for
 
@@ -87,13 +90,25 @@ class SearchResult:
         """The ``offset`` of the next page, None when there is none."""
         return self.offset + self.k if self.has_more and self.k else None
 
+    @property
+    def searched_as(self) -> str:
+        """One line for people: the query's kind and the recall figure and parameters that applied
+        (see :func:`searched_as`)."""
+        return searched_as(self.kind, self.recall)
+
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object of this result: ``version``, ``interpretation``, ``notices``, ``prompts``,
-        ``taxon``, ``alternatives``, ``candidates`` (null without filters), ``generation``,
-        ``offset``, ``k``, ``has_more``, ``next_offset`` and ``hits`` (see :meth:`Hit.to_dict`)."""
+        """The JSON object of this result: ``version``, ``interpretation``, ``query_kind`` (image,
+        text or mixed; null when browsing without a query), ``recall`` (what applied to that kind:
+        see :func:`indexer.ann.info.applied_recall`; null without a query), ``searched_as`` (the two
+        in words), ``notices``, ``prompts``, ``taxon``, ``alternatives``, ``candidates`` (null
+        without filters), ``generation``, ``offset``, ``k``, ``has_more``, ``next_offset`` and
+        ``hits`` (see :meth:`Hit.to_dict`)."""
         return {
             "version": JSON_VERSION,
             "interpretation": self.interpretation,
+            "query_kind": self.kind,
+            "recall": _recall_object(self.recall),
+            "searched_as": self.searched_as,
             "notices": list(self.notices),
             "prompts": list(self.prompts),
             "taxon": self.taxon.describe() if self.taxon is not None else None,
@@ -106,6 +121,39 @@ class SearchResult:
             "next_offset": self.next_offset,
             "hits": [h.to_dict() for h in self.hits],
         }
+
+
+def searched_as(kind: str | None, recall: Mapping[str, Any] | None) -> str:
+    """The query's kind and what applied to it, in one line: "searched as a text query (recall@10
+    0.950 on text queries, nprobe 62)"; "no query: ..." when there was none (a listing by filters)."""
+    if kind is None:
+        return "no query: the images passing the filters, in id order, not ranked"
+    head = f"searched as {'an' if kind == 'image' else 'a'} {kind} query"
+    if not recall:
+        return head
+    params = ", ".join(f"{k} {v}" for k, v in (recall.get("params") or {}).items())
+    figure = recall.get("recall_at_10")
+    if recall.get("index") is None:
+        return f"{head} (exact search: every image compared)"
+    if not params and figure == 1.0:
+        return f"{head} (exact search, a {recall['index']} index: recall@10 1 by definition)"
+    if figure is None:
+        return f"{head} (recall not measured on {kind} queries; the image parameters: {params or 'defaults'})"
+    missed = recall.get("met") is False and recall.get("target") is not None
+    return (
+        f"{head} (recall@10 {figure:.3f} on {kind} queries"
+        + (f", below the target {recall['target']:g}" if missed else "")
+        + (f", {params}" if params else "")
+        + ")"
+    )
+
+
+def _recall_object(recall: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if recall is None:
+        return None
+    out = dict(recall)
+    out["params"] = {str(k): int(v) for k, v in (recall.get("params") or {}).items()}
+    return out
 
 
 def plain_value(value: Any) -> Any:

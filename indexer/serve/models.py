@@ -12,6 +12,7 @@ __all__ = [
     "TermIn",
     "SearchRequest",
     "HitOut",
+    "RecallOut",
     "SearchResponse",
     "ErrorOut",
     "ErrorResponse",
@@ -64,8 +65,30 @@ class HitOut(BaseModel):
     links: dict[str, str] = Field(default_factory=dict)
 
 
+class RecallOut(BaseModel):
+    """The recall figure and search parameters that applied to the query's kind, as the collection
+    stored them when its index was tuned."""
+
+    kind: Literal["image", "text", "mixed"]
+    index: str | None = Field(description="The index type (FAISS factory); null: no index, exact search.")
+    recall_at_10: float | None = Field(
+        description="Recall@10 against exact search stored for this kind; null: this kind was not measured."
+    )
+    target: float | None = Field(description="The recall target the index was tuned to.")
+    measured_on: str | None = Field(description="The queries the figure was measured on, in words.")
+    params: dict[str, int] = Field(description="The search parameters used (nprobe, efSearch, rerank, ...).")
+    met: bool | None = Field(description="Whether tuning reached the target within the latency budget.")
+    note: str = ""
+
+
 class SearchResponse(BaseModel):
     interpretation: str
+    query_kind: Literal["image", "text", "mixed"] | None = Field(
+        description="What kind of query it was searched as (text and taxon terms: text; pictures, "
+        "indexed images and vectors: image; both: mixed)."
+    )
+    recall: RecallOut | None = Field(description="The recall figure and parameters that applied to that kind.")
+    searched_as: str = Field(description="query_kind and recall in one line for people.")
     notices: list[str]
     prompts: list[str]
     alternatives: list[str]

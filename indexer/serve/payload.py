@@ -21,6 +21,9 @@ __all__ = ["jsonable", "search_payload", "hit_payload", "redact", "redact_hit", 
 #: The keys of a search answer, in order.
 PAYLOAD_KEYS = (
     "interpretation",
+    "query_kind",
+    "recall",
+    "searched_as",
     "notices",
     "prompts",
     "alternatives",
@@ -72,7 +75,9 @@ def hit_payload(hit: Any) -> dict[str, Any]:
 
 
 def search_payload(result: Any, *, k: int, offset: int) -> dict[str, Any]:
-    """A search answer: how the query was understood, notices, the page (``k`` after ``offset``)
+    """A search answer: how the query was understood, its kind and the recall figure and
+    parameters that applied to it (``query_kind``, ``recall``, ``searched_as``; see
+    :meth:`indexer.search.SearchResult.to_dict`), notices, the page (``k`` after ``offset``)
     with ``has_more`` and ``next_offset``, the metadata ``fields`` the hits have (schema order:
     the columns of a CSV of them) and the ``hits``."""
     from indexer.store.schema import ALL_COLUMNS
@@ -83,6 +88,9 @@ def search_payload(result: Any, *, k: int, offset: int) -> dict[str, Any]:
     base = result.to_dict()
     out = {
         "interpretation": base["interpretation"],
+        "query_kind": base["query_kind"],
+        "recall": base["recall"],
+        "searched_as": base["searched_as"],
         "notices": base["notices"],
         "prompts": base["prompts"],
         "alternatives": base["alternatives"],
