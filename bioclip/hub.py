@@ -5,9 +5,11 @@ available is a :class:`ModelNotAvailableError` that says where it looked and how
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelNotAvailableError, ModelSpecError
 from .registry import ModelSpec
@@ -22,6 +24,7 @@ __all__ = [
     "hf_offline",
     "how_to_get_offline",
     "pinned_commit",
+    "read_model_folder",
     "snapshot",
     "weights_identity",
 ]
@@ -94,6 +97,44 @@ def find_weights(folder: Path) -> Path | None:
         if found:
             return found[0]
     return None
+
+
+def read_model_folder(folder: Path, spec: ModelSpec) -> tuple[dict[str, Any], Path]:
+    """(the parsed ``open_clip_config.json``, the weights file) of a model folder.
+
+    Raises :class:`ModelNotAvailableError` for a folder that is missing or lacks the config or a
+    weights file (never random weights), :class:`ModelSpecError` for a config that is not
+    open_clip's (no ``model_cfg`` with ``embed_dim``).
+    """
+    fix = (
+        f"A model folder holds {CONFIG_NAME} and a weights file ({SAFETENSORS_WEIGHTS} or "
+        f"{PICKLE_WEIGHTS}), as downloaded from an open_clip model repository on the Hugging Face hub."
+    )
+
+    def missing(what: str) -> ModelNotAvailableError:
+        return ModelNotAvailableError(f"Model {spec.name!r}: {what} {fix}", model=spec.name, locations=(str(folder),))
+
+    if not folder.is_dir():
+        raise missing(f"folder {folder} does not exist.")
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise missing(f"{folder} has no {CONFIG_NAME}.")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        model_cfg = config["model_cfg"]
+        if not isinstance(model_cfg, dict) or "embed_dim" not in model_cfg:
+            raise KeyError("model_cfg.embed_dim")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelSpecError(
+            f"Model {spec.name!r}: {config_path} is not an open_clip config (needs model_cfg with embed_dim): {exc}"
+        ) from exc
+    weights = find_weights(folder)
+    if weights is None:
+        raise missing(
+            f"{folder} has {CONFIG_NAME} but no weights file (*.safetensors, *.bin or *.pth); "
+            "refusing to run with random weights."
+        )
+    return config, weights
 
 
 def snapshot(spec: ModelSpec, cache_dir: str, offline: bool) -> Path:

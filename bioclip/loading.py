@@ -40,16 +40,8 @@ import torch
 
 from .device import check_precision, pick_device, resolve_precision
 from .errors import ModelNotAvailableError, ModelSpecError
-from .hub import (
-    CONFIG_NAME,
-    PICKLE_WEIGHTS,
-    SAFETENSORS_WEIGHTS,
-    file_identity,
-    find_weights,
-    hf_cache_dir,
-    hf_offline,
-    snapshot,
-)
+from .facts import architecture_name
+from .hub import file_identity, hf_cache_dir, hf_offline, read_model_folder, snapshot
 from .model import ClipModel
 from .precision import decide_cpu_precision, detect_cpu_bf16, torch_dtype
 from .preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessConfig, choose_preprocess
@@ -198,34 +190,8 @@ def _locate(spec: ModelSpec, cache_dir: str | os.PathLike[str] | None) -> _Loade
 
 def _local_dir(folder: Path, spec: ModelSpec) -> _Loaded:
     folder = folder.resolve() if folder.exists() else folder
-    fix = (
-        f"A model folder holds {CONFIG_NAME} and a weights file ({SAFETENSORS_WEIGHTS} or "
-        f"{PICKLE_WEIGHTS}), as downloaded from an open_clip model repository on the Hugging Face hub."
-    )
-
-    def missing(what: str) -> ModelNotAvailableError:
-        return ModelNotAvailableError(f"Model {spec.name!r}: {what} {fix}", model=spec.name, locations=(str(folder),))
-
-    if not folder.is_dir():
-        raise missing(f"folder {folder} does not exist.")
-    config_path = folder / CONFIG_NAME
-    if not config_path.is_file():
-        raise missing(f"{folder} has no {CONFIG_NAME}.")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        model_cfg = config["model_cfg"]
-        if not isinstance(model_cfg, dict) or "embed_dim" not in model_cfg:
-            raise KeyError("model_cfg.embed_dim")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ModelSpecError(
-            f"Model {spec.name!r}: {config_path} is not an open_clip config (needs model_cfg with embed_dim): {exc}"
-        ) from exc
-    weights = find_weights(folder)
-    if weights is None:
-        raise missing(
-            f"{folder} has {CONFIG_NAME} but no weights file (*.safetensors, *.bin or *.pth); "
-            "refusing to run with random weights."
-        )
+    config, weights = read_model_folder(folder, spec)
+    model_cfg = config["model_cfg"]
     name = f"local-dir:{folder}"
     make = functools.partial(_with_weights, spec, name, weights, str(folder))
     tokenizer = open_clip.get_tokenizer(name)
@@ -375,12 +341,6 @@ def _unavailable(spec: ModelSpec, where: str, exc: Exception) -> ModelNotAvailab
 
 def _architecture_name(model_cfg: Mapping[str, Any]) -> str:
     """The open_clip built-in whose config equals ``model_cfg`` (``ViT-B-16`` for BioCLIP), else a
-    short description built from the config."""
-    matches = [name for name in open_clip.list_models() if open_clip.get_model_config(name) == model_cfg]
-    if matches:
-        return min(matches, key=lambda n: (len(n), n))
-    vision = model_cfg.get("vision_cfg", {})
-    if vision.get("timm_model_name"):
-        return f"timm:{vision['timm_model_name']}"
-    parts = [f"{key}={vision[key]}" for key in ("image_size", "patch_size", "width", "layers") if key in vision]
-    return f"custom({', '.join(parts)}, embed_dim={model_cfg.get('embed_dim')})"
+    short description built from the config (:func:`bioclip.facts.architecture_name`, over the
+    configs open_clip knows in this process)."""
+    return architecture_name(model_cfg, {name: open_clip.get_model_config(name) for name in open_clip.list_models()})

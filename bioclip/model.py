@@ -23,6 +23,7 @@ import open_clip
 import torch
 
 from .batching import check_batch_size, chunks, normalise, text_list
+from .facts import ModelFacts
 from .preprocess import ImageTransform, PreprocessConfig, make_transform
 from .registry import ModelSpec
 from .taxa import Taxon, TextForm, taxon_prompt, taxon_text
@@ -98,17 +99,16 @@ class ClipModel:
     def describe(self) -> dict[str, Any]:
         """JSON-able description for a collection manifest: enough to load the same model with
         the same preprocessing again and to refuse a different one."""
-        return {
-            "name": self.spec.name,
-            "source": self.spec.source,
-            "pretrained": self.spec.pretrained,
-            "revision": self.revision,
-            "architecture": self.architecture,
-            "dimension": self.dimension,
-            "context_length": self.context_length,
-            "preprocess": self.preprocess_config.to_dict(),
-            "precision": self.precision,
-        }
+        return ModelFacts(
+            spec=self.spec,
+            revision=self.revision,
+            architecture=self.architecture,
+            dimension=self.dimension,
+            context_length=self.context_length,
+            preprocess_config=self.preprocess_config,
+            precision=self.precision,
+            identity=self.identity,
+        ).describe()
 
     # ----------------------------------------------------------------- images
 

@@ -41,6 +41,21 @@ def test_every_command_has_help_with_an_example_and_is_in_the_readme(name):
     assert name in readme, f"{name} is not documented in README.md"
 
 
+def test_build_and_import_share_the_index_options_in_the_same_order():
+    def index_params(command):
+        names = ["no_index", "index_type", "memory_budget", "recall_target"]
+        params = [p for p in command.params if p.name in names]
+        assert [p.name for p in params] == names
+        return [{k: v for k, v in p.to_info_dict().items() if k != "help"} for p in params]
+
+    build, imp = index_cli.main.commands["build"], index_cli.main.commands["import"]
+    assert index_params(build) == index_params(imp)
+    helps = [
+        [p.help for p in c.params if p.name in ("no_index", "memory_budget", "recall_target")] for c in (build, imp)
+    ]
+    assert helps[0] == helps[1]
+
+
 def test_console_scripts_are_declared():
     import tomllib
 

@@ -30,6 +30,7 @@ __all__ = [
     "parse_size",
     "verbosity",
     "device_option",
+    "index_options",
     "kind_lines",
 ]
 
@@ -125,6 +126,29 @@ def device_option(fn: Callable) -> Callable:
     return click.option(
         "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True
     )(fn)
+
+
+def index_options(*, index_type_default: str = "size and memory budget") -> Callable[[Callable], Callable]:
+    """The ANN index options of the commands that add to a collection (``build``, ``import``):
+    ``--no-index``, ``--index-type``, ``--memory-budget``, ``--recall-target``, in that order.
+    ``index_type_default`` says in ``--index-type``'s help what the index is chosen from."""
+    options = [
+        click.option("--no-index", is_flag=True, help="Store vectors only; build the ANN index later with reindex."),
+        click.option(
+            "--index-type",
+            default=None,
+            help=f"FAISS index factory string (default: chosen from {index_type_default}).",
+        ),
+        click.option("--memory-budget", default=None, help="Memory for the ANN index, e.g. 600MB, 8GB."),
+        click.option("--recall-target", type=click.FloatRange(0.5, 1.0), default=0.95, show_default=True),
+    ]
+
+    def decorate(fn: Callable) -> Callable:
+        for option in reversed(options):  # click lists options in the order their decorators are written
+            fn = option(fn)
+        return fn
+
+    return decorate
 
 
 def kind_lines(summary: Any) -> list[str]:

@@ -2,9 +2,12 @@
 
 Vectors carry no model: the user declares it (``--model``), or the files do (pybioclip's JSON names
 its model). A new collection records that model as a build would (``ClipModel.describe()``: source,
-revision, dimension, preprocessing), which needs the model's files once; an existing collection is
-locked first and its recorded model checked against the declared one from the model strings alone,
-before anything loads. The dimension the vectors must have is the collection's.
+revision, dimension, preprocessing), read from the model's files (:func:`bioclip.facts.model_facts`:
+``open_clip_config.json`` of a model folder or Hugging Face snapshot) without importing torch or
+open_clip, which an import does not otherwise need; only a model whose files cannot settle it (an
+open_clip built-in with a pretrained tag, ...) is loaded for it. An existing collection is locked
+first and its recorded model checked against the declared one from the model strings alone, before
+anything is read. The dimension the vectors must have is the collection's.
 """
 
 from __future__ import annotations
@@ -96,11 +99,15 @@ def open_import_target(
                 "local-dir:PATH, ...): the collection records it and uses it for text and image queries",
                 None,
             )
-        from bioclip import load_model
+        from bioclip.facts import model_facts
 
-        model = load_model(
-            name, device="cpu", precision="fp32", revision=declared.revision, preprocess=declared.preprocess
-        )
+        model = model_facts(name, revision=declared.revision, preprocess=declared.preprocess)
+        if model is None:  # only loading it says what it is
+            from bioclip import load_model
+
+            model = load_model(
+                name, device="cpu", precision="fp32", revision=declared.revision, preprocess=declared.preprocess
+            )
     else:
         _check_declared(model.spec.source, from_files)
     collection = Collection.create(path, model.describe(), dimension=model.dimension)

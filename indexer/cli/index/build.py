@@ -7,7 +7,15 @@ import sys
 
 import click
 
-from indexer.cli.common import CONTEXT, device_option, friendly, parse_size, setup_logging, verbosity
+from indexer.cli.common import (
+    CONTEXT,
+    device_option,
+    friendly,
+    index_options,
+    parse_size,
+    setup_logging,
+    verbosity,
+)
 
 __all__ = ["command", "format_report"]
 
@@ -119,12 +127,7 @@ __all__ = ["command", "format_report"]
     is_flag=True,
     help="Read every file whose size and time look unchanged and re-encode it if its content hash differs.",
 )
-@click.option("--no-index", is_flag=True, help="Store vectors only; build the ANN index later with reindex.")
-@click.option(
-    "--index-type", default=None, help="FAISS index factory string (default: chosen from size and memory budget)."
-)
-@click.option("--memory-budget", default=None, help="Memory for the ANN index, e.g. 600MB, 8GB.")
-@click.option("--recall-target", type=click.FloatRange(0.5, 1.0), default=0.95, show_default=True)
+@index_options()
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False),

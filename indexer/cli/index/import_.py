@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from indexer.cli.common import CONTEXT, friendly, parse_size, setup_logging, verbosity
+from indexer.cli.common import CONTEXT, friendly, index_options, parse_size, setup_logging, verbosity
 
 __all__ = ["command", "format_import_report"]
 
@@ -65,10 +65,7 @@ __all__ = ["command", "format_import_report"]
 @click.option("--commit-seconds", type=float, default=60.0, show_default=True, help="...or this many seconds.")
 @click.option("--recheck", is_flag=True, help="Read files recorded as imported again, even if unchanged.")
 @click.option("--prune", is_flag=True, help="Retire ids of these sources that are no longer in them.")
-@click.option("--no-index", is_flag=True, help="Store vectors only; build the ANN index later with reindex.")
-@click.option("--index-type", default=None, help="FAISS index factory string (default: chosen from size and memory).")
-@click.option("--memory-budget", default=None, help="Memory for the ANN index, e.g. 600MB, 8GB.")
-@click.option("--recall-target", type=click.FloatRange(0.5, 1.0), default=0.95, show_default=True)
+@index_options(index_type_default="size and memory")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
 @verbosity
