@@ -215,7 +215,7 @@ def _builtin(spec: ModelSpec, cache_dir: str | os.PathLike[str] | None) -> _Load
             spec.name,
             arch,
         )
-        make = functools.partial(_create, spec, arch, None, where="(random weights)", require=False)
+        make = functools.partial(_create_random, spec, arch)
         return _Loaded(make, tokenizer, model_cfg, arch, f"random:{arch}", random=True)
     if kind == "checkpoint":
         path = spec.pretrained or ""
@@ -326,6 +326,17 @@ def _create(
         ).eval()
     except (RuntimeError, OSError, ValueError) as exc:
         raise _unavailable(spec, where, exc) from exc
+
+
+#: The seed of ``random:ARCH`` weights: the same weights in every process (a warm server and a
+#: direct query, two runs of a benchmark), without touching the caller's random state.
+RANDOM_SEED = 0
+
+
+def _create_random(spec: ModelSpec, arch: str) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        return _create(spec, arch, None, where="(random weights)", require=False)
 
 
 def _unavailable(spec: ModelSpec, where: str, exc: Exception) -> ModelNotAvailableError:

@@ -157,6 +157,20 @@ def test_random_weights_only_when_asked_and_loudly(tiny_arch, caplog):
     assert model.encode_texts(["a crow"]).shape == (1, 64)
 
 
+def test_random_weights_are_the_same_in_every_load_and_leave_the_callers_seed_alone(tiny_arch):
+    """``random:ARCH`` is seeded: a warm server and a direct query, or two benchmark runs, get
+    the same vectors; the caller's own random stream goes on as if nothing had been drawn."""
+    import torch
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = load_model(f"random:{tiny_arch}", device="cpu").encode_texts(["a crow", "Quercus robur"])
+    assert torch.equal(torch.rand(3), expected_next)
+    second = load_model(f"random:{tiny_arch}", device="cpu").encode_texts(["a crow", "Quercus robur"])
+    np.testing.assert_array_equal(first, second)
+
+
 def test_unknown_architecture_and_tag(tiny_arch):
     with pytest.raises(ModelSpecError, match="not an open_clip architecture"):
         load_model("NoSuchArch-99:openai", device="cpu")
