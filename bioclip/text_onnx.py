@@ -1,7 +1,7 @@
 """A model's text tower exported to ONNX, for a text query that imports neither torch nor open_clip.
 
 Most of a first text query in a fresh process is imports: torch, then open_clip (which pulls in
-torchvision and timm); encoding one text is a few milliseconds. So once per machine and model the
+torchvision and timm); encoding one text is a fraction of a second. So once per machine and model the
 text tower is exported (fp32, on the CPU, from the original weights) to a folder in the user's cache
 (``text-encoders/`` beside ``precision.json``, see :func:`bioclip.precision.cache_folder`), with the
 tokenizer's vocabulary and a ``meta.json``; a later process that only needs text vectors opens it

@@ -11,6 +11,8 @@ pytest.importorskip("streamlit")
 from apptest_help import TIMEOUT, ok, settle  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from search_ui.text import md  # noqa: E402
+
 APP = Path(__file__).resolve().parents[1] / "search_ui" / "app.py"
 
 
@@ -84,6 +86,7 @@ def test_start_page_lists_the_collection_and_suggests_taxa(app):
     assert errors(at) == []
     assert len(result_ids(at)) == 12
     assert understood(at) == "all images"
+    assert md("No query: the images passing the filters, in id order, not ranked") in captions(at)
     labels = [b.label for b in at.button if b.key and b.key.startswith("sugg_")]
     assert labels and all(" · " in lab and "image" in lab for lab in labels)
     assert len(at.image) == 12  # one thumbnail per card
@@ -96,6 +99,10 @@ def test_a_taxon_query_shows_how_it_was_understood(app):
     at.text_input(key="w_q").input("corvidae").run()
     ok(at)
     assert understood(at).startswith('family Corvidae, as "a photo of Animalia Chordata Aves Passeriformes Corvidae')
+    # the query's kind and what it was searched with (12 images: no index, every image compared)
+    assert [c for c in captions(at) if c.startswith("Searched as")] == [
+        md("Searched as a text query (exact search, a Flat index: recall@10 1 by definition)")
+    ], captions(at)[:3]
     assert at.query_params == {"q": "corvidae"}
     assert len(result_ids(at)) == 12
     assert any(c.startswith("species · cat. MUS-") and "score " in c for c in captions(at))

@@ -115,6 +115,8 @@ def search_page(ctx: Context) -> None:
     if result is None:
         return
     st.caption(f"Searching for: {ui.md(result.interpretation)}")
+    said = result.searched_as
+    st.caption(ui.md(said[:1].upper() + said[1:]))  # the query kind, and the recall that applies to it
     for note in result.notices:
         st.info(ui.md(note))
 
