@@ -127,14 +127,18 @@ def test_local_dir_without_weights(tmp_path, tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def tiny_arch(tmp_path_factory) -> str:
+def tiny_arch(tmp_path_factory):
     """The tiny config registered as an open_clip built-in architecture (for ARCH: sources)."""
     name = "BioclipTestTiny-32"
     folder = tmp_path_factory.mktemp("arch")
     (folder / f"{name}.json").write_text(json.dumps(TINY_MODEL_CONFIG), encoding="utf-8")
     open_clip.add_model_config(folder)
     assert name in open_clip.list_models()
-    return name
+    yield name
+    # open_clip's registry is process-wide: later tests (bioclip/facts.py names architectures from the
+    # shipped configs only) must not see this one
+    open_clip.factory._MODEL_CONFIGS.pop(name, None)
+    assert name not in open_clip.list_models()
 
 
 def test_checkpoint_file(tiny_arch, tiny_model_dir, tiny_model_source):
