@@ -230,12 +230,23 @@ def click_button(drv, text: str, *, starts: bool = False, timeout: float = WAIT)
     button.click()
 
 
-def _cards_per_row(drv) -> int:
-    tops: dict[int, int] = {}
-    for el in drv.find_elements("css selector", '[class*="st-key-res_card_"]'):
-        y = round(el.rect["y"])
-        tops[y] = tops.get(y, 0) + 1
-    return tops[min(tops)] if tops else 0
+def _cards_per_row(drv, cards: int = 12, timeout: float = WAIT) -> int:
+    """Result cards in the first row, once all ``cards`` are on the page and the layout has
+    settled (Streamlit renders a run's elements one after another, and re-flows on a resize)."""
+    deadline = time.monotonic() + timeout
+    last: tuple[int, int] | None = None
+    while True:
+        tops: dict[int, int] = {}
+        for el in drv.find_elements("css selector", '[class*="st-key-res_card_"]'):
+            y = round(el.rect["y"])
+            tops[y] = tops.get(y, 0) + 1
+        now = (sum(tops.values()), tops[min(tops)] if tops else 0)
+        if now[0] >= cards and now == last:
+            return now[1]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"result cards did not settle: {now[0]} of {cards} on the page")
+        last = now
+        time.sleep(0.5)
 
 
 def _contrast(drv, css: str) -> float:
