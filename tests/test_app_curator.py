@@ -15,29 +15,15 @@ from test_app_fixtures import build_app_collection, picture_bytes
 
 pytest.importorskip("streamlit")
 from apptest_help import TIMEOUT, loading_shown, ok, settle  # noqa: E402
+from apptest_help import coll as coll  # noqa: E402 (fixtures)
+from apptest_help import engine as engine
+from apptest_help import ids as ids
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from search_ui import loading  # noqa: E402
 from search_ui.loading import EngineLoader  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "search_ui" / "app.py"
-
-
-@pytest.fixture(scope="module")
-def coll(tmp_path_factory, tiny_model_dir):
-    return build_app_collection(tmp_path_factory.mktemp("curator"), tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def engine(coll):
-    from indexer.search.engine import SearchEngine
-
-    return SearchEngine.open(coll.path, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def ids(engine):
-    return {h.metadata["catalogNumber"]: h.id for h in engine.get(range(12))}
 
 
 @pytest.fixture
