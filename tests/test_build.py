@@ -255,3 +255,67 @@ def test_a_locked_collection_is_refused_before_the_model_loads(tmp_path, model, 
     monkeypatch.setattr(target, "load_collection_model", no_loading)
     with Collection.open(tmp_path / "col").writer(), pytest.raises(CollectionLockedError, match="another indexer"):
         build(tmp_path / "col", [FolderSource(folder)], options=BuildOptions(workers=0))
+
+
+def test_cpu_decode_workers_yield_to_the_encoder(tmp_path, model, monkeypatch):
+    """On a CPU build the decode workers run at low priority (the encoder's threads run in lockstep:
+    a worker taking one of their cores stalls them all); the images are still all encoded."""
+    import indexer.build.local as local
+
+    seen = tmp_path / "niceness"
+    real = local.process_item
+
+    def recording(*args, **kwargs):
+        with open(seen, "a") as f:  # the worker is a forked child: it inherits this patch
+            f.write(f"{os.getpid()} {os.nice(0)}\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(local, "process_item", recording)
+    folder = make_folder(tmp_path / "imgs", 6)
+    report = _build(tmp_path / "col", folder, model, workers=1)
+    assert report.encoded == 6
+    rows = [line.split() for line in seen.read_text().splitlines()]
+    assert len(rows) == 6
+    assert {pid for pid, _ in rows} != {str(os.getpid())}  # decoded in a worker, not here
+    assert {int(n) for _, n in rows} == {min(19, os.nice(0) + local.CPU_WORKER_NICENESS)}
+    assert os.nice(0) < local.CPU_WORKER_NICENESS  # this process kept its priority
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_cpu_decoders_take_turns_with_the_encoder(tmp_path, model, monkeypatch, gated):
+    """On a CPU the decode workers decode only while the encoder is not running (its threads run in
+    lockstep: a decoder beside them stalls them all); ungated (the control), they overlap."""
+    import functools
+    import time
+
+    import indexer.build.executor as executor
+    import indexer.build.local as local
+
+    starts = tmp_path / "starts"
+    real_item, real_encode = local.process_item, model.encode_image_tensors
+    windows = []
+
+    def recording_item(*args, **kwargs):
+        with open(starts, "a") as f:  # in the forked worker: the clock is the machine's
+            f.write(f"{time.monotonic()}\n")
+        time.sleep(0.02)  # a slow picture
+        return real_item(*args, **kwargs)
+
+    def slow_encode(tensors):
+        t0 = time.monotonic()
+        time.sleep(0.08)  # a long forward pass: time for an ungated worker to decode beside it
+        out = real_encode(tensors)
+        windows.append((t0, time.monotonic()))
+        return out
+
+    monkeypatch.setattr(local, "process_item", recording_item)
+    monkeypatch.setattr(model, "encode_image_tensors", slow_encode)
+    monkeypatch.setattr(executor, "LocalExecutor", functools.partial(local.LocalExecutor, gate_decoding=gated))
+    folder = make_folder(tmp_path / "imgs", 24)
+    report = _build(tmp_path / "col", folder, model, workers=1, batch_size=4)
+    assert report.encoded == 24 and len(windows) == 6
+    begun = [float(t) for t in starts.read_text().split()]
+    assert len(begun) == 24
+    # An item a worker had begun when the gate closed may finish; none begins inside a window.
+    inside = [t for t in begun for a, b in windows if a + 0.03 < t < b]
+    assert (not inside) if gated else inside

@@ -223,8 +223,9 @@ def test_sigkill_while_labels_are_edited_and_images_added_then_resume_keeps_ever
     )
     assert first.returncode == 0, first.stderr
     before = _ids_and_labels(col)
-    # Every label edited, a new column, and 24 new images.
-    make_folder(folder, 24, start=96)
+    # Every label edited, a new column, and 64 new images (enough commits that the runs below are
+    # killed mid-way on a fast machine too).
+    make_folder(folder, 64, start=96)
     with open(folder / "labels.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     with open(folder / "labels.csv", "w", newline="") as f:
@@ -240,7 +241,7 @@ def test_sigkill_while_labels_are_edited_and_images_added_then_resume_keeps_ever
     )
     assert done.returncode == 0, done.stderr
     expected, expected_labels = _state(ref), _ids_and_labels(ref)
-    assert len(expected) == 120
+    assert len(expected) == 160
 
     kills = _kill_at_random_moments(_build_cmd(folder, col, tiny_model_source), col, random.Random(99), 4)
     assert kills >= 2, "the runs ended before they could be killed; make the test's work longer"
