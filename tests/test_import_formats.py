@@ -28,7 +28,7 @@ D = 64
 def model(tiny_model_source):
     from bioclip import load_model
 
-    return load_model(tiny_model_source, device="cpu")
+    return load_model(tiny_model_source, device="cpu", precision="fp32")  # pybioclip's `embed` runs fp32
 
 
 def _raw_features(model, paths):

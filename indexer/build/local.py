@@ -12,6 +12,8 @@ import functools
 import logging
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -55,6 +57,8 @@ def default_batch_size(model: Any) -> int:
         return 256
 
 
+_GATE_POLL_SECONDS = 0.002  # a worker's wait for its turn: a few ms against a batch's 100s of ms
+
 CPU_MAX_WORKERS = 8
 """Decode workers on a CPU build at most, when the user gives no ``--workers``."""
 
@@ -80,14 +84,23 @@ class _ItemDataset:
         self.read_from = read_from  # a downloaded file for remote items
         self.locations = locations
         self.settings = settings
-        self.gate = gate  # an Event set while the encoder is not running (CPU builds), or None
+        self.gate = gate  # a shared flag, 1 while the encoder is not running (CPU builds), or None
+        self.parent = os.getpid()  # the build process, the workers' parent
 
     def __len__(self) -> int:
         return len(self.locations)
 
     def __getitem__(self, i: int) -> dict:
         if self.gate is not None:
-            self.gate.wait()
+            # Wait for the build process's turn to end, polling a shared flag (an Event's condition
+            # would hang the build process's next set() if a worker died waiting on it); if the
+            # build process died (killed, out of memory), end too rather than wait for ever.
+            waited = 0
+            while not self.gate.value:
+                time.sleep(_GATE_POLL_SECONDS)
+                waited += 1
+                if waited % 500 == 0 and os.getppid() != self.parent:
+                    os._exit(0)
         return process_item(i, self.read_from[i], self.locations[i], self.settings)
 
 
@@ -122,6 +135,20 @@ def _worker_init(_worker_id: int, niceness: int = 0) -> None:
     # the build process commits its work and shuts the workers down. torch's own handler would
     # re-raise it (killed by a signal), which the build process would see as a crash.
     signal.signal(signal.SIGTERM, _exit_quietly)
+    threading.excepthook = functools.partial(_quiet_sharer_hangup, threading.excepthook)
+
+
+def _quiet_sharer_hangup(hook: Any, args: Any) -> None:
+    """A worker hands its tensors to the build process through multiprocessing's resource sharer,
+    a thread that serves file descriptors. When the build process stops (SIGTERM, Ctrl-C) while it
+    is fetching one, that thread sees the connection reset: expected, and not worth a traceback on
+    the user's terminal. Anything else goes to the usual hook."""
+    tb = args.exc_traceback
+    while tb is not None and not tb.tb_frame.f_code.co_filename.endswith("resource_sharer.py"):
+        tb = tb.tb_next
+    if tb is not None and issubclass(args.exc_type, (ConnectionError, EOFError)):
+        return
+    hook(args)
 
 
 def _exit_quietly(signum: int, frame: Any) -> None:
@@ -194,7 +221,7 @@ class LocalExecutor:
         # encoder's threads run in lockstep, so a decoder that takes one core stalls them all
         # (measured on two cores: the forward pass 16% slower beside one decode worker). The gate
         # is open while this process waits for decoded images (or commits), closed while it encodes.
-        gate = _mp_context().Event() if workers and cpu and self.gate_decoding else None
+        gate = _mp_context().RawValue("b", 0) if workers and cpu and self.gate_decoding else None
         dataset = _ItemDataset(
             [piece.read_from.get(p, locations[p]) for p in positions],
             [locations[p] for p in positions],
@@ -220,12 +247,12 @@ class LocalExecutor:
                 return
             batches = iter(loader)
             while True:
-                gate.set()
+                gate.value = 1
                 try:
                     batch = next(batches)
                 except StopIteration:
                     return
-                gate.clear()
+                gate.value = 0
                 yield batch
         except RuntimeError as exc:
             if "DataLoader worker" in str(exc) or "exited unexpectedly" in str(exc):
@@ -233,4 +260,4 @@ class LocalExecutor:
             raise
         finally:
             if gate is not None:
-                gate.set()  # never leave a worker waiting: the loader shuts them down next
+                gate.value = 1  # never leave a worker waiting: the loader shuts them down next
