@@ -281,40 +281,67 @@ def test_cpu_decode_workers_yield_to_the_encoder(tmp_path, model, monkeypatch):
     assert os.nice(0) < local.CPU_WORKER_NICENESS  # this process kept its priority
 
 
+_TURNS_SCRIPT = """
+import functools, json, sys, time
+from pathlib import Path
+import indexer.build.executor as executor
+import indexer.build.local as local
+from bioclip import load_model
+from imagegen import make_folder
+from indexer.build import BuildOptions, build
+from indexer.build.sources import FolderSource
+
+tiny, work, gated = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1"
+model = load_model(f"local-dir:{tiny}", device="cpu")
+starts, windows = work / "starts", []
+real_item, real_encode = local.process_item, model.encode_image_tensors
+
+def recording_item(*args, **kwargs):
+    with open(starts, "a") as f:  # in the forked worker: the clock is the machine's
+        f.write(f"{time.monotonic()}\\n")
+    time.sleep(0.02)  # a slow picture
+    return real_item(*args, **kwargs)
+
+def slow_encode(tensors):
+    t0 = time.monotonic()
+    time.sleep(0.08)  # a long forward pass: time for an ungated worker to decode beside it
+    out = real_encode(tensors)
+    windows.append((t0, time.monotonic()))
+    return out
+
+local.process_item = recording_item
+model.encode_image_tensors = slow_encode
+executor.LocalExecutor = functools.partial(local.LocalExecutor, gate_decoding=gated)
+folder = make_folder(work / "imgs", 24)
+report = build(work / "col", [FolderSource(folder)], model=model, options=BuildOptions(workers=1, batch_size=4))
+print(json.dumps({"encoded": report.encoded, "windows": windows}))
+"""
+
+
 @pytest.mark.parametrize("gated", [True, False])
-def test_cpu_decoders_take_turns_with_the_encoder(tmp_path, model, monkeypatch, gated):
+def test_cpu_decoders_take_turns_with_the_encoder(tmp_path, tiny, gated):
     """On a CPU the decode workers decode only while the encoder is not running (its threads run in
-    lockstep: a decoder beside them stalls them all); ungated (the control), they overlap."""
-    import functools
-    import time
+    lockstep: a decoder beside them stalls them all); ungated (the control), they overlap. The build
+    runs in a fresh process, as the command does (forking this test process, with the threads earlier
+    tests left in it, is not what a user's build does)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    import indexer.build.executor as executor
-    import indexer.build.local as local
-
-    starts = tmp_path / "starts"
-    real_item, real_encode = local.process_item, model.encode_image_tensors
-    windows = []
-
-    def recording_item(*args, **kwargs):
-        with open(starts, "a") as f:  # in the forked worker: the clock is the machine's
-            f.write(f"{time.monotonic()}\n")
-        time.sleep(0.02)  # a slow picture
-        return real_item(*args, **kwargs)
-
-    def slow_encode(tensors):
-        t0 = time.monotonic()
-        time.sleep(0.08)  # a long forward pass: time for an ungated worker to decode beside it
-        out = real_encode(tensors)
-        windows.append((t0, time.monotonic()))
-        return out
-
-    monkeypatch.setattr(local, "process_item", recording_item)
-    monkeypatch.setattr(model, "encode_image_tensors", slow_encode)
-    monkeypatch.setattr(executor, "LocalExecutor", functools.partial(local.LocalExecutor, gate_decoding=gated))
-    folder = make_folder(tmp_path / "imgs", 24)
-    report = _build(tmp_path / "col", folder, model, workers=1, batch_size=4)
-    assert report.encoded == 24 and len(windows) == 6
-    begun = [float(t) for t in starts.read_text().split()]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run(
+        [sys.executable, "-c", _TURNS_SCRIPT, str(tiny), str(tmp_path), "1" if gated else "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    windows = out["windows"]
+    assert out["encoded"] == 24 and len(windows) == 6
+    begun = [float(t) for t in (tmp_path / "starts").read_text().split()]
     assert len(begun) == 24
     # An item a worker had begun when the gate closed may finish; none begins inside a window.
     inside = [t for t in begun for a, b in windows if a + 0.03 < t < b]
