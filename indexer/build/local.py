@@ -235,7 +235,7 @@ class LocalExecutor:
             shuffle=False,
             num_workers=workers,
             collate_fn=_collate,
-            pin_memory=str(self.model.device).startswith("cuda"),
+            pin_memory=not cpu,
             worker_init_fn=functools.partial(_worker_init, niceness=niceness) if workers else None,
             prefetch_factor=2 if workers else None,
             persistent_workers=False,
