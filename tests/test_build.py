@@ -346,3 +346,48 @@ def test_cpu_decoders_take_turns_with_the_encoder(tmp_path, tiny, gated):
     # An item a worker had begun when the gate closed may finish; none begins inside a window.
     inside = [t for t in begun for a, b in windows if a + 0.03 < t < b]
     assert (not inside) if gated else inside
+
+
+_SHARER_SCRIPT = r"""
+import socket, struct, sys, time
+from multiprocessing import resource_sharer
+
+if sys.argv[1] == "worker":
+    from indexer.build.local import _worker_init
+
+    _worker_init(0)
+with open(__file__ if "__file__" in globals() else sys.executable, "rb") as f:
+    dup = resource_sharer.DupFd(f.fileno())  # starts the sharer's listener thread, as a tensor hand-off does
+address, _key = dup._id
+for reset in (False, True):
+    # The build process connects and goes away mid-handshake (SIGTERM, Ctrl-C): EOF, then a reset.
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(address)
+    if reset:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    time.sleep(0.3)
+print("served", flush=True)
+"""
+
+
+@pytest.mark.parametrize("as_worker", [True, False])
+def test_a_decode_worker_says_nothing_when_the_build_hangs_up_mid_hand_off(as_worker):
+    """A worker hands its tensors over through multiprocessing's resource sharer, a thread that reports
+    a dropped connection through ``sys.excepthook``; in a decode worker that is quiet (it printed a
+    traceback under a SIGTERM'd build in CI). The control, a plain process, shows the traceback."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _SHARER_SCRIPT, "worker" if as_worker else "plain"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "served" in done.stdout, done.stderr[-3000:]
+    if as_worker:
+        assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    else:
+        assert "resource_sharer.py" in done.stderr
+        assert any(e in done.stderr for e in ("EOFError", "ConnectionResetError", "BrokenPipeError")), done.stderr

@@ -12,7 +12,7 @@ import functools
 import logging
 import os
 import signal
-import threading
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -135,20 +135,21 @@ def _worker_init(_worker_id: int, niceness: int = 0) -> None:
     # the build process commits its work and shuts the workers down. torch's own handler would
     # re-raise it (killed by a signal), which the build process would see as a crash.
     signal.signal(signal.SIGTERM, _exit_quietly)
-    threading.excepthook = functools.partial(_quiet_sharer_hangup, threading.excepthook)
+    # The resource sharer's thread reports its errors through sys.excepthook (not threading's).
+    sys.excepthook = functools.partial(_quiet_sharer_hangup, sys.excepthook)
 
 
-def _quiet_sharer_hangup(hook: Any, args: Any) -> None:
+def _quiet_sharer_hangup(hook: Any, exc_type: type, exc: BaseException, tb: Any) -> None:
     """A worker hands its tensors to the build process through multiprocessing's resource sharer,
     a thread that serves file descriptors. When the build process stops (SIGTERM, Ctrl-C) while it
     is fetching one, that thread sees the connection reset: expected, and not worth a traceback on
     the user's terminal. Anything else goes to the usual hook."""
-    tb = args.exc_traceback
-    while tb is not None and not tb.tb_frame.f_code.co_filename.endswith("resource_sharer.py"):
-        tb = tb.tb_next
-    if tb is not None and issubclass(args.exc_type, (ConnectionError, EOFError)):
+    frame = tb
+    while frame is not None and not frame.tb_frame.f_code.co_filename.endswith("resource_sharer.py"):
+        frame = frame.tb_next
+    if frame is not None and issubclass(exc_type, (ConnectionError, EOFError)):
         return
-    hook(args)
+    hook(exc_type, exc, tb)
 
 
 def _exit_quietly(signum: int, frame: Any) -> None:
