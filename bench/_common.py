@@ -110,11 +110,12 @@ def _fmt(value: object) -> str:
 
 
 def machine() -> str:
+    """The CPU (model, bf16 capability), its cores and how busy they were, and the libraries' versions."""
     import faiss
 
     return (
-        f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
-        f"numpy {np.__version__}, faiss {faiss.__version__}"
+        f"{cpu_description()}; {platform.machine()}, {load_average()}; python {platform.python_version()}, "
+        f"numpy {np.__version__}, faiss {faiss.__version__} ({faiss.get_compile_options().strip()})"
     )
 
 

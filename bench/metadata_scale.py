@@ -163,7 +163,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     n = 200_000 if args.quick else args.rows
-    print(f"machine: {machine()}, duckdb {duckdb.__version__}; shared by other users while measured")
+    print(f"machine: {machine()}, duckdb {duckdb.__version__}")
     table = rows_table(n)
     rng = np.random.default_rng(1)
     genus_counts = table.group_by("genus").aggregate([("id", "count")]).to_pydict()

@@ -226,8 +226,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     ann_train.TWO_LEVEL_MIN_NLIST = 1
     ann_train.CODEBOOK_SAMPLE = args.codebook_sample
-    print(f"machine: {machine()}; shared by other users while measured")
+    print(f"machine: {machine()}")
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.tmp:
+        Path(args.tmp).mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.tmp))
     rows = []
     try:
