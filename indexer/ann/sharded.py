@@ -45,6 +45,7 @@ from indexer.ann.exact import TopK, f32
 from indexer.ann.io import faiss_prints_to_stderr, ondisk_data_path
 from indexer.ann.layout import ADD_CHUNK_BYTES, Layout, new_faiss_index
 from indexer.ann.train import pq_error, train_index
+from indexer.ann.tuning_set import PUSH_WORKING_BYTES
 from indexer.ann.workers import EXECUTORS, available_cores, run_tasks
 from indexer.errors import AnnError
 from indexer.store.pieces import Piece, sample_rows, split_pieces, total_rows
@@ -127,7 +128,9 @@ def build_memory(factory: str, n: int, d: int, options: ShardOptions | None = No
     shard = options.shard_rows or shard_rows_for(code, n, workers)
     # the sample in float16, its largest coarse cluster (~4x the mean) and the codebook sample in float32
     training = train * d * 2 + 4 * (train // max(1, int(nlist**0.5))) * d * 4 + CODEBOOK_SAMPLE * d * 4
-    worker = fixed + opq + 2 * shard * (code + 8) + ADD_CHUNK_BYTES
+    # a shard's codes (twice: as added and as written), one chunk of vectors, and the tuning set's
+    # exact top-k working memory for that chunk
+    worker = fixed + opq + 2 * shard * (code + 8) + ADD_CHUNK_BYTES + PUSH_WORKING_BYTES
     local = workers if options.executor == "local" else 1
     # tuning's synthetic filters keep their allowed ids (uniform 1%, 10%, 50%, three 10% regions)
     filters = int(0.91 * n * 8)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from indexer.ann.exact import TopK, f32
+from indexer.ann.exact import EXACT_CHUNK_BYTES, TopK, f32
 from indexer.ann.info import QUERY_KINDS, check_kind
 from indexer.errors import EmptyTuningSetError, TuningSetError
 
@@ -183,7 +183,15 @@ class TuningSet:
         return _TuningFilter(name, lambda block, block_ids: block @ anchor >= threshold, TopK(self.size, TUNE_K), rows)
 
     def push(self, block: np.ndarray, block_ids: np.ndarray) -> None:
-        """Fold a block of the vectors being added into every exact top-k."""
+        """Fold a block of the vectors being added into every exact top-k, a slice of the block at a
+        time so that the score matrix of every tuning query against it stays within
+        ``EXACT_CHUNK_BYTES`` (the whole 64 MiB add chunk against 1,500 queries would be 200 MB of
+        scores, several times that with the selection's temporaries, in each shard worker)."""
+        cols = push_columns(self.size)
+        for start in range(0, block.shape[0], cols):
+            self._push(block[start : start + cols], block_ids[start : start + cols])
+
+    def _push(self, block: np.ndarray, block_ids: np.ndarray) -> None:
         scores = self.queries @ block.T
         hit = self.exclude[:, None] == block_ids[None, :]
         if hit.any():
@@ -201,6 +209,16 @@ class TuningSet:
 
     def truth(self) -> np.ndarray:
         return self.top.result()[1]
+
+
+def push_columns(queries: int) -> int:
+    """How many vectors :meth:`TuningSet.push` scores at once against ``queries`` tuning queries."""
+    return max(256, EXACT_CHUNK_BYTES // (4 * max(1, queries)))
+
+
+#: What :meth:`TuningSet.push` holds at once beyond its block, in bytes: the score matrix, its
+#: negation and the selection's int64 indexes and gathered copies (about 6 score matrices).
+PUSH_WORKING_BYTES = 6 * EXACT_CHUNK_BYTES
 
 
 def _mixed(text: KindQueries, sample: KindQueries, rng: np.random.Generator) -> KindQueries:
