@@ -175,8 +175,8 @@ def test_split_pieces_and_build_memory_bound():
 
 def test_the_tuning_sets_exact_pass_works_in_bounded_slices(monkeypatch):
     """The exact top-k of every tuning query is folded in while a shard worker adds its vectors; it
-    scores the add chunk a slice at a time (scale.py measured 2.6 GB at 100K when it scored the whole
-    64 MiB chunk against 1,500 queries at once), and the result is exact search's."""
+    scores the add chunk a slice at a time (the whole 64 MiB chunk against 1,500 queries is 200 MB of
+    scores, and several times that with the selection's temporaries), and the result is exact search's."""
     import tracemalloc
 
     from indexer.ann import tuning_set
