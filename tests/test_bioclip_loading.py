@@ -19,6 +19,14 @@ from bioclip import ModelNotAvailableError, ModelSpecError, load_model
 from bioclip.loading import _architecture_name
 from bioclip.testing import TINY_MODEL_CONFIG, write_fake_hf_cache
 
+
+@pytest.fixture(autouse=True)
+def _fp32(monkeypatch):
+    """These tests compare loads of one model bit for bit; on a CPU with bf16 instructions but no
+    matrix units, ``auto`` times bf16 against fp32 and a near-tie may go either way per load."""
+    monkeypatch.setenv("BIOCLIP_CPU_BF16", "no")
+
+
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 OTHER_REVISION = "fedcba9876543210fedcba9876543210fedcba98"
 
