@@ -97,7 +97,7 @@ def main() -> int:
     ap.add_argument("--baseline", default="7a0febd", help="the commit to compare with")
     args = ap.parse_args()
 
-    from _common import cpu_description, machine
+    from _common import machine
     from test_app_fixtures import build_app_collection
 
     from bioclip.testing import write_random_model
@@ -123,9 +123,8 @@ def main() -> int:
                         times.setdefault((name, what), []).append(measure(tree, coll, drv, what, launcher))
         finally:
             drv.quit()
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print()
-        print(f"app start-up in headless Chromium; {machine()}; {cpu_description()}; load average {load:.1f}")
+        print(f"app start-up in headless Chromium; {machine()}")
         print(f"collection: 12 images, tiny random-weight model; baseline = {args.baseline}; {args.repeat} runs each")
         for what, label in (("box", "start -> usable search box"), ("page", "start -> first page of ?q=Corvidae")):
             b = statistics.median(times[("baseline", what)])

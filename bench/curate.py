@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import clustered_embeddings, cpu_description, machine, print_table  # noqa: E402
+from _common import clustered_embeddings, machine, print_table  # noqa: E402
 
 RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 
@@ -116,7 +116,7 @@ def main() -> None:
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-curate-"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {machine()}; CPU: {cpu_description()}; shared with other users: yes")
+    print(f"machine: {machine()}")
     cfg = {**TINY_MODEL_CONFIG, "embed_dim": args.dim}
     model = load_model(f"local-dir:{write_random_model(work / 'model', cfg)}", device="cpu")
     t0 = time.perf_counter()

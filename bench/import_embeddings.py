@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _common import clustered_embeddings, cpu_description, machine  # noqa: E402
+from _common import clustered_embeddings, machine  # noqa: E402
 from peak_memory import tree_pss_mb  # noqa: E402
 
 
@@ -128,7 +128,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     need = 2 * args.rows * args.dim * 2
     free = shutil.disk_usage(work).free
-    print(f"machine: {machine()}; {cpu_description()}; {platform.node()}")
+    print(f"machine: {machine()}; {platform.node()}")
     print(f"data: {args.rows:,} x {args.dim} float16, not normalised, {args.shard_rows:,} rows per shard, with ranks")
     if need > free:
         raise SystemExit(f"needs ~{need / 2**30:.1f} GiB of disk in {work}, {free / 2**30:.1f} GiB free: use --rows")

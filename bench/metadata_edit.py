@@ -24,8 +24,6 @@ baseline are counted.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -43,23 +41,6 @@ from bench._common import clustered_embeddings, latency_ms, machine, print_table
 D = 512
 CHUNK = 50_000
 TAXA = ["Corvus corax", "Pica pica", "Vulpes vulpes", "Rosa canina", "Quercus robur", "Apis mellifera"]
-
-
-def cpu_model() -> str:
-    """The CPU's model name and whether it has AVX-512 BF16 / AMX (from /proc/cpuinfo)."""
-    name, flags = platform.processor() or "?", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
-    return f"{name}, bf16 {'yes' if bf16 else 'no'}{' (AMX)' if 'amx_bf16' in flags else ''}"
 
 
 def rows(start: int, n: int, suffix: str = "") -> pa.Table:
@@ -168,7 +149,7 @@ def main() -> None:
     args = ap.parse_args()
     from indexer.store import Collection
 
-    print(f"machine: {machine()}; cpu: {cpu_model()}; load average {os.getloadavg()[0]:.1f}")
+    print(f"machine: {machine()}")
     work = Path(tempfile.mkdtemp(prefix="bench-edit-"))
     try:
         base = work / "base"

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -261,7 +260,7 @@ def run(args) -> None:
     from indexer.search.filters import Filter
     from indexer.store import Collection, is_collection
 
-    print(f"machine: {machine()}, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}")
+    print(f"machine: {machine()}, torch {torch.__version__}")
     model = load_model(MODEL, device="cpu")
     syn = Synthetic(args.n)
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-query-"))

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import platform
 import shutil
 import sys
 import tempfile
@@ -72,18 +71,6 @@ def faiss_threads(n: int) -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(before)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                flags = Path("/proc/cpuinfo").read_text()
-                bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
-                return f"{line.split(':', 1)[1].strip()} (bf16 {'yes' if bf16 else 'no'})"
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 class Data:
@@ -207,7 +194,7 @@ def build(data: Data, factory: str | None, seed: int) -> tuple[ann.AnnIndex, flo
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:
-    print(f"machine: {machine()}; {cpu_model()}; shared with other work (compare ratios, not times)")
+    print(f"machine: {machine()} (compare ratios, not times)")
     data = Data(args.n, args.d, args.queries, args.seed, workdir)
     types = candidates(args.n, args.d)
     print(f"the automatic choice's candidates at {args.n:,} x {args.d}: {', '.join(types)}")

@@ -49,16 +49,14 @@ def _probe() -> Image.Image:
 
 def test_bioclip_from_faked_hf_cache(hf_cache, tiny_model_dir, tiny_model_source):
     write_fake_hf_cache(hf_cache, "imageomics/bioclip", tiny_model_dir, revision=REVISION)
-    model = load_model(
-        "bioclip", device="cpu", precision="fp32"
-    )  # both in fp32: auto may time a near-tie differently for each
+    model = load_model("bioclip", device="cpu")
     assert model.spec.name == "bioclip"
     assert model.spec.source == "hf-hub:imageomics/bioclip"
     assert model.revision == REVISION
     assert model.describe()["revision"] == REVISION
     assert model.dimension == 64
     # The same weights as the folder it was cached from.
-    direct = load_model(tiny_model_source, device="cpu", precision="fp32")
+    direct = load_model(tiny_model_source, device="cpu")
     np.testing.assert_allclose(model.encode_images([_probe()]), direct.encode_images([_probe()]), atol=1e-6)
     # The source string and a pinned revision resolve to the same files.
     pinned = load_model(f"hf-hub:imageomics/bioclip@{REVISION}", device="cpu")

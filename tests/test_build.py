@@ -356,7 +356,7 @@ if sys.argv[1] == "worker":
     from indexer.build.local import _worker_init
 
     _worker_init(0)
-with open(__file__ if "__file__" in globals() else sys.executable, "rb") as f:
+with open(sys.executable, "rb") as f:
     dup = resource_sharer.DupFd(f.fileno())  # starts the sharer's listener thread, as a tensor hand-off does
 address, _key = dup._id
 for reset in (False, True):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from indexer.ann.exact import EXACT_CHUNK_BYTES, TopK, f32
+from indexer.ann.exact import EXACT_CHUNK_BYTES, TopK, f32, rows_per_chunk
 from indexer.ann.info import QUERY_KINDS, check_kind
 from indexer.errors import EmptyTuningSetError, TuningSetError
 
@@ -187,7 +187,7 @@ class TuningSet:
         time so that the score matrix of every tuning query against it stays within
         ``EXACT_CHUNK_BYTES`` (the whole 64 MiB add chunk against 1,500 queries would be 200 MB of
         scores, several times that with the selection's temporaries, in each shard worker)."""
-        cols = push_columns(self.size)
+        cols = rows_per_chunk(block.shape[1], self.size, EXACT_CHUNK_BYTES)
         for start in range(0, block.shape[0], cols):
             self._push(block[start : start + cols], block_ids[start : start + cols])
 
@@ -209,11 +209,6 @@ class TuningSet:
 
     def truth(self) -> np.ndarray:
         return self.top.result()[1]
-
-
-def push_columns(queries: int) -> int:
-    """How many vectors :meth:`TuningSet.push` scores at once against ``queries`` tuning queries."""
-    return max(256, EXACT_CHUNK_BYTES // (4 * max(1, queries)))
 
 
 #: What :meth:`TuningSet.push` holds at once beyond its block, in bytes: the score matrix, its
