@@ -173,6 +173,37 @@ def test_split_pieces_and_build_memory_bound():
         ShardOptions(executor="mpi")
 
 
+def test_a_pickled_piece_carries_only_its_rows(tmp_path):
+    """A shard task sent to a worker process carries its piece: a cut of a memory-mapped matrix is
+    reopened from the file there (a pickled np.memmap would be a copy of the whole matrix, 1 GB per
+    task at 1M x 512), a cut of an in-memory one copies its own rows only; both read what they name."""
+    import pickle
+
+    rows, d = 20_000, 64
+    mapped = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float16, shape=(rows, d))
+    mapped[:] = np.random.default_rng(0).standard_normal((rows, d)).astype(np.float16)
+    ids = np.arange(rows, dtype=np.int64) * 3 + 1
+    whole = mapped.nbytes + ids.nbytes
+    for source in (mapped, mapped[1000:], np.load(tmp_path / "x.npy", mmap_mode="r")[7:]):
+        base = rows - source.shape[0]
+        piece = ArrayPiece(source, ids[base:]).cut(333, 1333)
+        blob = pickle.dumps(piece)
+        assert len(blob) < 1000 * 8 + 4096  # its ids and a file name, no vectors
+        back = pickle.loads(blob)
+        assert back.rows == 1000
+        got_ids, got = next(back.read(chunk_rows=5000))
+        assert got_ids.tolist() == ids[base + 333 : base + 1333].tolist()
+        assert np.array_equal(got, mapped[base + 333 : base + 1333])
+        taken = back.take(np.array([0, 999]))
+        assert np.array_equal(taken[1], mapped[[base + 333, base + 1332]])
+    in_memory = ArrayPiece(np.asarray(mapped, dtype=np.float32), ids).cut(100, 600)
+    blob = pickle.dumps(in_memory)
+    assert 500 * d * 4 < len(blob) < whole // 10
+    back = pickle.loads(blob)
+    assert np.array_equal(next(back.read())[1], np.asarray(mapped[100:600], dtype=np.float32))
+    assert pickle.loads(pickle.dumps(ArrayPiece(mapped, ids).cut(5, 5))).rows == 0
+
+
 def test_the_tuning_sets_exact_pass_works_in_bounded_slices(monkeypatch):
     """The exact top-k of every tuning query is folded in while a shard worker adds its vectors; it
     scores the add chunk a slice at a time (the whole 64 MiB chunk against 1,500 queries is 200 MB of

@@ -3,7 +3,9 @@
 A piece names rows of one vector file (no data), so it can be sent to a worker process or a Ray
 task that reads the file itself (memory-mapped): :class:`VectorPiece` for a collection's float16
 ``seg-*.f16.npy`` files (ids ``first_id + row``, retired ids left out), :class:`ArrayPiece` for a
-matrix already in memory (vectors handed to ``build_index``; pickling copies it). Both yield
+matrix already in memory (vectors handed to ``build_index``). A pickled ArrayPiece carries only its
+own rows: those of a memory-mapped file are reopened from the file (no copy), those of an in-memory
+matrix are copied, never the whole matrix a cut was taken from. Both yield
 ``(ids int64, vectors float16/float32)`` blocks of at most ``chunk_rows`` rows, so a reader's memory
 stays at one block whatever the piece's size. :func:`split_pieces` cuts pieces into groups of at
 most a given number of rows: the shards of a sharded index build.
@@ -12,6 +14,7 @@ most a given number of rows: the shards of a sharded index build.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+import mmap
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -109,6 +112,42 @@ class ArrayPiece:
 
     def cut(self, start: int, stop: int) -> ArrayPiece:
         return replace(self, start=self.start + start, stop=self.start + stop)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Only this piece's rows travel: a shard task sent to a worker process must not carry the
+        # whole matrix its piece was cut from (a pickled np.memmap is a full in-memory copy).
+        a, b = self.start, self.start + self.rows
+        ids = np.ascontiguousarray(self.ids[a:b])
+        where = _mapped_rows(self.vectors, a, b)
+        if where is not None:
+            return _reopen_piece, (*where, ids)
+        return ArrayPiece, (np.ascontiguousarray(self.vectors[a:b]), ids)
+
+
+def _mapped_rows(vectors: Any, start: int, stop: int) -> tuple[str, int, str, tuple[int, ...]] | None:
+    """(file, byte offset, dtype, shape) of rows ``start .. stop`` of a C-contiguous np.memmap of a
+    file, or None when ``vectors`` is not one (then the rows are pickled as data)."""
+    if not isinstance(vectors, np.memmap) or not vectors.filename or not vectors.flags.c_contiguous:
+        return None
+    mm = getattr(vectors, "_mmap", None)
+    if not isinstance(mm, mmap.mmap) or vectors.ndim != 2:
+        return None
+    # np.memmap maps from the allocation-granularity boundary below its offset; a slice of it keeps
+    # the parent's ``offset``, so the file position is found from the data address within the map.
+    mapped_from = vectors.offset - vectors.offset % mmap.ALLOCATIONGRANULARITY
+    base = np.frombuffer(mm, dtype=np.uint8).ctypes.data
+    at = mapped_from + (vectors.ctypes.data - base) + start * vectors.strides[0]
+    return str(vectors.filename), int(at), vectors.dtype.str, (stop - start, *vectors.shape[1:])
+
+
+def _reopen_piece(path: str, offset: int, dtype: str, shape: tuple[int, ...], ids: np.ndarray) -> ArrayPiece:
+    if shape[0] == 0:
+        return ArrayPiece(np.empty(shape, dtype=dtype), ids)
+    try:
+        vectors = np.memmap(path, dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape)
+    except (OSError, ValueError) as exc:
+        raise CollectionError(f"cannot reopen vectors {path}: {exc}") from exc
+    return ArrayPiece(vectors, ids)
 
 
 def total_rows(pieces: Sequence[Piece]) -> int:
