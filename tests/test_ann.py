@@ -396,10 +396,57 @@ def test_float16_memmap_input(data, truth, tmp_path):
 
 def test_progress_is_reported(data, monkeypatch):
     xb, ids, _ = data
-    monkeypatch.setattr(ann_layout, "ADD_CHUNK_BYTES", 4096 * 4 * D)
+    # 4,096 rows a chunk: a float32 vector and its residual each
+    monkeypatch.setattr(ann_layout, "ADD_CHUNK_BYTES", 4096 * 8 * D)
     seen = []
     ann.build_index(xb, ids, factory="Flat", progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (N, N) and len(seen) == 5
+
+
+def test_rerank_scores_each_rows_candidates_exactly():
+    """The re-rank's best k per row from the stored vectors (float16, sparse ids) equals numpy's, for
+    rows with missing candidates (-1) at the end, in the middle and everywhere, and blocks of rows."""
+    from indexer.store.vectors import ArrayVectors
+
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((3000, 48)).astype(np.float16)
+    ids = np.arange(3000, dtype=np.int64) * 7 + 5
+    q = rng.standard_normal((40, 48)).astype(np.float32)
+    cand = np.stack([ids[rng.choice(3000, size=300, replace=False)] for _ in range(40)])  # as an index returns them
+    cand[3, 50:] = -1
+    cand[4, ::3] = -1
+    cand[5] = -1
+    cand[6, 2:] = -1  # fewer candidates than k
+    scores, found = ann_search._rerank(q, cand, 10, ArrayVectors(base, ids))
+    for r in range(40):
+        live = np.unique(cand[r][cand[r] >= 0])
+        best = live[np.argsort(-(base.astype(np.float32)[(live - 5) // 7] @ q[r]))][:10]
+        assert set(found[r][found[r] >= 0].tolist()) == set(best.tolist()), r
+        assert (found[r] >= 0).sum() == min(10, live.size)
+    assert (found[5] == -1).all() and np.isneginf(scores[5]).all() and (found[6][2:] == -1).all()
+    assert np.all(np.diff(scores[0]) <= 0)
+
+
+def test_adds_to_a_pq_index_keep_their_encoding_tables_within_the_chunk_budget(monkeypatch):
+    """A product quantizer encodes a batch through M x ksub floats per vector (32 KiB for PQ32): adding
+    a 64 MiB chunk of 32,768 vectors at 512-d took 1 GiB more memory. Add calls are sized so that the
+    vectors, their residuals and these tables stay within ADD_CHUNK_BYTES."""
+    import faiss
+
+    for factory, tables in (("IVF64,PQ32", 32 * 256 * 4), ("OPQ16,IVF64,PQ16", 16 * 256 * 4), ("IVF64,SQ8", 0)):
+        index = faiss.index_factory(512, factory, faiss.METRIC_INNER_PRODUCT)
+        rows = ann_layout.add_chunk_rows(index)
+        assert rows * (8 * 512 + tables) <= ann_layout.ADD_CHUNK_BYTES < (rows + 1) * (8 * 512 + tables)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5000, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = faiss.index_factory(64, "IVF8,PQ16x4", faiss.METRIC_INNER_PRODUCT)
+    index.train(x)
+    monkeypatch.setattr(ann_layout, "ADD_CHUNK_BYTES", 1000 * (8 * 64 + 16 * 16 * 4))
+    step = ann_layout.add_chunk_rows(index)
+    assert step == 1000
+    done = [d for d, _ in ann_layout.add_chunks(index, x, np.arange(5000))]
+    assert done == [min(5000, s) for s in range(step, 5000 + step, step)] and index.ntotal == 5000
 
 
 def test_bad_inputs_raise_named_errors(data):

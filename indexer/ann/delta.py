@@ -41,7 +41,7 @@ from indexer.ann.io import (
     read_info,
     write_sidecar,
 )
-from indexer.ann.layout import ADD_CHUNK_BYTES
+from indexer.ann.layout import add_chunk_rows
 from indexer.ann.lists import keep_lists, point_lists_at, read_lists, write_lists
 from indexer.ann.train import pq_error
 from indexer.errors import AnnError
@@ -92,8 +92,7 @@ class _Opened:
         return int(self.ivf.ntotal)
 
     def add(self, pieces: Sequence[Piece], progress: Callable[[int, int], None] | None) -> int:
-        d = int(self.index.d)
-        chunk = max(1024, ADD_CHUNK_BYTES // (4 * d))
+        chunk = add_chunk_rows(self.index)
         total, done, added = total_rows(pieces), 0, 0
         for piece in pieces:
             for ids, vecs in piece.read(chunk):

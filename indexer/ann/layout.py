@@ -17,10 +17,20 @@ import numpy as np
 from indexer.ann.exact import MiB, f32
 from indexer.errors import AnnError
 
-__all__ = ["Layout", "IdLists", "Selector", "new_faiss_index", "add_chunks", "KMEANS_NITER", "ADD_CHUNK_BYTES"]
+__all__ = [
+    "Layout",
+    "IdLists",
+    "Selector",
+    "new_faiss_index",
+    "add_chunks",
+    "add_chunk_rows",
+    "KMEANS_NITER",
+    "ADD_CHUNK_BYTES",
+]
 
 KMEANS_NITER = 20
 ADD_CHUNK_BYTES = 64 * MiB
+"""What one add call may work with: its float32 vectors and what encoding them takes (:func:`add_chunk_rows`)."""
 
 
 @dataclass
@@ -206,12 +216,33 @@ def new_faiss_index(factory: str, d: int) -> Any:
     return faiss.IndexIDMap2(index)
 
 
+def add_chunk_rows(index: Any) -> int:
+    """Rows per ``add_with_ids`` call that keep an add's working memory near ``ADD_CHUNK_BYTES``.
+
+    Per row FAISS holds the float32 vector and its residual, and a product quantizer encodes a
+    batch through a table of its distances to every sub-centroid (M x ksub floats per row: 32 KiB
+    for PQ32, so a 64 MiB chunk of 32,768 vectors at 512-d took 1 GiB more to add).
+    """
+    import faiss
+
+    d = int(index.d)
+    per_row = 8 * d
+    try:
+        coder = faiss.downcast_index(faiss.extract_index_ivf(index))
+    except RuntimeError:  # not an IVF index
+        coder = faiss.downcast_index(index)
+    pq = getattr(coder, "pq", None)
+    if pq is not None:
+        per_row += 4 * int(pq.M) * int(pq.ksub)
+    return max(256, ADD_CHUNK_BYTES // per_row)
+
+
 def add_chunks(
     index: Any, vectors: np.ndarray, ids: np.ndarray, on_chunk: Callable[[np.ndarray, np.ndarray], None] | None = None
 ):
-    """Add in float32 chunks of ~ADD_CHUNK_BYTES; yields (done, total). ``on_chunk`` sees each chunk."""
-    n, d = vectors.shape
-    step = max(1024, ADD_CHUNK_BYTES // (4 * d))
+    """Add in float32 chunks of :func:`add_chunk_rows` rows; yields (done, total). ``on_chunk`` sees each chunk."""
+    n = vectors.shape[0]
+    step = add_chunk_rows(index)
     for start in range(0, n, step):
         block = f32(vectors[start : start + step])
         block_ids = np.ascontiguousarray(ids[start : start + step])

@@ -371,22 +371,38 @@ def empty_result(m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 def _rerank(q: np.ndarray, cand: np.ndarray, k: int, lookup: VectorLookup) -> tuple[np.ndarray, np.ndarray]:
     """Exact scores for candidate ids (m, kk) from stored vectors; the best k per row.
 
-    Rows are processed in blocks so that the gathered candidate vectors stay under ~32 MiB.
+    Rows are processed in blocks so that the fetched candidate vectors stay under ~32 MiB. Each
+    block's distinct candidates are fetched once, and FAISS scores every row against its own
+    candidates in place and keeps the best k (``knn_inner_products_by_idx``): no (rows x kk, d)
+    copies of the queries or of the candidates, which cost more than the scoring itself.
     """
+    import faiss
+
     m, kk = cand.shape
     d = q.shape[1]
-    top = TopK(m, k)
+    out_s = np.full((m, k), -np.inf, dtype=np.float32)
+    out_i = np.full((m, k), -1, dtype=np.int64)
     block = max(1, EXACT_CHUNK_BYTES // (4 * d * max(1, kk)))
     for start in range(0, m, block):
         c = cand[start : start + block]
+        b = c.shape[0]
         valid = c >= 0
-        scores = np.full(c.shape, -np.inf, dtype=np.float32)
-        if valid.any():
-            uniq, inverse = np.unique(c[valid], return_inverse=True)
-            vecs = f32(lookup(uniq))
-            rows, _ = np.nonzero(valid)
-            scores[valid] = np.einsum("ij,ij->i", q[start + rows], vecs[inverse])
-        sub = TopK(c.shape[0], k)
-        sub.push(scores, c)
-        top.scores[start : start + block], top.ids[start : start + block] = sub.scores, sub.ids
-    return top.result()
+        if not valid.any():
+            continue
+        uniq, inverse = np.unique(c[valid], return_inverse=True)
+        vecs = np.ascontiguousarray(f32(lookup(uniq)))
+        pos = np.full(c.shape, -1, dtype=np.int64)
+        pos[valid] = inverse.reshape(-1)
+        if (valid[:, 1:] & ~valid[:, :-1]).any():  # FAISS stops a row at its first -1: valid ones first
+            pos = np.take_along_axis(pos, np.argsort(~valid, axis=1, kind="stable"), axis=1)
+        qb = np.ascontiguousarray(q[start : start + b], dtype=np.float32)
+        vals = np.empty((b, k), dtype=np.float32)
+        at = np.empty((b, k), dtype=np.int64)
+        faiss.knn_inner_products_by_idx(
+            faiss.swig_ptr(qb), faiss.swig_ptr(vecs), faiss.swig_ptr(pos), d, b, uniq.size, kk, k,
+            faiss.swig_ptr(vals), faiss.swig_ptr(at), kk,
+        )  # fmt: skip
+        found = at >= 0
+        out_s[start : start + b][found] = vals[found]
+        out_i[start : start + b][found] = uniq[at[found]]
+    return out_s, out_i

@@ -43,7 +43,7 @@ import numpy as np
 
 from indexer.ann.exact import TopK, f32
 from indexer.ann.io import faiss_prints_to_stderr, ondisk_data_path
-from indexer.ann.layout import ADD_CHUNK_BYTES, Layout, new_faiss_index
+from indexer.ann.layout import ADD_CHUNK_BYTES, Layout, add_chunk_rows, new_faiss_index
 from indexer.ann.train import pq_error, train_index
 from indexer.ann.tuning_set import PUSH_WORKING_BYTES
 from indexer.ann.workers import EXECUTORS, available_cores, run_tasks
@@ -128,8 +128,8 @@ def build_memory(factory: str, n: int, d: int, options: ShardOptions | None = No
     shard = options.shard_rows or shard_rows_for(code, n, workers)
     # the sample in float16, its largest coarse cluster (~4x the mean) and the codebook sample in float32
     training = train * d * 2 + 4 * (train // max(1, int(nlist**0.5))) * d * 4 + CODEBOOK_SAMPLE * d * 4
-    # a shard's codes (twice: as added and as written), one chunk of vectors, and the tuning set's
-    # exact top-k working memory for that chunk
+    # a shard's codes (twice: as added and as written), one add chunk (its vectors and their encoding,
+    # layout.add_chunk_rows), and the tuning set's exact top-k working memory for that chunk
     worker = fixed + opq + 2 * shard * (code + 8) + ADD_CHUNK_BYTES + PUSH_WORKING_BYTES
     local = workers if options.executor == "local" else 1
     # tuning's synthetic filters keep their allowed ids (uniform 1%, 10%, 50%, three 10% regions)
@@ -187,8 +187,7 @@ def _add_shard(task: _ShardTask, visitor: TuningVisitor | None) -> dict[str, Any
     t0 = time.perf_counter()
     index = faiss.read_index(task.trained)
     local = visitor.fresh() if visitor is not None else None
-    d = index.d
-    chunk = max(1024, ADD_CHUNK_BYTES // (4 * d))
+    chunk = add_chunk_rows(index)
     rows = 0
     for piece in task.pieces:
         for ids, vecs in piece.read(chunk):

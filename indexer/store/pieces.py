@@ -13,8 +13,8 @@ most a given number of rows: the shards of a sharded index build.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 import mmap
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
