@@ -95,6 +95,23 @@ def test_compressed_indexes_tune_their_rerank_depth_per_kind(data):
     assert own >= 0.93 and own > as_image + 0.03, (own, as_image)
 
 
+def test_the_rerank_depths_tuned_from_one_search_are_what_a_search_at_each_depth_returns(data):
+    """Tuning scores the candidates of the deepest re-rank once and reads every shallower depth off
+    them; each must be what a search at that depth returns (the index's top v x k is a prefix of its
+    top 256 x k)."""
+    from indexer.ann.tuning import _RerankDepths
+
+    x, ids, _ = data
+    x, ids = x[:4000], ids[:4000]
+    lookup = ArrayVectors(x, ids)
+    ann = build_index(x, ids, factory="IVF32,PQ16")
+    q = TB.text_queries(60, stream=2)
+    depths = _RerankDepths(ann, q, {"nprobe": 4}, 256, 10, lookup)
+    for v in (1, 2, 7, 40, 256):
+        direct = ann.search(q, 10, params={"nprobe": 4, "rerank": v}, vector_lookup=lookup)[1]
+        assert np.array_equal(depths.found(v), direct), v
+
+
 def test_region_filters_are_tuned_on_stored_vectors_whatever_the_tuning_queries(tuned):
     ann, _ = tuned
     for kind in ("image", "text", "mixed"):

@@ -59,3 +59,21 @@ def test_both_vector_lookups_agree_and_refuse_unknown_ids():
     for lookup in (by_segment, by_array):
         with pytest.raises(KeyError):
             lookup(np.array([1, at]))
+
+
+def test_float16_rows_convert_exactly_whatever_the_path():
+    """Lookups convert float16 rows with FAISS's float16 decoder when they are many and in order,
+    with numpy otherwise; both give numpy's cast bit for bit, specials included."""
+    from indexer.store.vectors import to_float32
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((500, 40)).astype(np.float16)
+    x[0, :4] = [np.inf, -np.inf, 65504, 6e-8]
+    for rows in (x, x[:10], x[::2]):
+        dst = np.empty(rows.shape, dtype=np.float32)
+        to_float32(rows, dst)
+        assert np.array_equal(dst, rows.astype(np.float32))
+    ids = np.arange(500, dtype=np.int64) * 2 + 9
+    look = ArrayVectors(x, ids)
+    for want in (ids, ids[::-1], ids[[3, 1, 400, 2]]):
+        assert np.array_equal(look(want), x[(want - 9) // 2].astype(np.float32))

@@ -167,6 +167,12 @@ class AnnIndex:
             return self._searcher.filtered(req, allowed[allowed >= 0], exact_ok=exact_subsets)
         return self._searcher.unfiltered(req, excluded)
 
+    def candidates(self, queries: np.ndarray, k: int, params: dict[str, int] | None = None) -> np.ndarray:
+        """The ids (m, k) an unfiltered search at ``params`` takes from FAISS before any exact
+        re-rank, best first by the index's own scores (tuning reads every re-rank depth off them)."""
+        q = f32(as_matrix(queries, self.dimension, "queries"))
+        return self._searcher.candidates(q, k, self._params(params))
+
     def search_params(self, kind: str = "image") -> dict[str, int]:
         """The parameters a search of ``kind`` queries runs with: those tuned for the kind (the image
         ones where it was not measured), with the defaults of the index type filled in."""

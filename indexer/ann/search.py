@@ -49,7 +49,7 @@ from indexer.ann.layout import IdLists, Layout, Selector
 from indexer.errors import AnnError
 from indexer.store.vectors import VectorLookup
 
-__all__ = ["Request", "Searcher", "empty_result"]
+__all__ = ["Request", "Searcher", "empty_result", "candidate_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +287,14 @@ class Searcher:
             return math.ceil(p["efSearch"] * boost) < EF_SEARCH_MAX
         return False  # flat with a selector is exact already
 
+    def candidates(self, q: np.ndarray, k: int, params: dict[str, int]) -> np.ndarray:
+        """Ids (m, k) of an unfiltered FAISS search at ``params``, in the index's (approximate) order,
+        without re-ranking or retries: a search at re-rank depth v re-scores the first v x k of them."""
+        sp, keep = self._search_parameters(params, None, 1.0)
+        ids = self.index.search(q, k, params=sp)[1]
+        del keep
+        return ids
+
     def _faiss(self, req: Request, selector: Selector, boost: float) -> tuple[np.ndarray, np.ndarray]:
         lookup = req.lookup
         rerank = req.params.get("rerank", 1) if (lookup is not None and self.layout.lossy) else 1
@@ -406,3 +414,31 @@ def _rerank(q: np.ndarray, cand: np.ndarray, k: int, lookup: VectorLookup) -> tu
         out_s[start : start + b][found] = vals[found]
         out_i[start : start + b][found] = uniq[at[found]]
     return out_s, out_i
+
+
+def candidate_scores(q: np.ndarray, cand: np.ndarray, lookup: VectorLookup) -> np.ndarray:
+    """Exact scores (m, kk) float32 of each row's candidate ids (m, kk) from stored vectors, -inf
+    where a candidate is missing (-1); in blocks, each block's distinct candidates fetched once."""
+    import faiss
+
+    m, kk = cand.shape
+    d = q.shape[1]
+    out = np.full((m, kk), -np.inf, dtype=np.float32)
+    block = max(1, EXACT_CHUNK_BYTES // (4 * d * max(1, kk)))
+    for start in range(0, m, block):
+        c = cand[start : start + block]
+        b = c.shape[0]
+        valid = c >= 0
+        if not valid.any():
+            continue
+        uniq, inverse = np.unique(c[valid], return_inverse=True)
+        vecs = np.ascontiguousarray(f32(lookup(uniq)))
+        pos = np.full(c.shape, -1, dtype=np.int64)
+        pos[valid] = inverse.reshape(-1)
+        qb = np.ascontiguousarray(q[start : start + b], dtype=np.float32)
+        got = np.empty((b, kk), dtype=np.float32)
+        sp = faiss.swig_ptr
+        faiss.fvec_inner_products_by_idx(sp(got), sp(qb), sp(vecs), sp(pos), d, b, kk)
+        got[~valid] = -np.inf  # FAISS leaves them unset (or -inf, by version)
+        out[start : start + b] = got
+    return out

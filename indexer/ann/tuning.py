@@ -7,7 +7,8 @@ the target when its mean recall minus one standard error of that mean does, so u
 that kind meet the target with ~84% rather than ~50% confidence (500 queries: one standard error
 is ~0.005). Text queries sit far from every image (CLIP's modality gap), so their neighbours spread
 over more of the index: they need their own, larger parameters, and an index tuned on image
-queries alone under-serves them.
+queries alone under-serves them. The re-rank depth is tuned from one search at the deepest depth
+tried, whose candidates are scored exactly once; every shallower depth is read off them.
 
 For IVF, ``filter_budget`` is then tuned per kind on the synthetic filters (uniform 1%, 10%, 50%;
 regions of 10% around stored vectors, judged on the queries furthest from them): the smallest
@@ -124,6 +125,13 @@ def tune(
 
         params: dict[str, int] = {}
         for knob in space.knobs:
+            if knob.name == "rerank" and lookup is not None:
+                depths = _RerankDepths(ann, queries, {**params, **knob.hold}, knob.hi, TUNE_K + score.extra, lookup)
+                value, _ = smallest(
+                    lambda v, d=depths, r=rows: score(d.found(v), truth[r], r), knob.lo, knob.hi, target
+                )
+                params[knob.name] = value
+                continue
             params[knob.name] = _tune_knob(recall, params, knob, target)
         mean, lower = recall(params)
         cost = query_cost(ann, params, queries, TUNE_K)
@@ -144,6 +152,40 @@ def tune(
             _tune_filters(ann, ts, kind, tuning, knob=space.filter_knob, target=target, lookup=lookup, score=score)
         out[kind] = tuning
     return out
+
+
+class _RerankDepths:
+    """The results of every re-rank depth from one search: the index's candidates at the deepest
+    depth ``hi`` are scored exactly once, and depth v keeps the best ``k`` of the first v x ``k`` of
+    them, the candidates a search at depth v re-scores (an index's top v x k is a prefix of its top
+    hi x k). One search and one re-scoring instead of one of each per depth tried."""
+
+    def __init__(
+        self, ann: AnnIndex, queries: np.ndarray, params: dict[str, int], hi: int, k: int, lookup: VectorLookup
+    ):
+        from indexer.ann.search import candidate_scores
+
+        self.k = k
+        self.ids = ann.candidates(queries, k * hi, params)
+        self.scores = candidate_scores(np.ascontiguousarray(queries, dtype=np.float32), self.ids, lookup)
+
+    def found(self, depth: int) -> np.ndarray:
+        """Ids (m, k) a search re-ranking ``depth`` x k candidates returns, best first (-1: none)."""
+        width = min(self.ids.shape[1], depth * self.k)
+        if depth <= 1:  # depth 1 is no re-rank: the index's own order
+            out = np.full((self.ids.shape[0], self.k), -1, dtype=np.int64)
+            out[:, :width] = self.ids[:, :width]
+            return out
+        s, ids = self.scores[:, :width], self.ids[:, :width]
+        k = min(self.k, width)
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        ps = np.take_along_axis(s, part, axis=1)
+        order = np.argsort(-ps, axis=1, kind="stable")
+        top = np.take_along_axis(np.take_along_axis(ids, part, axis=1), order, axis=1)
+        top[~np.isfinite(np.take_along_axis(ps, order, axis=1))] = -1
+        out = np.full((ids.shape[0], self.k), -1, dtype=np.int64)
+        out[:, :k] = top
+        return out
 
 
 def _tune_knob(
