@@ -127,10 +127,11 @@ def tune(
         for knob in space.knobs:
             if knob.name == "rerank" and lookup is not None:
                 depths = _RerankDepths(ann, queries, {**params, **knob.hold}, knob.hi, TUNE_K + score.extra, lookup)
-                value, _ = smallest(
-                    lambda v, d=depths, r=rows: score(d.found(v), truth[r], r), knob.lo, knob.hi, target
-                )
-                params[knob.name] = value
+
+                def at_depth(v: int, d: _RerankDepths = depths, r: np.ndarray = rows) -> tuple[float, float]:
+                    return score(d.found(v), truth[r], r)
+
+                params[knob.name] = smallest(at_depth, knob.lo, knob.hi, target)[0]
                 continue
             params[knob.name] = _tune_knob(recall, params, knob, target)
         mean, lower = recall(params)
