@@ -4,8 +4,9 @@ A piece names rows of one vector file (no data), so it can be sent to a worker p
 task that reads the file itself (memory-mapped): :class:`VectorPiece` for a collection's float16
 ``seg-*.f16.npy`` files (ids ``first_id + row``, retired ids left out), :class:`ArrayPiece` for a
 matrix already in memory (vectors handed to ``build_index``). A pickled ArrayPiece carries only its
-own rows: those of a memory-mapped file are reopened from the file (no copy), those of an in-memory
-matrix are copied, never the whole matrix a cut was taken from. Both yield
+own rows: those of a memory-mapped file are reopened from the file (no copy; like a VectorPiece's
+file, a path every worker must see), those of an in-memory matrix are copied, never the whole
+matrix a cut was taken from. Both yield
 ``(ids int64, vectors float16/float32)`` blocks of at most ``chunk_rows`` rows, so a reader's memory
 stays at one block whatever the piece's size. :func:`split_pieces` cuts pieces into groups of at
 most a given number of rows: the shards of a sharded index build.
