@@ -293,3 +293,25 @@ def test_a_collection_indexed_before_query_kinds_opens_and_reindex_retunes_it(tm
     assert all(isinstance(j["recall"][k], float) and j["recall"][k] >= 0.95 for k in ("image", "text", "mixed"))
     assert j["recall_detail"]["text"]["params"]["nprobe"] > j["recall_detail"]["image"]["params"]["nprobe"]
     assert kind_summary(j["index_info"]) == j["recall_detail"]
+
+
+def test_the_knob_search_stops_doubling_a_knob_that_no_longer_helps():
+    """The filter budget is doubled until the target is met; when recall stays flat (the codes, not
+    the budget, limit it) two flat doublings end the search with the best value seen, instead of
+    searching every budget up to the cap. Without patience, and where recall rises, nothing changes."""
+    from indexer.ann.tuning import smallest
+
+    calls: list[int] = []
+
+    def flat(v: int) -> tuple[float, float]:
+        calls.append(v)
+        return 0.90 + (0.0005 if v >= 2 else 0.0), 0.89
+
+    assert smallest(flat, 1, 64, 0.95, patience=2) == (2, 0.9005) and calls == [1, 2, 4]
+    calls.clear()
+    assert smallest(flat, 1, 64, 0.95)[0] == 2 and calls == [1, 2, 4, 8, 16, 32, 64]
+
+    def rising(v: int) -> tuple[float, float]:
+        return min(1.0, 0.5 + 0.01 * v), min(1.0, 0.5 + 0.01 * v) - 0.005
+
+    assert smallest(rising, 1, 64, 0.95, patience=2) == smallest(rising, 1, 64, 0.95) == (46, 0.96)

@@ -41,6 +41,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["KindTuning", "tune", "smallest"]
 
+FLAT_GAIN = 0.002
+"""A doubling of a knob that gains less recall than this is flat (see :func:`smallest`'s ``patience``)."""
+
 
 @dataclass
 class KindTuning:
@@ -239,7 +242,7 @@ def _tune_filters(
         }
         return min(seen[budget].values(), key=lambda v: v[1], default=(1.0, 1.0))
 
-    value, _ = smallest(worst, knob.lo, knob.hi, target)
+    value, _ = smallest(worst, knob.lo, knob.hi, target, patience=2)
     tuning.params[knob.name] = value
     tuning.filtered_recall = {name: round(v[0], 4) for name, v in seen.get(value, {}).items()}
     low = [name for name, v in seen.get(value, {}).items() if v[1] < target]
@@ -263,10 +266,14 @@ def _drop_own(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def smallest(evaluate: Callable[[int], tuple[float, float]], lo: int, hi: int, target: float) -> tuple[int, float]:
+def smallest(
+    evaluate: Callable[[int], tuple[float, float]], lo: int, hi: int, target: float, *, patience: int | None = None
+) -> tuple[int, float]:
     """Smallest integer v in [lo, hi] whose evaluate(v) = (value, lower bound) has lower bound >= target,
     assuming (near) monotonicity: doubling from lo, then bisection. Returns (v, value). When none
-    reaches the target: the v with the best value (the smallest such v)."""
+    reaches the target: the v with the best value (the smallest such v). ``patience``: stop doubling
+    once that many doublings in a row gained less than ``FLAT_GAIN`` over the best value so far (a
+    knob that no longer helps, such as the filter budget when the codes limit recall)."""
     seen: dict[int, tuple[float, float]] = {}
 
     def ok(v: int) -> bool:
@@ -275,7 +282,13 @@ def smallest(evaluate: Callable[[int], tuple[float, float]], lo: int, hi: int, t
         return seen[v][1] >= target
 
     v = lo
+    top, flat = -math.inf, 0
     while not ok(v) and v < hi:
+        if patience is not None:
+            flat = flat + 1 if seen[v][0] < top + FLAT_GAIN else 0
+            top = max(top, seen[v][0])
+            if flat >= patience:
+                break
         v = min(hi, v * 2)
     if not ok(v):
         best = max(seen, key=lambda key: (seen[key][0], -key))
