@@ -39,6 +39,7 @@ import dataclasses
 import logging
 import math
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -379,55 +380,58 @@ def empty_result(m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 def _rerank(q: np.ndarray, cand: np.ndarray, k: int, lookup: VectorLookup) -> tuple[np.ndarray, np.ndarray]:
     """Exact scores for candidate ids (m, kk) from stored vectors; the best k per row.
 
-    Rows are processed in blocks so that the fetched candidate vectors stay under ~32 MiB. Each
-    block's distinct candidates are fetched once, and FAISS scores every row against its own
-    candidates in place and keeps the best k (``knn_inner_products_by_idx``): no (rows x kk, d)
-    copies of the queries or of the candidates, which cost more than the scoring itself.
+    FAISS scores every row against its own candidates in place and keeps the best k
+    (``knn_inner_products_by_idx``): no (rows x kk, d) copies of the queries or of the candidates,
+    which cost more than the scoring itself.
     """
     import faiss
 
     m, kk = cand.shape
-    d = q.shape[1]
     out_s = np.full((m, k), -np.inf, dtype=np.float32)
     out_i = np.full((m, k), -1, dtype=np.int64)
-    block = max(1, EXACT_CHUNK_BYTES // (4 * d * max(1, kk)))
-    for start in range(0, m, block):
-        c = cand[start : start + block]
-        b = c.shape[0]
-        valid = c >= 0
-        if not valid.any():
-            continue
-        uniq, inverse = np.unique(c[valid], return_inverse=True)
-        vecs = np.ascontiguousarray(f32(lookup(uniq)))
-        pos = np.full(c.shape, -1, dtype=np.int64)
-        pos[valid] = inverse.reshape(-1)
+    for rows, valid, uniq, vecs, pos, qb in _candidate_blocks(q, cand, lookup):
         if (valid[:, 1:] & ~valid[:, :-1]).any():  # FAISS stops a row at its first -1: valid ones first
             pos = np.take_along_axis(pos, np.argsort(~valid, axis=1, kind="stable"), axis=1)
-        qb = np.ascontiguousarray(q[start : start + b], dtype=np.float32)
+        b = qb.shape[0]
         vals = np.empty((b, k), dtype=np.float32)
         at = np.empty((b, k), dtype=np.int64)
         faiss.knn_inner_products_by_idx(
-            faiss.swig_ptr(qb), faiss.swig_ptr(vecs), faiss.swig_ptr(pos), d, b, uniq.size, kk, k,
+            faiss.swig_ptr(qb), faiss.swig_ptr(vecs), faiss.swig_ptr(pos), qb.shape[1], b, uniq.size, kk, k,
             faiss.swig_ptr(vals), faiss.swig_ptr(at), kk,
         )  # fmt: skip
         found = at >= 0
-        out_s[start : start + b][found] = vals[found]
-        out_i[start : start + b][found] = uniq[at[found]]
+        out_s[rows][found] = vals[found]
+        out_i[rows][found] = uniq[at[found]]
     return out_s, out_i
 
 
 def candidate_scores(q: np.ndarray, cand: np.ndarray, lookup: VectorLookup) -> np.ndarray:
     """Exact scores (m, kk) float32 of each row's candidate ids (m, kk) from stored vectors, -inf
-    where a candidate is missing (-1); in blocks, each block's distinct candidates fetched once."""
+    where a candidate is missing (-1)."""
     import faiss
 
     m, kk = cand.shape
-    d = q.shape[1]
     out = np.full((m, kk), -np.inf, dtype=np.float32)
-    block = max(1, EXACT_CHUNK_BYTES // (4 * d * max(1, kk)))
+    for rows, valid, _uniq, vecs, pos, qb in _candidate_blocks(q, cand, lookup):
+        got = np.empty((qb.shape[0], kk), dtype=np.float32)
+        sp = faiss.swig_ptr
+        faiss.fvec_inner_products_by_idx(sp(got), sp(qb), sp(vecs), sp(pos), qb.shape[1], qb.shape[0], kk)
+        got[~valid] = -np.inf  # FAISS leaves them unset (or -inf, by version)
+        out[rows] = got
+    return out
+
+
+def _candidate_blocks(
+    q: np.ndarray, cand: np.ndarray, lookup: VectorLookup
+) -> Iterator[tuple[slice, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """The rows of ``cand`` (m, kk) in blocks whose fetched candidate vectors stay under ~32 MiB,
+    each as (rows, valid (b, kk), its distinct ids, their float32 vectors, every candidate's row in
+    those vectors (-1: missing), the block's float32 queries); blocks without candidates are skipped."""
+    m, kk = cand.shape
+    block = max(1, EXACT_CHUNK_BYTES // (4 * q.shape[1] * max(1, kk)))
     for start in range(0, m, block):
-        c = cand[start : start + block]
-        b = c.shape[0]
+        rows = slice(start, min(m, start + block))
+        c = cand[rows]
         valid = c >= 0
         if not valid.any():
             continue
@@ -435,10 +439,4 @@ def candidate_scores(q: np.ndarray, cand: np.ndarray, lookup: VectorLookup) -> n
         vecs = np.ascontiguousarray(f32(lookup(uniq)))
         pos = np.full(c.shape, -1, dtype=np.int64)
         pos[valid] = inverse.reshape(-1)
-        qb = np.ascontiguousarray(q[start : start + b], dtype=np.float32)
-        got = np.empty((b, kk), dtype=np.float32)
-        sp = faiss.swig_ptr
-        faiss.fvec_inner_products_by_idx(sp(got), sp(qb), sp(vecs), sp(pos), d, b, kk)
-        got[~valid] = -np.inf  # FAISS leaves them unset (or -inf, by version)
-        out[start : start + b] = got
-    return out
+        yield rows, valid, uniq, vecs, pos, np.ascontiguousarray(q[rows], dtype=np.float32)

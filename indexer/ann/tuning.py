@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from indexer.ann.exact import recall_per_query
+from indexer.ann.exact import TopK, recall_per_query
 from indexer.ann.info import QUERY_KINDS
 from indexer.ann.params import LATENCY_BUDGET_FLOATS, Knob, param_space, query_cost
 from indexer.ann.tuning_set import TUNE_K, TuningSet
@@ -180,16 +180,9 @@ class _RerankDepths:
             out = np.full((self.ids.shape[0], self.k), -1, dtype=np.int64)
             out[:, :width] = self.ids[:, :width]
             return out
-        s, ids = self.scores[:, :width], self.ids[:, :width]
-        k = min(self.k, width)
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        ps = np.take_along_axis(s, part, axis=1)
-        order = np.argsort(-ps, axis=1, kind="stable")
-        top = np.take_along_axis(np.take_along_axis(ids, part, axis=1), order, axis=1)
-        top[~np.isfinite(np.take_along_axis(ps, order, axis=1))] = -1
-        out = np.full((ids.shape[0], self.k), -1, dtype=np.int64)
-        out[:, :k] = top
-        return out
+        top = TopK(self.ids.shape[0], self.k)
+        top.push(self.scores[:, :width], self.ids[:, :width])
+        return top.result()[1]
 
 
 def _tune_knob(
