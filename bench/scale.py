@@ -5,10 +5,10 @@
 
 For each dimension and size: n image vectors (float16, memory-mapped, as a collection stores them)
 from the modality-gap testbed (``indexer.ann.testbed``: species-like clusters, text vectors with
-CLIP's modality gap; without it, bench/_common.py's clustered images and image queries only), an
-index chosen for a budget of ``--bytes-per-vector`` x n (the per-vector budget of 100M images in
-~13 GB: IVF with PQ codes and exact re-ranking from the stored vectors) and built by
-``indexer.ann.ondisk.build_ondisk_index`` from shards in ``--workers`` processes. Reported:
+CLIP's modality gap), an index chosen for a budget of ``--bytes-per-vector`` x n (the per-vector
+budget of 100M images in ~13 GB: IVF with PQ codes and exact re-ranking from the stored vectors)
+and built by ``indexer.ann.ondisk.build_ondisk_index`` from shards in ``--workers`` processes.
+Reported:
 
   - build time, peak build memory (anonymous memory of this process and its shard workers, as
     proportional set size so that pages a forked worker shares with its parent count once, sampled
@@ -26,12 +26,12 @@ index chosen for a budget of ``--bytes-per-vector`` x n (the per-vector budget o
     extrapolates to 100M and 1B.
 
 The coarse quantizer is an HNSW32 graph at every size (as the automatic choice has from 16,384
-lists on, i.e. at 10M+), so assigning vectors to lists is not what a small n measures. The codes
-are PQ with 16-dimension sub-vectors (``--pq-subdim``: PQ32 at 512-d, PQ48 at 768-d; 40-56 bytes a
-vector with its id), re-ranked exactly. Training is always two-level k-means and the codebooks are
-trained on ``--codebook-sample`` vectors (the library's defaults: two-level from 8,192 lists,
-65,536 codebook vectors): on this machine's FAISS build (no AVX2 kernels load) and shared cores,
-flat k-means over 4,096 lists at 1M, or PQ64 codebooks on 65,536 vectors, take hours.
+lists on, i.e. at 10M+), so assigning vectors to lists is not what a small n measures. The codes are
+the automatic choice's for the budget (PQ64 at 512-d and PQ96 at 768-d for 128 bytes a vector: the
+largest PQ with sub-vectors of at least 8 dimensions that fits), re-ranked exactly; ``--pq-subdim S``
+forces PQ{d/S} instead (16: PQ32 at 512-d, the code size that misses the text-query target at 1M).
+Training is always two-level k-means and the codebooks are trained on ``--codebook-sample`` vectors
+(the library's default, 65,536).
 Everything is seeded. ``--quick``: 20K and 60K at 512-d, 100 queries, to check the script.
 """
 
@@ -53,7 +53,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import clustered_embeddings, index_ram_mib, latency_ms, machine, print_table  # noqa: E402
+from _common import index_ram_mib, latency_ms, machine, print_table  # noqa: E402
 
 from indexer.ann import exact_search, recall_at_k  # noqa: E402
 from indexer.ann import train as ann_train  # noqa: E402
@@ -61,6 +61,7 @@ from indexer.ann.choice import choose_index, ivf_nlist  # noqa: E402
 from indexer.ann.io import ondisk_data_path  # noqa: E402
 from indexer.ann.ondisk import build_ondisk_index  # noqa: E402
 from indexer.ann.sharded import ShardOptions, build_memory  # noqa: E402
+from indexer.ann.testbed import ModalityGapTestbed  # noqa: E402
 from indexer.store.pieces import ArrayPiece  # noqa: E402
 from indexer.store.vectors import ArrayVectors  # noqa: E402
 
@@ -115,12 +116,6 @@ class PeakSampler:
 def make_data(n: int, d: int, m: int, folder: Path):
     """(float16 memmap (n, d), species or None, {kind: queries}, testbed or None)."""
     vecs = np.lib.format.open_memmap(folder / f"x{n}_{d}.npy", mode="w+", dtype=np.float16, shape=(n, d))
-    try:
-        from indexer.ann.testbed import ModalityGapTestbed
-    except ImportError:  # before issue 12's testbed is on main: images only
-        clustered_embeddings(n, d, seed=0, out=vecs)
-        q = clustered_embeddings(m, d, seed=1)
-        return vecs, None, {"image": q}, None
     tb = ModalityGapTestbed(d=d, n_species=max(50, n // 1000), seed=0)
     _, species = tb.images(n, out=vecs)
     images, _ = tb.images(m, stream=1)
@@ -160,7 +155,8 @@ def one(n: int, d: int, args: argparse.Namespace, folder: Path) -> dict:
     head = factory.split(",", 1)[0] if factory.startswith("IVF") else f"IVF{ivf_nlist(n)}"
     if "_HNSW" not in head:  # the coarse quantizer of the 10M+ choice, at every size measured
         head = f"{head}_HNSW32"
-    factory = f"{head},PQ{d // args.pq_subdim}"
+    code = factory.split(",")[1] if factory.startswith("IVF") else f"PQ{d // 8}"
+    factory = f"{head},{f'PQ{d // args.pq_subdim}' if args.pq_subdim else code}"
     opts = ShardOptions(executor="local", workers=args.workers)
     bound = build_memory(factory, n, d, opts)
     lookup = ArrayVectors(vecs, ids)
@@ -222,8 +218,8 @@ def main() -> None:
     ap.add_argument("--dims", default="512,768")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--bytes-per-vector", type=int, default=128, help="memory budget per vector (picks nlist)")
-    ap.add_argument("--pq-subdim", type=int, default=16, help="dimensions per PQ sub-vector (PQ{d/this})")
-    ap.add_argument("--codebook-sample", type=int, default=16_384)
+    ap.add_argument("--pq-subdim", type=int, default=0, help="force PQ{d/this} (default: the automatic choice's code)")
+    ap.add_argument("--codebook-sample", type=int, default=ann_train.CODEBOOK_SAMPLE)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--json", default=None, help="also write the rows here, one JSON object per line")

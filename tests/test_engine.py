@@ -15,6 +15,7 @@ from indexer.errors import QueryError
 from indexer.search.engine import SearchEngine
 from indexer.search.filters import Filter
 from indexer.search.query import Grouping, Query, Term, parse_term
+from indexer.search.state import ROW_ORDER
 from indexer.store import Collection
 
 AVES = ("Animalia", "Chordata", "Aves")
@@ -395,3 +396,40 @@ def test_browse_lists_filtered_images_in_id_order(engine):
     r = engine.browse({"country": "Sweden"}, k=5, offset=2)
     assert [h.id for h in r.hits] == [10, 14, 18, 22, 26] and r.candidates == N // 4 and r.has_more
     assert engine.browse(k=3).candidates == N
+
+
+def test_the_served_metadata_is_compressed_sorted_by_taxonomy_and_filtered_exactly(tmp_path, model):
+    """The engine's table lives in a compressed in-memory database, rows in taxonomy order; a
+    case-blind filter on a rank compares the stored spellings exactly, and a generation that adds
+    a new spelling or a new genus is filtered with its own lists of values."""
+    path = tmp_path / "col"
+    c = Collection.create(path, model.describe(), dimension=model.dimension)
+    vecs = unit(np.random.default_rng(2).standard_normal((60, model.dimension)))
+    with c.writer() as w:
+        w.add(rows_for(0, 30), vecs[:30])
+        w.commit()
+    engine = SearchEngine.open(path, model=model, refresh_interval=None)
+    state = engine._served()
+    cur = state.cursor()
+    assert cur.execute("SELECT current_database()").fetchall() == [("meta",)]
+    cols = ", ".join(f'"{c}"' for c in ROW_ORDER)
+    got = cur.execute(f"SELECT {cols} FROM images").fetchall()
+    key = [tuple("\uffff" if v is None else v for v in r) for r in got]  # nulls last
+    assert key == sorted(key) and len(key) == 30
+    sql, params, _ = state.filter_sql(Filter.where("genus", "=", "CORVUS"))
+    assert "lower(" not in sql and params == ["Corvus"]
+    corvus = [i for i in range(30) if (TAXA[4] if i % 9 == 0 else TAXA[i % len(TAXA)])[5] == "Corvus"]
+    assert list(engine.selected_ids({"genus": "corvus"})) == corvus
+    assert list(engine.selected_ids({"taxon": "Corvus corax"})) == [i for i in corvus if i % 6 == 0 and i % 9]
+    extra = rows_for(30, 30)
+    genus = extra.column("genus").to_pylist()
+    genus[0], genus[1] = "CORVUS", "Nucifraga"  # another spelling of a listed value, and a new value
+    extra = extra.set_column(extra.schema.get_field_index("genus"), "genus", pa.array(genus))
+    with c.writer() as w:
+        w.add(extra, vecs[30:])
+        w.commit()
+    assert engine.refresh()
+    assert list(engine.selected_ids({"genus": "Corvus"})) == sorted(
+        corvus + [30] + [i for i in range(32, 60) if genus[i - 30] == "Corvus"]
+    )
+    assert list(engine.selected_ids({"genus": "nucifraga"})) == [31]

@@ -14,6 +14,7 @@ from indexer.dwc import fold, install_fold
 from indexer.errors import FilterError
 from indexer.search.filters import Condition, Filter, available_fields, parse_where
 from indexer.search.taxonomy import Taxonomy
+from indexer.search.values import ColumnValues
 from indexer.store.schema import arrow_schema
 
 ROWS = [
@@ -143,8 +144,8 @@ def taxonomy(con):
     return Taxonomy.from_connection(con)
 
 
-def ids(con, flt, taxonomy=None):
-    sql, params, notices = Filter.coerce(flt).to_sql(EXTRA_KEYS, taxonomy)
+def ids(con, flt, taxonomy=None, values=None):
+    sql, params, notices = Filter.coerce(flt).to_sql(EXTRA_KEYS, taxonomy, values)
     got = sorted(r[0] for r in con.execute(f"SELECT id FROM images WHERE {sql}", params).fetchall())
     return got, notices
 
@@ -195,8 +196,31 @@ def ids(con, flt, taxonomy=None):
         (["id<2"], [0, 1]),
     ],
 )
-def test_where_filters_select_exactly_the_matching_rows(con, where, expected):
-    assert ids(con, parse_where(where))[0] == expected
+@pytest.mark.parametrize("listed", [False, True], ids=["row-wise", "listed-values"])
+def test_where_filters_select_exactly_the_matching_rows(con, where, expected, listed):
+    # listed: case-blind equality on a listed column compares the stored spellings exactly
+    values = ColumnValues(con.cursor) if listed else None
+    assert ids(con, parse_where(where), values=values)[0] == expected
+
+
+def test_listed_values_turn_folded_equality_into_exact_comparisons(con, taxonomy, monkeypatch):
+    values = ColumnValues(con.cursor)
+    sql, params, _ = Filter.where("genus", "=", "CORVUS").to_sql(EXTRA_KEYS, None, values)
+    assert sql == '("genus" IN (?))' and params == ["Corvus"]
+    sql, params, _ = Filter.where("institutionCode", "!=", "nhm").to_sql(EXTRA_KEYS, None, values)
+    assert "lower(" not in sql and params == ["NHM"]
+    sql, params, _ = Filter.where("genus", "=", "Nonexistus").to_sql(EXTRA_KEYS, None, values)
+    assert sql == "(FALSE)" and params == []
+    sql, _, _ = Filter.taxon("Corvus corax").to_sql(EXTRA_KEYS, taxonomy, values)
+    assert '"genus" IN (?)' in sql and '"specificEpithet" IN (?)' in sql
+    assert ids(con, {"taxon": "Corvus corax"}, taxonomy, values)[0] == [0, 4]
+    # a column with more distinct values than are listed keeps the row-wise form
+    monkeypatch.setattr("indexer.search.values.MAX_VALUES", 1)
+    sql, _, _ = Filter.where("genus", "=", "corvus").to_sql(EXTRA_KEYS, None, ColumnValues(con.cursor))
+    assert 'lower("genus")' in sql
+    # catalogNumber is not a listed column: always row-wise
+    sql, _, _ = Filter.where("catalogNumber", "=", "x").to_sql(EXTRA_KEYS, None, values)
+    assert "lower(" in sql
 
 
 def test_sql_in_values_leaves_the_table_alone(con):
@@ -217,14 +241,18 @@ def test_random_text_values_round_trip(con):
     values = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(60)]
     c.execute(
         "CREATE TABLE images AS SELECT id, locality, CASE WHEN strlen(locality) > length(locality) "
-        'THEN bioclip_fold(locality) END AS "_fold_locality" '
+        'THEN bioclip_fold(locality) END AS "_fold_locality", locality AS "stateProvince", '
+        'CASE WHEN strlen(locality) > length(locality) THEN bioclip_fold(locality) END AS "_fold_stateProvince" '
         "FROM (SELECT unnest(range(60)) AS id, unnest($v) AS locality)",
         {"v": values},
     )
+    listed = ColumnValues(c.cursor)  # stateProvince is a listed column: compared exactly
     for v in values:
-        sql, params, _ = Filter.where("locality", "=", v).to_sql()
-        got = {r[0] for r in c.execute(f"SELECT id FROM images WHERE {sql}", params).fetchall()}
-        assert got == {j for j, w in enumerate(values) if fold(w) == fold(v)}, v
+        for column in ("locality", "stateProvince"):
+            sql, params, _ = Filter.where(column, "=", v).to_sql((), None, listed)
+            assert ("lower(" in sql) == (column == "locality")
+            got = {r[0] for r in c.execute(f"SELECT id FROM images WHERE {sql}", params).fetchall()}
+            assert got == {j for j, w in enumerate(values) if fold(w) == fold(v)}, (column, v)
         sql, params, _ = Filter.contains("locality", v).to_sql()
         got = {r[0] for r in c.execute(f"SELECT id FROM images WHERE {sql}", params).fetchall()}
         assert got == {j for j, w in enumerate(values) if fold(v) in fold(w)}, v
@@ -314,17 +342,19 @@ def test_parse_where(item, cond):
     assert parse_where([item]).conditions == (cond,)
 
 
-def test_taxon_filters_select_everything_below(con, taxonomy):
-    assert ids(con, {"taxon": "Corvidae"}, taxonomy)[0] == [0, 1, 2, 4]
-    assert ids(con, {"taxon": "corvus"}, taxonomy)[0] == [0, 1, 4]  # genus, any case
-    assert ids(con, {"taxon": "Corvus corax"}, taxonomy)[0] == [0, 4]  # row 4 has only a scientific name
-    assert ids(con, {"taxon": "common raven"}, taxonomy)[0] == [0, 4]  # vernacular
-    assert ids(con, {"taxon": "Aves"}, taxonomy)[0] == [0, 1, 2, 4]
-    assert ids(con, {"taxon": ["Felidae", "Rosa"]}, taxonomy)[0] == [3, 5]
-    assert ids(con, ["taxon!=Corvidae"], taxonomy)[0] == [3, 5]
-    got, notices = ids(con, {"taxon": "Nonexistus"}, taxonomy)
+@pytest.mark.parametrize("listed", [False, True], ids=["row-wise", "listed-values"])
+def test_taxon_filters_select_everything_below(con, taxonomy, listed):
+    v = ColumnValues(con.cursor) if listed else None
+    assert ids(con, {"taxon": "Corvidae"}, taxonomy, v)[0] == [0, 1, 2, 4]
+    assert ids(con, {"taxon": "corvus"}, taxonomy, v)[0] == [0, 1, 4]  # genus, any case
+    assert ids(con, {"taxon": "Corvus corax"}, taxonomy, v)[0] == [0, 4]  # row 4 has only a scientific name
+    assert ids(con, {"taxon": "common raven"}, taxonomy, v)[0] == [0, 4]  # vernacular
+    assert ids(con, {"taxon": "Aves"}, taxonomy, v)[0] == [0, 1, 2, 4]
+    assert ids(con, {"taxon": ["Felidae", "Rosa"]}, taxonomy, v)[0] == [3, 5]
+    assert ids(con, ["taxon!=Corvidae"], taxonomy, v)[0] == [3, 5]
+    got, notices = ids(con, {"taxon": "Nonexistus"}, taxonomy, v)
     assert got == [] and "does not occur in this collection" in notices[0]
-    got, notices = ids(con, {"taxon": "Corvus coraxx"}, taxonomy)
+    got, notices = ids(con, {"taxon": "Corvus coraxx"}, taxonomy, v)
     assert got == [] and "did you mean Corvus corax?" in notices[0]
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from indexer.dwc import canonical_basis, canonical_license, canonical_rank, resolve_country
 from indexer.errors import FilterError
 from indexer.search.taxonomy import taxa_filter_sql
+from indexer.search.values import ColumnValues, exact_in
 from indexer.store.schema import (
     ALL_COLUMNS,
     COLUMN_TYPES,
@@ -48,12 +49,17 @@ _CANONICAL = {"basisOfRecord": canonical_basis, "license": canonical_license, "t
 
 
 def compile_conditions(
-    conditions: Sequence[Condition], extra_keys: Iterable[str] = (), taxonomy: Taxonomy | None = None
+    conditions: Sequence[Condition],
+    extra_keys: Iterable[str] = (),
+    taxonomy: Taxonomy | None = None,
+    values: ColumnValues | None = None,
 ) -> tuple[str, list, list[str]]:
     """(SQL condition over the ``images`` relation, parameters, notices for the user).
 
     ``extra_keys`` are the collection's extra JSON keys; ``taxonomy`` resolves ``taxon`` values
-    (without it they are matched by name against the rank columns). Raises :class:`FilterError`
+    (without it they are matched by name against the rank columns); ``values`` (the relation's
+    listed column values, :mod:`indexer.search.values`) turns case-blind equality on a listed
+    column into an exact comparison with the stored spellings that match (same rows). Raises :class:`FilterError`
     for an unknown field, an operator the field does not take, or a value of the wrong type. The
     condition is ``TRUE`` for no conditions. Text is compared case- and accent-blind through the
     ``bioclip_fold`` macro (:func:`indexer.dwc.install_fold` defines it on the connection).
@@ -72,14 +78,14 @@ def compile_conditions(
     for (field_key, op), conds in groups.items():
         kind, name = field_key.split(":", 1)
         if kind == "special" and name == "taxon":
-            sql, p, n = _taxon_sql(op, conds, taxonomy)
+            sql, p, n = _taxon_sql(op, conds, taxonomy, values)
             notices.extend(n)
         elif kind == "special":
             sql, p = _coords_sql(op, conds)
         elif kind == "column" and name in ("country", "countryCode") and op in ("=", "!="):
-            sql, p = _country_sql(name, op, conds)
+            sql, p = _country_sql(name, op, conds, values)
         elif kind == "column":
-            sql, p = _column_sql(name, COLUMN_TYPES.get(name, "VARCHAR"), op, conds)
+            sql, p = _column_sql(name, COLUMN_TYPES.get(name, "VARCHAR"), op, conds, values=values)
         elif kind == "verbatim":
             sql, p = _extra_sql(name, op, conds, "verbatim")
         else:
@@ -217,8 +223,16 @@ def _text_of(name: str) -> str:
     return f"lower({col})"
 
 
-def _column_sql(name: str, typ: str, op: str, conds: Sequence[Condition], text: str | None = None) -> tuple[str, list]:
+def _column_sql(
+    name: str,
+    typ: str,
+    op: str,
+    conds: Sequence[Condition],
+    text: str | None = None,
+    values: ColumnValues | None = None,
+) -> tuple[str, list]:
     """``name`` is a column, or (with ``text``: the SQL of its folded text) any text expression."""
+    listed = values if text is None and typ == "VARCHAR" else None
     expr = quote_ident(name) if text is None else name
     text = text or _text_of(name)
     fname = conds[0].field
@@ -243,25 +257,27 @@ def _column_sql(name: str, typ: str, op: str, conds: Sequence[Condition], text: 
     if canonical is not None:
         # "HUMAN_OBSERVATION" also finds rows stored as "HumanObservation" (and the other way round)
         vals = list(dict.fromkeys(vals + [c for c in map(canonical, vals) if c]))
-    if op == "=":
-        if numeric:
-            return f"{expr} IN ({', '.join('?' for _ in vals)})", vals
-        return f"{text} IN ({', '.join('bioclip_fold(?)' for _ in vals)})", vals
-    if op == "!=":
-        if numeric:
-            return f"{expr} IS NULL OR {expr} NOT IN ({', '.join('?' for _ in vals)})", vals
-        return f"{expr} IS NULL OR {text} NOT IN ({', '.join('bioclip_fold(?)' for _ in vals)})", vals
+    if op in ("=", "!=") and numeric:
+        marks = ", ".join("?" for _ in vals)
+        return (f"{expr} IN ({marks})" if op == "=" else f"{expr} IS NULL OR {expr} NOT IN ({marks})"), vals
+    if op in ("=", "!="):
+        match = f"{text} IN ({', '.join('bioclip_fold(?)' for _ in vals)})"
+        exact = exact_in(name, match, vals, listed)
+        sql, params = exact if exact is not None else (match, vals)
+        return (sql if op == "=" else f"{expr} IS NULL OR NOT ({sql})"), params
     raise FilterError(f"operator {op!r} is not supported on {fname}")  # pragma: no cover
 
 
-def _country_sql(name: str, op: str, conds: Sequence[Condition]) -> tuple[str, list]:
+def _country_sql(name: str, op: str, conds: Sequence[Condition], values: ColumnValues | None) -> tuple[str, list]:
     """``country`` / ``countryCode`` = a name or a code, in any spelling (``USA``, ``United States``,
     ``US``): rows whose code is that country's, and rows whose text (a country that did not
     resolve at ingest) is the value itself."""
     vals = [_convert(v, "VARCHAR", conds[0].field) for v in _values(conds)]
     codes = sorted({c.code for c in map(resolve_country, vals) if c is not None and c.code})
-    parts = [f"{_text_of(name)} IN ({', '.join('bioclip_fold(?)' for _ in vals)})"]
-    params: list = list(vals)
+    match = f"{_text_of(name)} IN ({', '.join('bioclip_fold(?)' for _ in vals)})"
+    exact = exact_in(name, match, list(vals), values)
+    first, params = exact if exact is not None else (match, list(vals))
+    parts = [first]
     if codes:
         parts.append(f'"countryCode" IN ({", ".join("?" for _ in codes)})')
         params += codes
@@ -346,7 +362,9 @@ def _as_bool(v: Any) -> bool:
     raise FilterError(f"has_coordinates needs true or false, got {v!r}")
 
 
-def _taxon_sql(op: str, conds: Sequence[Condition], taxonomy: Taxonomy | None) -> tuple[str, list, list[str]]:
+def _taxon_sql(
+    op: str, conds: Sequence[Condition], taxonomy: Taxonomy | None, values: ColumnValues | None = None
+) -> tuple[str, list, list[str]]:
     if op not in ("=", "!="):
         raise FilterError("taxon takes = (or a set of names) and !=; use a rank column (genus~corv) for text matching")
     ors, params, notices = [], [], []
@@ -374,7 +392,7 @@ def _taxon_sql(op: str, conds: Sequence[Condition], taxonomy: Taxonomy | None) -
             )
         found += matches
     if found:
-        sql, p = taxa_filter_sql(found)
+        sql, p = taxa_filter_sql(found, values)
         ors.append(sql)
         params += p
     inner = " OR ".join(f"({c})" for c in ors) or "FALSE"

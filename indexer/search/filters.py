@@ -53,6 +53,7 @@ from indexer.search.filter_sql import SPECIAL_FIELDS, available_fields, compile_
 
 if TYPE_CHECKING:  # pragma: no cover
     from indexer.search.taxonomy import Taxonomy
+    from indexer.search.values import ColumnValues
 
 __all__ = ["Condition", "Filter", "parse_where", "available_fields", "OPS", "SPECIAL_FIELDS"]
 
@@ -241,10 +242,12 @@ class Filter:
 
     # -- SQL -------------------------------------------------------------------------------
 
-    def to_sql(self, extra_keys: Iterable[str] = (), taxonomy: Taxonomy | None = None) -> tuple[str, list, list[str]]:
+    def to_sql(
+        self, extra_keys: Iterable[str] = (), taxonomy: Taxonomy | None = None, values: ColumnValues | None = None
+    ) -> tuple[str, list, list[str]]:
         """(SQL condition over the ``images`` relation, parameters, notices for the user); see
         :func:`indexer.search.filter_sql.compile_conditions`."""
-        return compile_conditions(self.conditions, extra_keys, taxonomy)
+        return compile_conditions(self.conditions, extra_keys, taxonomy, values)
 
 
 # -- resolution ----------------------------------------------------------------------------

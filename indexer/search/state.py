@@ -22,13 +22,22 @@ from indexer.dwc import install_fold, lift_from_extra, normalise_query
 from indexer.errors import FilterError
 from indexer.search.filters import Filter
 from indexer.search.taxonomy import Taxonomy
+from indexer.search.values import ColumnValues
 from indexer.store import Collection, Snapshot
 from indexer.store.generations import SegmentInfo
 from indexer.store.ids import member
 from indexer.store.replacements import Replacement, find_replacement
-from indexer.store.schema import DERIVED_COLUMNS, quote_ident
+from indexer.store.schema import DERIVED_COLUMNS, RANK_COLUMNS, quote_ident
 
-__all__ = ["ServedState", "StateOptions", "load_state", "FILTER_CACHE_BYTES"]
+__all__ = [
+    "ServedState",
+    "StateOptions",
+    "load_state",
+    "connect_metadata",
+    "metadata_cursor",
+    "compact_images",
+    "FILTER_CACHE_BYTES",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +111,7 @@ class ServedState:
         self.filters = _IdCache(self.filter_cache_bytes)
         self.index_excluded = self._index_excluded()
         self._taxonomy: Taxonomy | None = None
+        self.values = ColumnValues(self.cursor)
         self._lock = threading.Lock()
 
     def _index_excluded(self) -> np.ndarray | None:
@@ -119,8 +129,9 @@ class ServedState:
         return self.snapshot.generation
 
     def cursor(self) -> Any:
-        """A cursor of the state's connection (one per thread: DuckDB connections are not shared)."""
-        return self.con.cursor()
+        """A cursor of the state's connection (one per thread: DuckDB connections are not shared),
+        on the compressed metadata database."""
+        return metadata_cursor(self.con)
 
     def taxonomy(self) -> Taxonomy:
         with self._lock:
@@ -149,7 +160,7 @@ class ServedState:
         """(SQL condition, parameters, notices) of ``flt`` for this collection."""
         # The taxonomy (one GROUP BY over the collection) is built only when a filter needs it.
         needs_taxonomy = any(c.field.strip().lower() == "taxon" for c in flt.conditions)
-        return flt.to_sql(self.generation.extra_keys, self.taxonomy() if needs_taxonomy else None)
+        return flt.to_sql(self.generation.extra_keys, self.taxonomy() if needs_taxonomy else None, self.values)
 
     def execute(self, sql: str, params: list | None = None) -> list[tuple]:
         """Rows of a read-only query over ``images`` / ``failures``; a value DuckDB cannot compare is
@@ -174,9 +185,9 @@ class ServedState:
             ids = np.asarray(rel.fetchnumpy()["id"], dtype=np.int64)
         except duckdb.Error as exc:
             raise FilterError(f"cannot apply the filters: {str(exc).splitlines()[0]}") from None
-        # Ids are unique (one row per id) and usually come back in table order, i.e. sorted; a
-        # parallel scan may interleave them. np.sort, not np.unique: numpy's hash-based unique is
-        # far slower on large arrays.
+        # Ids are unique (one row per id) and come back in table order (by taxonomy, see ROW_ORDER),
+        # sorted within a taxon. np.sort, not np.unique: numpy's hash-based unique is far slower on
+        # large arrays.
         if ids.size > 1 and not bool((ids[1:] > ids[:-1]).all()):
             ids = np.sort(ids, kind="stable")
         ids.flags.writeable = False
@@ -196,6 +207,44 @@ class ServedState:
 
 
 _DERIVED = ", ".join(quote_ident(c) for c in DERIVED_COLUMNS)
+
+#: The in-memory database holding ``images``: compressed (DuckDB compresses its row groups as a
+#: database file's: dictionary, FSST, RLE and bit-packing), about a ninth of the plain in-memory
+#: table's memory for Darwin Core rows (``bench/metadata_scale.py``).
+METADATA_DB = "meta"
+
+#: The order of the served table's rows: by taxonomy, so that the rows of one taxon are a few
+#: row groups (a filter on a rank skips the others by their min/max, and repeated names compress
+#: to runs), then by id.
+ROW_ORDER: tuple[str, ...] = (*RANK_COLUMNS, "scientificName", "id")
+
+
+def connect_metadata() -> Any:
+    """A DuckDB connection whose default database is a compressed in-memory one (``METADATA_DB``),
+    with ``bioclip_fold`` defined there."""
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    con.execute(f"ATTACH ':memory:' AS {METADATA_DB} (COMPRESS)")
+    con.execute(f"USE {METADATA_DB}")
+    install_fold(con)
+    return con
+
+
+def metadata_cursor(con: Any) -> Any:
+    # A cursor starts on the connection's first database, not the one the connection USEs.
+    cur = con.cursor()
+    cur.execute(f"USE {METADATA_DB}")
+    return cur
+
+
+def compact_images(con: Any) -> None:
+    """Rewrite ``images`` in :data:`ROW_ORDER` and compress it (a checkpoint of the in-memory
+    database). Run once a load has inserted everything; incremental inserts append after it."""
+    present = {r[0] for r in con.execute("DESCRIBE images").fetchall()}
+    order = ", ".join(quote_ident(c) for c in ROW_ORDER if c in present)
+    con.execute(f"CREATE OR REPLACE TABLE images AS SELECT * FROM images ORDER BY {order}")
+    con.execute(f"CHECKPOINT {METADATA_DB}")
 
 
 def load_state(collection: Collection, number: int, previous: ServedState | None, options: StateOptions) -> ServedState:
@@ -276,7 +325,7 @@ def _metadata(snap: Snapshot, previous: ServedState | None) -> Any:
         new_upds = [n for n in gen.updates if n not in previous.update_files]
         new_dels = [n for n in gen.deletes if n not in previous.delete_files]
         if new_segs or new_upds or new_dels:
-            cur = con.cursor()
+            cur = metadata_cursor(con)
             cur.execute("BEGIN TRANSACTION")
             try:
                 if new_segs:
@@ -291,16 +340,12 @@ def _metadata(snap: Snapshot, previous: ServedState | None) -> Any:
                 cur.execute("ROLLBACK")
                 raise
         return con
-    import duckdb
-
-    con = duckdb.connect(":memory:")
-    install_fold(con)
+    con = connect_metadata()
     con.execute(f"CREATE TABLE images AS {snap.images_sql([])}")
     _insert_rows(con, snap, list(gen.segments), live=True)
     if gen.updates:
         _apply_updates(con, snap, list(gen.updates))
-        # In id order again (superseding rows went to the end): lookups skip what they need not read.
-        con.execute("CREATE OR REPLACE TABLE images AS SELECT * FROM images ORDER BY id")
+    compact_images(con)
     con.execute(f"CREATE VIEW failures AS {snap.failures_sql()}")
     # An ART index on id turns the metadata join of a page of hits into index lookups (a scan of
     # the id column otherwise); DuckDB keeps it up to date through the incremental inserts and
@@ -311,7 +356,7 @@ def _metadata(snap: Snapshot, previous: ServedState | None) -> Any:
 
 def _apply_updates(con: Any, snap: Snapshot, numbers: list[int]) -> None:
     """Replace the rows of ``images`` superseded in the update files ``numbers`` by their newest
-    superseding rows (of ids still live), keeping the table in id order where it was."""
+    superseding rows (of ids still live), appended in id order."""
     con.execute(f"CREATE TEMP TABLE _superseding AS {snap.updates_sql(numbers)}")
     try:
         con.execute("DELETE FROM images WHERE id IN (SELECT id FROM _superseding)")
