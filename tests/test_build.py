@@ -391,3 +391,36 @@ def test_a_decode_worker_says_nothing_when_the_build_hangs_up_mid_hand_off(as_wo
     else:
         assert "resource_sharer.py" in done.stderr
         assert any(e in done.stderr for e in ("EOFError", "ConnectionResetError", "BrokenPipeError")), done.stderr
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_device_jpeg_decoding_indexes_the_same_images_as_cpu_decoding(tmp_path, model, workers):
+    """--gpu-decode: the workers hand plain JPEGs on undecoded and the build process decodes them
+    in batches on the model's device (here the CPU: torchvision's batch decode, the same code path
+    as nvJPEG); PNGs, EXIF-rotated JPEGs and broken files go through the CPU decoder as always."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, size in enumerate([(640, 480), (300, 500), (400, 400)]):
+        picture(200 + i, size).save(folder / f"photo_{i}.jpg", quality=92)
+    picture(203, (500, 350)).save(folder / "progressive.jpg", quality=90, progressive=True)
+    picture(204, (256, 300)).save(folder / "drawing.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    picture(205, (480, 320)).save(folder / "rotated.jpg", quality=92, exif=exif.tobytes())
+    (folder / "truncated.jpg").write_bytes(_jpeg_bytes()[:600])
+    (folder / "notes.jpg").write_text("field notes, not a picture\n")
+    cpu = _build(tmp_path / "cpu", folder, model, workers=workers, build_index=False)
+    dev = _build(tmp_path / "dev", folder, model, workers=workers, gpu_decode=True, build_index=False)
+    assert cpu.decoded_on_device == 0
+    assert dev.decoded_on_device == 4  # the three plain JPEGs and the progressive one
+    assert dev.encoded == cpu.encoded == 6
+    assert dev.failed_by_reason == cpu.failed_by_reason == {"truncated": 1, "not-an-image": 1}
+    a, b = _stored(tmp_path / "cpu"), _stored(tmp_path / "dev")
+    assert a.keys() == b.keys()
+    for loc in a:
+        # Resized by torchvision on the device instead of PIL: the same picture, not the same bits.
+        assert float(a[loc] @ b[loc]) > 0.98, loc
+    rows = dict(
+        Collection.open(tmp_path / "dev").snapshot().connect().execute("SELECT location, width FROM images").fetchall()
+    )
+    assert rows[str(folder / "photo_1.jpg")] == 300 and rows[str(folder / "rotated.jpg")] == 320

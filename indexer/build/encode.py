@@ -37,6 +37,7 @@ class Results:
     failed: list[dict[str, Any]]
     tensors: Any = None
     vectors: np.ndarray | None = None
+    decoded_on_device: int = 0  # of ``ok``, how many the device's JPEG decoder decoded
 
     @property
     def count(self) -> int:
@@ -48,6 +49,7 @@ def commit_results(run: BuildRun, model: Any, results: Results) -> None:
     or encoded) and commit when a unit of work is complete."""
     writer, report, committer = run.writer, run.report, run.committer
     chunk, ok, failed = results.table, results.ok, results.failed
+    report.decoded_on_device += results.decoded_on_device
     if failed:
         record_item_failures(run, chunk, [(r["i"], r["stage"], r["reason"], r.get("detail", "")) for r in failed])
     if not ok:

@@ -42,5 +42,13 @@ def make_executor(run: BuildRun, model: Any, device: str) -> Executor:
         return RayExecutor(
             run.writer.collection.model, options, model, batch_size, None if device == "auto" else device
         )
-    settings = ItemSettings(model.transform, model.preprocess_config.draft_size, options.max_pixels, options.max_bytes)
-    return LocalExecutor(model, settings, batch_size, workers)
+    on_device = options.gpu_decode if options.gpu_decode is not None else str(model.device).startswith("cuda")
+    settings = ItemSettings(
+        model.transform, model.preprocess_config.draft_size, options.max_pixels, options.max_bytes, on_device
+    )
+    decoder = None
+    if on_device:
+        from indexer.media.batch_decode import BatchDecoder
+
+        decoder = BatchDecoder(model.preprocess_config, str(model.device), max_pixels=options.max_pixels)
+    return LocalExecutor(model, settings, batch_size, workers, decoder=decoder)

@@ -105,10 +105,13 @@ class _ItemDataset:
 
 
 def _collate(records: list[dict]) -> tuple[Any, list[dict], list[dict]]:
+    """(the decoded tensors stacked, in order, or None; ok records; failed records). An ok record
+    that carries ``data`` (a JPEG left for the device's decoder) has no row in the stack."""
     import torch
 
-    ok = [r for r in records if r["tensor"] is not None]
-    batch = torch.stack([r.pop("tensor") for r in ok]) if ok else None
+    ok = [r for r in records if r["tensor"] is not None or "data" in r]
+    decoded = [r["tensor"] for r in ok if r["tensor"] is not None]
+    batch = torch.stack(decoded) if decoded else None
     for r in records:
         r.pop("tensor", None)
     return batch, ok, [r for r in records if "reason" in r]
@@ -171,13 +174,19 @@ class _LoaderCrash(Exception):
 @dataclass(frozen=True)
 class LocalExecutor:
     """Decode in ``workers`` processes (0: in this one), ``batch_size`` images per yielded batch,
-    tensors left for the build to encode with its model."""
+    tensors left for the build to encode with its model.
+
+    With a ``decoder`` (and ``settings.device_jpeg``), the workers read, hash and decode everything
+    but plain JPEGs, whose bytes they hand on; this process decodes those in one call per batch on
+    the decoder's device (nvJPEG on CUDA) and resizes them there.
+    """
 
     model: Any
     settings: ItemSettings
     batch_size: int
     workers: int
     gate_decoding: bool = True  # CPU: decoders and encoder take turns (see _loader); False: they overlap
+    decoder: Any = None  # an indexer.media.batch_decode.BatchDecoder, or None
 
     def run(self, pieces: Iterable[WorkPiece]) -> Iterator[Results]:
         for piece in pieces:
@@ -191,10 +200,11 @@ class LocalExecutor:
             done: list[int] = []
             try:
                 for batch, ok, failed in self._loader(piece, remaining):
+                    batch, ok, failed, on_device = self._decode_on_device(batch, ok, failed)
                     for r in ok + failed:
                         r["i"] = remaining[r["i"]]
                         done.append(r["i"])
-                    yield Results(piece.table, ok, failed, tensors=batch)
+                    yield Results(piece.table, ok, failed, tensors=batch, decoded_on_device=on_device)
                 remaining = []
             except _LoaderCrash as crash:
                 crashes += 1
@@ -210,6 +220,30 @@ class LocalExecutor:
                     yield Results(piece.table, [], [crashed])
                     crashes = 0
                 log.warning("a decode worker died (%s); continuing with %d items", crash, len(remaining))
+
+    def _decode_on_device(
+        self, batch: Any, ok: list[dict], failed: list[dict]
+    ) -> tuple[Any, list[dict], list[dict], int]:
+        """Decode the JPEGs the workers handed on (``data`` records) with :attr:`decoder` and merge
+        them with the workers' tensors, in order; a file neither decoder reads becomes a failure."""
+        jpegs = [j for j, r in enumerate(ok) if "data" in r]
+        if not jpegs:
+            return batch, ok, failed, 0
+        import torch
+
+        got = self.decoder.decode([ok[j].pop("data") for j in jpegs])
+        on_device = {jpegs[pos]: got.tensors[k] for k, pos in enumerate(got.rows)}
+        bad = {jpegs[pos]: exc for pos, exc in got.failures.items()}
+        decoded = iter(batch.to(self.decoder.device, non_blocking=True)) if batch is not None else iter(())
+        rows, keep, failed = [], [], list(failed)
+        for j, r in enumerate(ok):
+            if j in bad:
+                exc = bad[j]
+                failed.append({"i": r["i"], "stage": exc.stage, "reason": exc.reason, "detail": exc.detail})
+                continue
+            rows.append(on_device[j] if j in on_device else next(decoded))
+            keep.append(r)
+        return (torch.stack(rows) if rows else None), keep, failed, got.on_gpu
 
     def _loader(self, piece: WorkPiece, positions: list[int]) -> Iterator[tuple[Any, list[dict], list[dict]]]:
         """Yield (tensor batch, ok records, failed records) with record["i"] indexing ``positions``."""

@@ -33,6 +33,7 @@ class BuildOptions:
     commit_seconds: float = 60.0  # or this many seconds, whichever comes first
     max_pixels: int | None = None  # None: indexer.media.decode.DEFAULT_MAX_PIXELS
     max_bytes: int = 512 * 1024 * 1024  # a file larger than this is a failure
+    gpu_decode: bool | None = None  # JPEGs decoded on the model's device (nvJPEG); None: on a CUDA device
     prune: bool = False  # retire images whose files are gone from the sources
     retry_failed: bool = False  # retry every recorded failure, not only transient ones
     rehash: bool = False  # read every unchanged-looking local file: a new content hash means changed
@@ -67,6 +68,7 @@ class BuildReport:
     alternative_locations: int = 0  # images read from an alternative URL (Audubon Core) because the first failed
     seconds: float = 0.0
     encode_seconds: float = 0.0
+    decoded_on_device: int = 0  # images whose JPEG the model's device decoded (gpu_decode)
     precision: str | None = None  # the model's precision, when the build loaded it (None: nothing to encode)
     generation: int = 0
     images: int = 0

@@ -29,7 +29,7 @@ import numpy as np
 from indexer.errors import DecodeError
 from indexer.media.decode import decode_image
 
-__all__ = ["BatchDecoder", "DecodedBatch", "gpu_decodable"]
+__all__ = ["BatchDecoder", "DecodedBatch", "gpu_decodable", "jpeg_size"]
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +40,27 @@ _EXIF_ORIENTATION = 0x0112
 def gpu_decodable(data: bytes, max_pixels: int | None = None) -> bool:
     """Whether nvJPEG can decode ``data`` as it should look: a JPEG (read from its header only)
     in RGB/YCbCr or greyscale, with no EXIF rotation to apply, of at most ``max_pixels``."""
+    return jpeg_size(data, max_pixels) is not None
+
+
+def jpeg_size(data: bytes, max_pixels: int | None = None) -> tuple[int, int] | None:
+    """(width, height) of ``data`` when :func:`gpu_decodable` holds for it (read from the header
+    only), else None."""
     if not data.startswith(_JPEG_SOI):
-        return False
+        return None
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.format != "JPEG" or im.mode not in ("RGB", "L"):
-                return False
+                return None
             if max_pixels is not None and im.width * im.height > max_pixels:
-                return False
-            return int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1) == 1
+                return None
+            if int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1) != 1:
+                return None
+            return im.width, im.height
     except Exception:  # an unreadable header: the CPU path says why
-        return False
+        return None
 
 
 @dataclass

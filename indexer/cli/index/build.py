@@ -115,6 +115,12 @@ __all__ = ["command", "format_report"]
     help="Larger images are recorded as failures (default 400 MP).",
 )
 @click.option(
+    "--gpu-decode/--cpu-decode",
+    default=None,
+    help="Decode plain JPEGs in batches on the model's device (nvJPEG) and resize them there; other formats and "
+    "files it rejects are decoded on the CPU (default: on a CUDA device).",
+)
+@click.option(
     "--follow-symlinks",
     is_flag=True,
     help="Follow symbolic links that lead outside a source folder (by default they are counted and skipped; "
@@ -161,6 +167,7 @@ def command(
     commit_every,
     commit_seconds,
     max_pixels,
+    gpu_decode,
     follow_symlinks,
     prune,
     retry_failed,
@@ -204,6 +211,7 @@ def command(
         commit_every=commit_every,
         commit_seconds=commit_seconds,
         max_pixels=max_pixels,
+        gpu_decode=gpu_decode,
         prune=prune,
         retry_failed=retry_failed,
         rehash=rehash,
