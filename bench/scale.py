@@ -179,16 +179,17 @@ def one(n: int, d: int, args: argparse.Namespace, folder: Path) -> dict:
     }  # fmt: skip
     for kind, q in queries.items():
         truth = exact_search(vecs, ids, q, 10)[1]
-        kp = ann.info.params_for(kind)  # each kind searched with its own tuned parameters, as the engine does
-        found = ann.search(q, 10, vector_lookup=lookup, params=kp)[1]
+        # each kind searched with its own tuned parameters, as the engine does
+        found = ann.search(q, 10, vector_lookup=lookup, kind=kind)[1]
         p50, p99 = latency_ms(
-            lambda i, q=q, p=kp: ann.search(q[i % len(q)], 10, vector_lookup=lookup, params=p),
+            lambda i, q=q, kind=kind: ann.search(q[i % len(q)], 10, vector_lookup=lookup, kind=kind),
             len(q),
         )
         row[f"{kind}_recall"] = round(recall_at_k(found, truth, 10), 4)
         row[f"{kind}_p50_ms"], row[f"{kind}_p99_ms"] = round(p50, 2), round(p99, 2)
     rng = np.random.default_rng(5)
-    q = queries.get("text", queries["image"])
+    qkind = "text" if "text" in queries else "image"
+    q = queries[qkind]
     for p in (0.001, 0.01):
         cases = {"uniform": np.sort(rng.choice(n, size=max(10, int(p * n)), replace=False)),
                  "taxon": taxon_filter(species, p, n, rng)}  # fmt: skip
@@ -197,9 +198,12 @@ def one(n: int, d: int, args: argparse.Namespace, folder: Path) -> dict:
                 continue
             allowed = ids[rows]
             truth = exact_search(vecs, ids, q, 10, allowed_ids=allowed)[1]
-            found = ann.search(q, 10, allowed_ids=allowed, vector_lookup=lookup)[1]
+            found = ann.search(q, 10, allowed_ids=allowed, vector_lookup=lookup, kind=qkind)[1]
             p50, _ = latency_ms(
-                lambda i, allowed=allowed: ann.search(q[i % len(q)], 10, allowed_ids=allowed, vector_lookup=lookup), 50
+                lambda i, allowed=allowed: ann.search(
+                    q[i % len(q)], 10, allowed_ids=allowed, vector_lookup=lookup, kind=qkind
+                ),
+                50,
             )
             row[f"filter_{name}_{p:.1%}_recall"] = round(recall_at_k(found, truth, 10), 4)
             row[f"filter_{name}_{p:.1%}_p50_ms"] = round(p50, 2)
