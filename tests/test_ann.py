@@ -469,3 +469,31 @@ def test_bad_inputs_raise_named_errors(data):
         index.search(xq[:, :10], K)
     with pytest.raises(AnnError, match="float32"):
         index.search(xq.astype(np.float64), K)
+
+
+def test_an_hnsw_coarse_quantizer_searches_deep_enough_for_the_lists_probed(monkeypatch):
+    """An HNSW coarse quantizer searches with efSearch scaled to nprobe, not the graph's own (here
+    16): probing 256 of 1,024 lists finds what the 256 lists nearest by exact search hold."""
+    import faiss
+
+    rng = np.random.default_rng(3)
+    xb = rng.standard_normal((40_000, 32)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    q = rng.standard_normal((40, 32)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    ids = np.arange(xb.shape[0], dtype=np.int64)
+    index = ann.build_index(xb, ids, factory="IVF1024_HNSW32,Flat")
+    ivf = faiss.extract_index_ivf(index.faiss_index)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    quantizer.hnsw.efSearch = 16
+    truth = ann.exact_search(xb, ids, q, 10)[1]
+    centroids = faiss.downcast_index(quantizer.storage).reconstruct_n(0, ivf.nlist)
+    dis, lists = faiss.knn(q, centroids, 256, metric=faiss.METRIC_INNER_PRODUCT)
+    ivf.nprobe = 256
+    reference = ann.recall_at_k(ivf.search_preassigned(q, 10, lists, dis)[1], truth, 10)
+    deep = ann.recall_at_k(index.search(q, 10, params={"nprobe": 256})[1], truth, 10)
+    assert deep >= reference - 0.01
+    monkeypatch.setattr(ann_search, "QUANTIZER_EF_MIN", 16)
+    monkeypatch.setattr(ann_search, "QUANTIZER_EF_PER_PROBE", 0)  # the graph's own efSearch, as before
+    shallow = ann.recall_at_k(index.search(q, 10, params={"nprobe": 256})[1], truth, 10)
+    assert shallow < deep - 0.05
