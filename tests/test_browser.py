@@ -308,7 +308,10 @@ def test_the_curators_views_in_chromium(server, driver, artifacts):
         wait_for_text(drv, "Result 1 of 12")
         wait_idle(drv)
         first_detail = drv.current_url
-        drv.find_element(By.TAG_NAME, "h3").click()  # focus on the page, not in an input
+        heading = drv.find_element(By.TAG_NAME, "h3")
+        # into the middle of the window first: at the top, Streamlit's fixed header covers it
+        drv.execute_script("arguments[0].scrollIntoView({block: 'center'})", heading)
+        heading.click()  # focus on the page, not in an input
         ActionChains(drv).send_keys(Keys.ARROW_RIGHT).perform()
         wait_for_text(drv, "Result 2 of 12")
         wait_idle(drv)
