@@ -151,7 +151,7 @@ def one(n: int, d: int, args: argparse.Namespace, folder: Path) -> dict:
     vecs, species, queries, tb = make_data(n, d, args.queries, folder)
     ids = np.arange(n, dtype=np.int64) * 3 + 1
     gen_s = time.perf_counter() - t0
-    factory = choose_index(n, d, args.bytes_per_vector * n)
+    factory = choose_index(n, d, args.bytes_per_vector * n, ondisk=True)
     head = factory.split(",", 1)[0] if factory.startswith("IVF") else f"IVF{ivf_nlist(n)}"
     if "_HNSW" not in head:  # the coarse quantizer of the 10M+ choice, at every size measured
         head = f"{head}_HNSW32"

@@ -130,8 +130,15 @@ def test_recall_at_k_ignores_padding():
 def test_choose_index_by_size_and_budget():
     assert ann.choose_index(N, D) == "Flat"
     assert ann.choose_index(50_000, 512) == "Flat"
-    assert ann.choose_index(1_000_000, 512) == "IVF4096,Flat"
-    assert ann.choose_index(1_000_000, 512, memory_budget=600 * 2**20) == "IVF4096,SQ8"
+    # in memory: fast-scan PQ (4-bit residual codes, two dimensions each) re-ranked exactly
+    assert ann.choose_index(1_000_000, 512) == "IVF4096,PQ256x4fsr"
+    assert ann.choose_index(1_000_000, 768) == "IVF4096,PQ384x4fsr"
+    per, total = ann_choice.estimate("IVF4096,PQ256x4fsr", 1_000_000, 512)
+    assert per == 128 + 8 and 136e6 < total < 160e6
+    # on disk (no fast-scan lists there): float32 lists while they fit, then SQ8
+    assert ann.choose_index(1_000_000, 512, ondisk=True) == "IVF4096,Flat"
+    assert ann.choose_index(1_000_000, 512, memory_budget=600 * 2**20, ondisk=True) == "IVF4096,SQ8"
+    assert ann.choose_index(1_000_000, 512, memory_budget=100 * 2**20).endswith(",PQ64")
     big = ann.choose_index(100_000_000, 512, memory_budget=8 * 2**30)
     assert big.startswith("IVF32768_HNSW32,PQ"), big
     assert ann_choice.estimate(big, 100_000_000, 512)[1] <= 8 * 2**30

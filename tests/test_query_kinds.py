@@ -95,6 +95,31 @@ def test_compressed_indexes_tune_their_rerank_depth_per_kind(data):
     assert own >= 0.93 and own > as_image + 0.03, (own, as_image)
 
 
+def test_the_automatic_fast_scan_index_reaches_the_target_per_kind_with_exact_re_ranking(data, monkeypatch):
+    """Scaled down so that the automatic choice is approximate (exact search up to 2**18 floats, no
+    exact fallback): it picks fast-scan PQ over the inverted lists, and held-out image and text
+    queries reach the target through the exact re-rank from the stored vectors, unfiltered and in
+    one family."""
+    x, ids, species = data
+    monkeypatch.setattr(ann_choice, "EXACT_MAX_SCAN_FLOATS", 2**18)
+    monkeypatch.setattr(ann_choice, "EXACT_FALLBACK_MAX_FLOATS", 2**18)
+    ann = build_index(x, ids, tuning_queries={"text": TB.text_queries(400, stream=0)})
+    assert ann.factory == f"IVF{ann_choice.ivf_nlist(N)},PQ{D // 2}x4fsr" and ann.needs_vector_lookup
+    assert all(entry["met"] for entry in ann.info.kinds.values()), ann.info.kinds
+    lookup = ArrayVectors(x, ids)
+    family = TB.taxon_of(species, "family")
+    rows = np.flatnonzero(family == np.bincount(family).argmax())
+    for kind, q in {"text": TB.text_queries(300, stream=1), "image": TB.images(300, stream=1)[0]}.items():
+        truth = exact_search(x, ids, q, 10)[1]
+        got = recall_at_k(ann.search(q, 10, kind=kind, vector_lookup=lookup)[1], truth, 10)
+        assert got >= 0.94, (kind, got)  # the target, within the sampling error of 300 queries
+        truth = exact_search(x[rows], ids[rows], q, 10)[1]
+        got = recall_at_k(ann.search(q, 10, kind=kind, allowed_ids=ids[rows], vector_lookup=lookup)[1], truth, 10)
+        assert got >= 0.94, (kind, "one family", got)
+    text, image = ann.info.kinds["text"]["params"], ann.info.kinds["image"]["params"]
+    assert text["nprobe"] > image["nprobe"]
+
+
 def test_the_rerank_depths_tuned_from_one_search_are_what_a_search_at_each_depth_returns(data):
     """Tuning scores the candidates of the deepest re-rank once and reads every shallower depth off
     them; each must be what a search at that depth returns (the index's top v x k is a prefix of its
@@ -138,11 +163,12 @@ def test_an_empty_tuning_set_is_an_error(data, tmp_path):
 
 def test_a_kind_that_misses_within_the_latency_budget_is_said_and_the_automatic_choice_avoids_it(data, monkeypatch):
     """At this size, scaled down: exact search is the last resort while n * d <= 2**22, and the
-    latency budget is a tenth of an exact search; IVF cannot reach the target under it."""
+    latency budget is a twentieth of an exact search; the automatic IVF index (fast-scan codes,
+    re-ranked) cannot reach the text target under it."""
     x, ids, _ = data
     monkeypatch.setattr(ann_choice, "EXACT_MAX_SCAN_FLOATS", 2**18)
     monkeypatch.setattr(ann_choice, "EXACT_FALLBACK_MAX_FLOATS", 2**22)
-    monkeypatch.setattr(ann_params, "LATENCY_BUDGET_FLOATS", N * D / 10)
+    monkeypatch.setattr(ann_params, "LATENCY_BUDGET_FLOATS", N * D / 20)
     assert ann_choice.candidates(N, D)[-1] == "Flat"
     ann = build_index(x, ids, tuning_queries={"text": TB.text_queries(300, stream=0)})
     assert ann.factory == "Flat"

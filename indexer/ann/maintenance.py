@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from indexer.ann.build import build_index
-from indexer.ann.choice import choose_index, fits_incremental, ivf_nlist
+from indexer.ann.choice import choose_index, fits_incremental, is_fast_scan, ivf_nlist
 from indexer.ann.delta import extend_ondisk, fold_ondisk
 from indexer.ann.index import AnnIndex
 from indexer.ann.io import is_ondisk
@@ -186,7 +186,7 @@ def ondisk_factory(factory: str | None, n: int, d: int, memory_budget: int | Non
     """The factory of an on-disk index: ``factory``, else the automatic choice, which must be IVF
     (exact ``Flat``, chosen for small collections, becomes ``IVF{nlist},Flat``; from
     ``ONDISK_MIN_ROWS`` on it has at least ``ONDISK_MIN_NLIST`` lists and an HNSW quantizer)."""
-    chosen = factory or choose_index(n, d, memory_budget)
+    chosen = factory or choose_index(n, d, memory_budget, ondisk=True)
     if chosen == "Flat" and factory is None:
         chosen = f"IVF{ivf_nlist(n)},Flat"
     if factory is None and n >= ONDISK_MIN_ROWS:
@@ -195,6 +195,11 @@ def ondisk_factory(factory: str | None, n: int, d: int, memory_budget: int | Non
         nlist = int(head[3:].split("_")[0])
         if nlist < ONDISK_MIN_NLIST:
             chosen = f"IVF{ONDISK_MIN_NLIST}_HNSW32,{code}"
+    if is_fast_scan(chosen):
+        raise AnnError(
+            f"an on-disk index cannot hold fast-scan codes ({chosen!r}): FAISS keeps them in its own blocked "
+            "lists; use an 8-bit PQ code such as PQ64 instead"
+        )
     if not any(part.startswith("IVF") for part in chosen.split(",")) or "Refine" in chosen or chosen.endswith("RFlat"):
         raise AnnError(f"an on-disk index must be an IVF index without an in-index refine, not {chosen!r}")
     return chosen

@@ -16,8 +16,8 @@ Cost (:func:`query_cost`) is measured in floats read per query, the unit of the 
 ``LATENCY_BUDGET_FLOATS``: the same 2**25 floats an exact search may scan
 (:data:`indexer.ann.choice.EXACT_MAX_SCAN_FLOATS`, ~5 ms on one core). An IVF query reads the
 centroids (nlist x d), then its probed lists (d floats per vector for Flat and SQ8 codes, m bytes
-for PQm), then the re-ranked candidates (d each); an HNSW query reads d floats per distance it
-computes (FAISS's own count). Parameters that reach the target only above the budget are reported
+for PQm, m/2 for 4-bit fast-scan PQm), then the re-ranked candidates (d each); an HNSW query reads
+d floats per distance it computes (FAISS's own count). Parameters that reach the target only above the budget are reported
 as missing it: such an index gives away what it is for, being no faster than exact search.
 """
 
