@@ -163,12 +163,14 @@ def test_an_empty_tuning_set_is_an_error(data, tmp_path):
 
 def test_a_kind_that_misses_within_the_latency_budget_is_said_and_the_automatic_choice_avoids_it(data, monkeypatch):
     """At this size, scaled down: exact search is the last resort while n * d <= 2**22, and the
-    latency budget is a twentieth of an exact search; the automatic IVF index (fast-scan codes,
-    re-ranked) cannot reach the text target under it."""
+    latency budget is a tenth of an exact search; without fast-scan codes (as at an odd dimension)
+    the automatic IVF index (float32 lists) cannot reach the text target under it."""
     x, ids, _ = data
     monkeypatch.setattr(ann_choice, "EXACT_MAX_SCAN_FLOATS", 2**18)
     monkeypatch.setattr(ann_choice, "EXACT_FALLBACK_MAX_FLOATS", 2**22)
-    monkeypatch.setattr(ann_params, "LATENCY_BUDGET_FLOATS", N * D / 20)
+    monkeypatch.setattr(ann_choice, "fast_scan_code", lambda d: None)
+    monkeypatch.setattr(ann_params, "LATENCY_BUDGET_FLOATS", N * D / 10)
+    assert ann_choice.candidates(N, D)[0].endswith(",Flat")
     assert ann_choice.candidates(N, D)[-1] == "Flat"
     ann = build_index(x, ids, tuning_queries={"text": TB.text_queries(300, stream=0)})
     assert ann.factory == "Flat"
@@ -341,3 +343,19 @@ def test_the_knob_search_stops_doubling_a_knob_that_no_longer_helps():
         return min(1.0, 0.5 + 0.01 * v), min(1.0, 0.5 + 0.01 * v) - 0.005
 
     assert smallest(rising, 1, 64, 0.95, patience=2) == smallest(rising, 1, 64, 0.95) == (46, 0.96)
+
+
+def test_a_deeper_re_rank_with_fewer_lists_is_kept_when_it_costs_less():
+    """The depth is tuned first and nprobe at it; a deeper re-rank reaching the target with fewer
+    lists replaces that pair only when its cost is lower."""
+    from indexer.ann.tuning import _trade_lists_for_depth
+
+    def recall(p: dict[str, int]) -> tuple[float, float]:  # lists and depth both help, with no noise
+        value = min(1.0, 0.5 + p["nprobe"] / 400 + p["rerank"] / 100)
+        return value, value
+
+    tuned = {"rerank": 10, "nprobe": 140}  # 0.5 + 0.35 + 0.1 = 0.95
+    cheap_depth = _trade_lists_for_depth(recall, tuned, 0.95, lambda p: p["nprobe"] * 100 + p["rerank"])
+    assert cheap_depth == {"rerank": 40, "nprobe": 20}  # 0.5 + 0.05 + 0.4: the cheapest of depth 10, 20, 40
+    costly_depth = _trade_lists_for_depth(recall, tuned, 0.95, lambda p: p["nprobe"] + p["rerank"] * 100)
+    assert costly_depth == tuned
