@@ -31,16 +31,13 @@ import numpy as np
 
 from indexer.ann.choice import EXACT_MAX_SCAN_FLOATS
 from indexer.ann.layout import Layout
-from indexer.ann.search import EF_SEARCH_MAX
+from indexer.ann.search import EF_SEARCH_MAX, RERANK_MAX
 
 if TYPE_CHECKING:  # pragma: no cover
     from indexer.ann.index import AnnIndex
 
 __all__ = ["Knob", "ParamSpace", "param_space", "query_cost", "LATENCY_BUDGET_FLOATS", "RERANK_MAX", "WIDE_NPROBE"]
 
-RERANK_MAX = 256
-"""Deepest re-rank tried (candidates = RERANK_MAX x k): text queries need far deeper re-ranking
-than image queries on PQ codes, their top scores being close together (0.30 vs 0.28)."""
 WIDE_NPROBE = 256
 """nprobe held while the re-rank depth is tuned (all lists for smaller indexes)."""
 FILTER_BUDGET_MAX = 64
