@@ -240,6 +240,11 @@ def test_automatic_on_disk_choice_from_10m():
     )
     with pytest.raises(AnnError, match="IVF"):
         ondisk_factory("HNSW32", 10**7, 64, None)
+    # the in-memory choice is fast-scan PQ; on disk the same collection gets 8-bit codes or floats
+    assert ondisk_factory(None, 1_000_000, 512, None) == "IVF4096,Flat"
+    assert ondisk_factory(None, 1_000_000, 512, 128 * 10**6).endswith(",PQ64")
+    with pytest.raises(AnnError, match="fast-scan"):
+        ondisk_factory("IVF64,PQ16x4fsr", 10**5, 32, None)
 
 
 def _collection(tmp_path, vecs, n_first):
