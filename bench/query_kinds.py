@@ -20,8 +20,8 @@ Queries, all held out from what the index was tuned on:
 For every index type the automatic choice (``indexer.ann.choice.candidates``, default memory budget)
 can pick, Flat, IVF with fast-scan PQ (4-bit residual codes, its first choice), IVF-Flat, IVF-SQ8 and
 IVF-PQ (the compressed ones with exact re-ranking from the stored vectors, as the search engine runs
-it; ``--type`` to build only some besides the automatic one and exact search): the parameters tuned per kind, the recall@10 per kind at those parameters
-against exact search, unfiltered and filtered (0.1%, 1%, 10% of the ids, uniform and concentrated in
+it; ``--type`` to build only some besides the automatic one and exact search): the parameters tuned
+per kind, the recall@10 per kind at those parameters against exact search, unfiltered and filtered (0.1%, 1%, 10% of the ids, uniform and concentrated in
 one family), and the single-query p50 per kind. ``--hnsw`` adds a forced HNSW32 (never chosen).
 
 Ratios, all measured in this one run (the machine may be shared; absolute times are noisy):

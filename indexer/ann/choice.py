@@ -196,8 +196,8 @@ def choose_index(n: int, d: int, memory_budget: int | None = None, *, ondisk: bo
 
     ``None`` means ``DEFAULT_MEMORY_BUDGET`` (16 GiB). In order of preference, the first that fits:
     ``Flat`` while n * d <= 2**25; ``IVF{nlist},PQ{d/2}x4fsr`` (not ``ondisk``); ``IVF{nlist},Flat``;
-    ``IVF{nlist},SQ8``; ``IVF{nlist},PQ{m}`` with the largest m that fits (see the module docstring). Raises :class:`AnnError` when
-    even the smallest PQ code does not fit. When the first choice misses the recall target for a
+    ``IVF{nlist},SQ8``; ``IVF{nlist},PQ{m}`` with the largest m that fits (see the module docstring).
+    Raises :class:`AnnError` when even the smallest PQ code does not fit. When the first choice misses the recall target for a
     query kind within the latency budget, the build moves on to the next of :func:`candidates`.
     """
     return candidates(n, d, memory_budget, ondisk=ondisk)[0]

@@ -123,9 +123,16 @@ def tune(
         rows = ts.rows(kind)
         queries = ts.queries[rows]
 
-        def recall(p: dict[str, int], rows=rows, queries=queries) -> tuple[float, float]:
-            found = ann.search(queries, TUNE_K + score.extra, params=p, vector_lookup=lookup)[1]
-            return score(found, truth[rows], rows)
+        seen: dict[tuple[tuple[str, int], ...], tuple[float, float]] = {}
+
+        def recall(p: dict[str, int], rows=rows, queries=queries, seen=seen) -> tuple[float, float]:
+            """(mean, lower bound) at ``p``, each setting searched once (the knob searches, the depth
+            trade and the final figure ask for some settings again)."""
+            key = tuple(sorted(p.items()))
+            if key not in seen:
+                found = ann.search(queries, TUNE_K + score.extra, params=p, vector_lookup=lookup)[1]
+                seen[key] = score(found, truth[rows], rows)
+            return seen[key]
 
         params: dict[str, int] = {}
         for knob in space.knobs:
