@@ -123,6 +123,88 @@ def test_ray_build_equals_local_build(tmp_path, ray_cluster, model):
     assert more.encoded == 3 and Collection.open(tmp_path / "ray").latest_generation().images == 19
 
 
+def _device_decode_folder(folder):
+    """Plain, progressive, PNG, EXIF-rotated, truncated and not-an-image files (as the local
+    executor's device-decoding test has)."""
+    from PIL import Image
+
+    folder.mkdir()
+    for i, size in enumerate([(640, 480), (300, 500), (400, 400)]):
+        picture(200 + i, size).save(folder / f"photo_{i}.jpg", quality=92)
+    picture(203, (500, 350)).save(folder / "progressive.jpg", quality=90, progressive=True)
+    picture(204, (256, 300)).save(folder / "drawing.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    picture(205, (480, 320)).save(folder / "rotated.jpg", quality=92, exif=exif.tobytes())
+    (folder / "truncated.jpg").write_bytes(_truncated_jpeg())
+    (folder / "notes.jpg").write_text("field notes, not a picture\n")
+    return folder
+
+
+@ray_timeout
+def test_ray_device_decoding_indexes_the_same_images_as_cpu_decoding(tmp_path, ray_cluster, model):
+    """--gpu-decode with --executor ray: the read tasks hand plain JPEGs on undecoded and the
+    encoder actors decode them in batches on their device (here the CPU: torchvision's batch
+    decoder, nvJPEG's code path); the rest is decoded in the read tasks as always."""
+    folder = _device_decode_folder(tmp_path / "imgs")
+    local = build(tmp_path / "local", [_source(folder)], model=model, options=BuildOptions(workers=0))
+    opts = BuildOptions(executor="ray", gpu_decode=True, commit_every=3)
+    r = build(tmp_path / "ray", [_source(folder)], model=model, options=opts)
+    assert r.decoded_on_device == 4  # the three plain JPEGs and the progressive one
+    assert (
+        (r.encoded, r.failed_by_reason)
+        == (local.encoded, local.failed_by_reason)
+        == (6, {"truncated": 1, "not-an-image": 1})
+    )
+    assert _failures(tmp_path / "ray", model) == _failures(tmp_path / "local", model)
+    a, b = _stored(tmp_path / "local"), _stored(tmp_path / "ray")
+    assert a.keys() == b.keys()
+    for loc in a:
+        # Resized by torchvision instead of PIL: the same picture, not the same bits.
+        assert float(a[loc] @ b[loc]) > 0.98, loc
+    q = "SELECT location, sha256, width, height FROM images ORDER BY location"
+    con_a = Collection.open(tmp_path / "local").snapshot().connect()
+    con_b = Collection.open(tmp_path / "ray").snapshot().connect()
+    assert con_a.execute(q).fetchall() == con_b.execute(q).fetchall()
+
+
+def test_the_encoder_actor_decodes_pending_jpegs_and_records_what_fails(model):
+    """In the actor (no Ray needed): a block from device-decoding read tasks holds JPEG bytes to
+    decode, a tensor the read task decoded, and a failure; a JPEG whose header reads but whose
+    data is cut short fails on both decoders and becomes a ``truncated`` failure of its row."""
+    import io
+
+    import torch
+
+    from indexer.build.ray.workers import Encoder as _Encoder
+    from indexer.media.batch_decode import BatchDecoder
+
+    enc = _Encoder(model.describe(), "cpu", "fp32", 1, gpu_decode=True)
+    buf = io.BytesIO()
+    picture(300, (500, 380)).save(buf, format="JPEG", quality=92)
+    jpeg = buf.getvalue()
+    png = model.transform(picture(301, (260, 300)).convert("RGB"))
+    batch = {
+        "ok": np.array([True, True, False, True]),
+        "stage": np.array(["", "", "decode", ""], dtype=object),
+        "reason": np.array(["", "", "not-an-image", ""], dtype=object),
+        "detail": np.array(["", "", "not a picture", ""], dtype=object),
+        "payload": np.array([jpeg, png.numpy().tobytes(), b"", _truncated_jpeg()], dtype=object),
+        "pending": np.array([True, False, False, True]),
+    }
+    out = enc(batch)
+    assert "payload" not in out and "pending" not in out
+    assert out["ok"].tolist() == [True, True, False, False]
+    assert out["on_device"].tolist() == [True, False, False, False]
+    assert list(out["reason"]) == ["", "", "not-an-image", "truncated"] and out["stage"][3] == "decode"
+    want_jpeg = model.encode_image_tensors(BatchDecoder(model.preprocess_config, "cpu").decode([jpeg]).tensors)[0]
+    want_png = model.encode_image_tensors(torch.stack([png]))[0]
+    # the same input as the device decoder's and as the read task's (a batch of 2, not 1: float noise)
+    assert float(out["vector"][0] @ want_jpeg) > 0.9999 and float(out["vector"][1] @ want_png) > 0.9999
+    assert float(out["vector"][0] @ out["vector"][1]) < 0.99  # two pictures, not one twice
+    assert not out["vector"][[2, 3]].any()
+
+
 @ray_timeout
 def test_work_is_streamed_and_every_row_comes_back_once(tmp_path, ray_cluster, model, monkeypatch):
     """Many small pieces through a small in-flight window: the work generator is read lazily (at

@@ -67,12 +67,18 @@ def jpeg_size(data: bytes, max_pixels: int | None = None) -> tuple[int, int] | N
 class DecodedBatch:
     """Model input for the images of a batch that decoded: ``tensors`` (m, 3, size, size) float32 on
     the device, ``rows`` the position in the input of each; ``failures`` the others by position;
-    ``on_gpu`` how many were decoded by the device's JPEG decoder."""
+    ``device_rows`` the positions the device's JPEG decoder decoded (the rest of ``rows`` went
+    through the CPU decoder)."""
 
     tensors: Any
     rows: list[int]
     failures: dict[int, DecodeError] = field(default_factory=dict)
-    on_gpu: int = 0
+    device_rows: list[int] = field(default_factory=list)
+
+    @property
+    def on_gpu(self) -> int:
+        """How many images the device's JPEG decoder decoded."""
+        return len(self.device_rows)
 
 
 class BatchDecoder:
@@ -102,7 +108,8 @@ class BatchDecoder:
         images: dict[int, Any] = {}
         failures: dict[int, DecodeError] = {}
         jpeg = [i for i, data in enumerate(datas) if self.gpu_jpeg and gpu_decodable(data, self.max_pixels)]
-        on_gpu = self._decode_jpegs(datas, jpeg, images)
+        self._decode_jpegs(datas, jpeg, images)
+        device_rows = sorted(images)
         for i in range(len(datas)):
             if i in images:
                 continue
@@ -116,13 +123,13 @@ class BatchDecoder:
         else:
             size = self.config.size
             tensors = torch.empty((0, 3, size, size), device=self.device)
-        return DecodedBatch(tensors, rows, failures, on_gpu)
+        return DecodedBatch(tensors, rows, failures, device_rows)
 
-    def _decode_jpegs(self, datas: Sequence[bytes], rows: list[int], out: dict[int, Any]) -> int:
+    def _decode_jpegs(self, datas: Sequence[bytes], rows: list[int], out: dict[int, Any]) -> None:
         """Decode ``rows`` of ``datas`` with torchvision in one call (image by image if the batch
-        fails); what fails here is left for the CPU path. Returns how many decoded."""
+        fails) into ``out``; what fails here is left for the CPU path."""
         if not rows:
-            return 0
+            return
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -137,12 +144,9 @@ class BatchDecoder:
                     decoded.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=self.device))
                 except RuntimeError:
                     decoded.append(None)
-        done = 0
         for i, image in zip(rows, decoded):
             if image is not None:
                 out[i] = image
-                done += 1
-        return done
 
     def _decode_cpu(self, data: bytes) -> Any:
         import torch

@@ -42,4 +42,5 @@ class RayExecutor:
             model=self.model,
             device=self.device,
         ):
-            yield Results(table, ok, failed, vectors=vectors)
+            on_device = sum(bool(r.pop("on_device", False)) for r in ok)
+            yield Results(table, ok, failed, vectors=vectors, decoded_on_device=on_device)

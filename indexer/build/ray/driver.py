@@ -7,7 +7,9 @@ downloads and commits exactly as the local executor does; only the work in betwe
     driver    work pieces -> blocks of item descriptors -> feed queue (a Ray actor)
     Ray Data  read tasks: take a block from the queue, read + decode + preprocess it
               (``process_item``, one CPU each) -> encoder actors (a fixed pool, ``num_gpus=1``
-              each on GPUs, several torch threads each on CPUs) -> vectors
+              each on GPUs, several torch threads each on CPUs) -> vectors; with
+              ``gpu_decode`` (the default on GPUs) the read tasks hand plain JPEGs on as
+              bytes and the actors decode them in batches on their device (nvJPEG)
     driver    results, grouped by the piece they belong to -> commit
 
 One Ray Data pipeline serves the whole run, so each encoder actor loads the model once. Its input
@@ -86,7 +88,8 @@ def encode_with_ray(
     row indexes to process, and downloaded files for remote rows. It is consumed in this thread,
     lazily, at most ``RayPlan.in_flight`` items ahead of the results. Each yield covers some rows
     of one piece (the same table object), in no particular order: ``ok`` holds ``{"i", "sha256",
-    "width", "height"}``, ``failed`` ``{"i", "stage", "reason", "detail"}`` (``i`` indexes
+    "width", "height"}`` (and ``"on_device"``, whether the actor's JPEG decoder decoded it, when
+    JPEGs are decoded on the actors' device: ``options.gpu_decode``, by default on CUDA), ``failed`` ``{"i", "stage", "reason", "detail"}`` (``i`` indexes
     ``piece``), ``vectors`` is float32 (len(ok), d), L2-normalised, aligned with ``ok``. Every row
     of ``todo`` comes back exactly once, in ``ok`` or ``failed``.
 
@@ -233,7 +236,8 @@ def _run(
         actors=actors,
         node_cpus=node_cpus,
     )
-    log.info("Ray executor: %s", p)
+    gpu_decode = options.gpu_decode if getattr(options, "gpu_decode", None) is not None else p.device == "cuda"
+    log.info("Ray executor: %s%s", p, "; JPEGs decoded by the encoder actors" if gpu_decode else "")
     from ray.util.queue import Queue
 
     feed = Queue(actor_options={"num_cpus": 0})
@@ -242,7 +246,7 @@ def _run(
     stop = threading.Event()
     consumer = threading.Thread(
         target=_consume,
-        args=(dataset(ray, feed, model_info, options, p), results, stop),
+        args=(dataset(ray, feed, model_info, options, p, gpu_decode), results, stop),
         name="ray-results",
         daemon=True,
     )
@@ -322,6 +326,7 @@ def _split(batch: dict[str, np.ndarray]) -> Iterator[tuple[int, list, list, np.n
     """One result batch as (pid, ok, failed, vectors) per piece it touches."""
     pids = np.asarray(batch["pid"])
     good_rows = np.asarray(batch["ok"], dtype=bool)
+    on_device = np.asarray(batch["on_device"], dtype=bool) if "on_device" in batch else None
     for pid in np.unique(pids):
         sel = np.flatnonzero(pids == pid)
         good, bad = sel[good_rows[sel]], sel[~good_rows[sel]]
@@ -334,6 +339,9 @@ def _split(batch: dict[str, np.ndarray]) -> Iterator[tuple[int, list, list, np.n
             }
             for j in good
         ]
+        if on_device is not None:
+            for r, j in zip(ok, good):
+                r["on_device"] = bool(on_device[j])
         failed = [
             {
                 "i": int(batch["i"][j]),

@@ -3,6 +3,13 @@
 Per item, nothing here raises: a decoder turns every problem into a failure record
 (:func:`indexer.build.item.process_item`), an encoder a failed batch into ``worker-crashed``
 failures of its items.
+
+With device decoding (``gpu_decode``: the default when the actors run on CUDA), a decoder reads and
+hashes every file but hands plain JPEGs on as bytes, and the encoder actor decodes them in one
+batch on its own device with :class:`~indexer.media.batch_decode.BatchDecoder` (nvJPEG on CUDA),
+next to the model, as the local executor's build process does. Its blocks then carry a
+``payload`` column (binary: the JPEG's bytes, or the float32 tensor of an image the decoder
+decoded itself) and ``pending`` (the row is a JPEG still to decode) in place of ``tensor``.
 """
 
 from __future__ import annotations
@@ -25,15 +32,18 @@ __all__ = ["Encoder", "dataset", "MAX_LOST_BLOCKS"]
 MAX_LOST_BLOCKS = 16
 
 
-def _decoder(feed: Any, preprocess: dict, max_pixels: int | None, max_bytes: int) -> Iterator[pa.Table]:
-    """A read task: decode blocks of descriptors from the driver's feed until a ``None`` sentinel."""
+def _decoder(
+    feed: Any, preprocess: dict, max_pixels: int | None, max_bytes: int, device_jpeg: bool = False
+) -> Iterator[pa.Table]:
+    """A read task: decode blocks of descriptors from the driver's feed until a ``None`` sentinel
+    (``device_jpeg``: plain JPEGs are left for the encoder actor's device)."""
     import torch
 
     from bioclip.preprocess import PreprocessConfig, make_transform
 
     torch.set_num_threads(1)  # one core per decoder: Ray gave it one
     cfg = PreprocessConfig.from_dict(preprocess)
-    settings = ItemSettings(make_transform(cfg), cfg.draft_size, max_pixels, max_bytes)
+    settings = ItemSettings(make_transform(cfg), cfg.draft_size, max_pixels, max_bytes, device_jpeg)
     host = socket.gethostname()
     while True:
         block = feed.get(block=True)
@@ -47,27 +57,40 @@ def _decode_block(block: pa.Table, size: int, settings: ItemSettings, host: str)
 
     Columns: pid, i, ok, sha256, width, height, stage, reason, detail, host, tensor (float32
     (3, S, S) per row; zeros for failed items). Strings are never null, so that every block has
-    the same Arrow schema.
+    the same Arrow schema. With ``settings.device_jpeg``, ``payload`` and ``pending`` (see the
+    module docstring) replace ``tensor``.
     """
     from ray.data.extensions import ArrowTensorArray
 
     n = block.num_rows
     read_from = block.column("read_from").to_pylist()
     location = block.column("location").to_pylist()
-    tensors = np.zeros((n, 3, size, size), dtype=np.float32)
+    device = settings.device_jpeg
+    tensors = None if device else np.zeros((n, 3, size, size), dtype=np.float32)
+    payload, pending = [b""] * n, np.zeros(n, dtype=bool)
     ok = np.zeros(n, dtype=bool)
     sha, stage, reason, detail = [""] * n, [""] * n, [""] * n, [""] * n
     width, height = np.zeros(n, np.int32), np.zeros(n, np.int32)
     for j in range(n):
         rec = process_item(j, read_from[j], location[j], settings)
-        if rec.get("tensor") is not None:
+        if rec.get("tensor") is not None or "data" in rec:
             ok[j] = True
-            tensors[j] = rec["tensor"].numpy()
             sha[j], width[j], height[j] = rec["sha256"], rec["width"], rec["height"]
+            if "data" in rec:
+                payload[j], pending[j] = rec["data"], True
+            elif tensors is not None:
+                tensors[j] = rec["tensor"].numpy()
+            else:
+                payload[j] = np.ascontiguousarray(rec["tensor"].numpy(), dtype=np.float32).tobytes()
         else:
             stage[j] = rec.get("stage") or "decode"
             reason[j] = rec.get("reason") or "error"
             detail[j] = rec.get("detail") or ""
+    images: dict[str, Any] = (
+        {"tensor": ArrowTensorArray.from_numpy(tensors)}
+        if tensors is not None
+        else {"payload": pa.array(payload, pa.binary()), "pending": pa.array(pending)}
+    )
     return pa.table(
         {
             "pid": block.column("pid"),
@@ -80,15 +103,28 @@ def _decode_block(block: pa.Table, size: int, settings: ItemSettings, host: str)
             "reason": pa.array(reason, pa.string()),
             "detail": pa.array(detail, pa.string()),
             "host": pa.array([host] * n, pa.string()),
-            "tensor": ArrowTensorArray.from_numpy(tensors),
+            **images,
         }
     )
 
 
 class Encoder:
-    """An encoder actor: the collection's model, loaded once, encoding decoded batches."""
+    """An encoder actor: the collection's model, loaded once, encoding decoded batches.
 
-    def __init__(self, model_info: dict, device: str, precision: str, threads: int):
+    ``gpu_decode``: batches come with ``payload`` / ``pending`` columns (device decoding, see the
+    module docstring); the pending JPEGs are decoded here, on the model's device, a file that
+    does not decode becoming a failure of its row. Output rows then carry ``on_device``: whether
+    the device's JPEG decoder decoded the image."""
+
+    def __init__(
+        self,
+        model_info: dict,
+        device: str,
+        precision: str,
+        threads: int,
+        gpu_decode: bool = False,
+        max_pixels: int | None = None,
+    ):
         import torch
 
         from indexer.store.model import load_recorded_model
@@ -102,16 +138,25 @@ class Encoder:
                 f"model {model_info.get('name') or model_info['source']} gives {self.model.dimension}-d vectors in a Ray worker; "
                 f"the collection holds {want}-d vectors"
             )
+        self.decoder = None
+        if gpu_decode:
+            from indexer.media.batch_decode import BatchDecoder
+
+            cfg = self.model.preprocess_config
+            self.decoder = BatchDecoder(cfg, str(self.model.device), max_pixels=max_pixels)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        tensors = batch.pop("tensor")
+        if "payload" in batch:
+            tensors = self._decode(batch)
+        else:
+            tensors = torch.from_numpy(np.ascontiguousarray(batch.pop("tensor")))
         ok = np.asarray(batch["ok"], dtype=bool)
         vectors = np.zeros((len(ok), self.model.dimension), dtype=np.float32)
         if ok.any():
             try:
-                vectors[ok] = self.model.encode_image_tensors(torch.from_numpy(np.ascontiguousarray(tensors[ok])))
+                vectors[ok] = self.model.encode_image_tensors(tensors[torch.from_numpy(np.flatnonzero(ok))])
             except Exception as exc:  # e.g. out of GPU memory: the batch's items come back as failures
                 batch["stage"] = np.where(ok, "encode", batch["stage"]).astype(object)
                 batch["reason"] = np.where(ok, "worker-crashed", batch["reason"]).astype(object)
@@ -120,10 +165,47 @@ class Encoder:
         batch["vector"] = vectors
         return batch
 
+    def _decode(self, batch: dict[str, np.ndarray]) -> Any:
+        """The batch's images as one tensor (n, 3, S, S) on the model's device (zeros for rows not
+        ok): pending JPEGs decoded here, the others from their payload; a JPEG that neither the
+        device nor the CPU decoder reads turns its row into a failure."""
+        import torch
 
-def dataset(ray: Any, feed: Any, model_info: dict, options: Any, p: RayPlan) -> Any:
+        payload = batch.pop("payload")
+        pending = np.asarray(batch.pop("pending"), dtype=bool)
+        ok = np.asarray(batch["ok"], dtype=bool).copy()
+        size = self.model.preprocess_config.size
+        device = self.model.device
+        out = torch.zeros((len(ok), 3, size, size), dtype=torch.float32, device=device)
+        on_device = np.zeros(len(ok), dtype=bool)
+        jpegs = np.flatnonzero(ok & pending)
+        if jpegs.size:
+            if self.decoder is None:
+                from indexer.media.batch_decode import BatchDecoder
+
+                self.decoder = BatchDecoder(self.model.preprocess_config, str(device))
+            got = self.decoder.decode([bytes(payload[j]) for j in jpegs])
+            if got.rows:
+                out[torch.from_numpy(jpegs[got.rows])] = got.tensors.to(device)
+            on_device[jpegs[got.device_rows]] = True
+            if got.failures:
+                stage, reason, detail = (np.array(batch[c], dtype=object) for c in ("stage", "reason", "detail"))
+                for pos, exc in got.failures.items():
+                    j = jpegs[pos]
+                    ok[j], stage[j], reason[j], detail[j] = False, exc.stage, exc.reason, exc.detail
+                batch["stage"], batch["reason"], batch["detail"] = stage, reason, detail
+        for j in np.flatnonzero(ok & ~pending):
+            row = np.frombuffer(payload[j], dtype=np.float32).reshape(3, size, size)
+            out[j] = torch.from_numpy(row.copy()).to(device)
+        batch["ok"] = ok
+        batch["on_device"] = on_device
+        return out
+
+
+def dataset(ray: Any, feed: Any, model_info: dict, options: Any, p: RayPlan, gpu_decode: bool = False) -> Any:
     """The streaming pipeline: ``p.decoders`` decoders (read tasks) -> ``p.actors`` encoders.
-    ``ray`` is the initialised ray module (with ray.data imported)."""
+    ``ray`` is the initialised ray module (with ray.data imported); ``gpu_decode``: plain JPEGs
+    are decoded by the encoder actors, on their device."""
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
 
@@ -137,7 +219,8 @@ def dataset(ray: Any, feed: Any, model_info: dict, options: Any, p: RayPlan) -> 
         def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
             meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)
             return [
-                ReadTask(lambda: _decoder(feed, preprocess, max_pixels, max_bytes), meta) for _ in range(p.decoders)
+                ReadTask(lambda: _decoder(feed, preprocess, max_pixels, max_bytes, gpu_decode), meta)
+                for _ in range(p.decoders)
             ]
 
     ds = ray.data.read_datasource(_Feed(), num_cpus=p.decode_cpus, override_num_blocks=p.decoders)
@@ -153,6 +236,8 @@ def dataset(ray: Any, feed: Any, model_info: dict, options: Any, p: RayPlan) -> 
             "device": p.device,
             "precision": p.precision,
             "threads": max(1, int(p.actor_cpus)),
+            "gpu_decode": gpu_decode,
+            "max_pixels": max_pixels,
         },
     )
     ctx = ds.context
