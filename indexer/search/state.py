@@ -20,11 +20,12 @@ import numpy as np
 
 from indexer.dwc import install_fold, lift_from_extra, normalise_query
 from indexer.errors import FilterError
+from indexer.search import metadata_file
 from indexer.search.filters import Filter
 from indexer.search.taxonomy import Taxonomy
 from indexer.search.values import ColumnValues
 from indexer.store import Collection, Snapshot
-from indexer.store.generations import SegmentInfo
+from indexer.store.generations import Generation, SegmentInfo
 from indexer.store.ids import member
 from indexer.store.replacements import Replacement, find_replacement
 from indexer.store.schema import DERIVED_COLUMNS, RANK_COLUMNS, quote_ident
@@ -43,6 +44,10 @@ log = logging.getLogger(__name__)
 
 #: Bytes of selected-id arrays kept per generation (8 bytes per id: 1M ids = 8 MiB).
 FILTER_CACHE_BYTES = 256 << 20
+
+#: A process that starts from an older generation's persisted metadata persists it again for its
+#: own generation when it added at least this fraction of rows (a whole copy of the table).
+REPERSIST_FRACTION = 0.1
 
 
 class _IdCache:
@@ -76,11 +81,13 @@ class _IdCache:
 
 @dataclass(frozen=True)
 class StateOptions:
-    """How states are loaded: ``mmap_index`` (None: memory-map indexes over 2M vectors) and the
-    budget of the per-generation filter cache."""
+    """How states are loaded: ``mmap_index`` (None: memory-map indexes over 2M vectors), the
+    budget of the per-generation filter cache, and whether large generations' metadata is served
+    from (and persisted to) a file (:mod:`indexer.search.metadata_file`)."""
 
     mmap_index: bool | None = None
     filter_cache_bytes: int = FILTER_CACHE_BYTES
+    metadata_file: bool = True  # large generations start from a persisted file (metadata_file)
 
 
 @dataclass(eq=False)
@@ -251,7 +258,7 @@ def load_state(collection: Collection, number: int, previous: ServedState | None
     """The state of generation ``number``, built on ``previous`` where it can be."""
     snap = collection.snapshot(number)
     gen = snap.generation
-    con = _metadata(snap, previous)
+    con = _metadata(collection, snap, previous, options)
     entry = gen.index
     index, index_path, covers = None, None, set()
     if entry:
@@ -310,36 +317,54 @@ def _delta(
     return snap.load_vectors(uncovered)
 
 
-def _metadata(snap: Snapshot, previous: ServedState | None) -> Any:
+def _extends(base: Generation, gen: Generation) -> bool:
+    """Whether ``gen`` only added to ``base`` (segments, updates, retirements), so that the served
+    metadata of ``base`` becomes ``gen``'s by :func:`_apply_increment`."""
+    return (
+        {s.n for s in base.segments} <= {s.n for s in gen.segments}
+        and set(base.updates) <= set(gen.updates)
+        and set(base.deletes) <= set(gen.deletes)
+    )
+
+
+def _apply_increment(con: Any, snap: Snapshot, base: Generation) -> int:
+    """Bring the served metadata of ``base`` (in ``con``) to ``snap``'s generation: its new rows,
+    the superseding rows of updated images, less the retired ones, in one transaction, so that
+    concurrent readers see one state or the other. Returns the rows inserted."""
     gen = snap.generation
-    if (
-        previous is not None
-        and previous.segments <= {s.n for s in gen.segments}
-        and previous.update_files <= set(gen.updates)
-    ):
-        # Incremental: the same connection gets the new rows, the superseding rows of updated
-        # images and loses the retired ones, in one transaction, so concurrent readers see one
-        # state or the other.
-        con = previous.con
-        new_segs = [s for s in gen.segments if s.n not in previous.segments]
-        new_upds = [n for n in gen.updates if n not in previous.update_files]
-        new_dels = [n for n in gen.deletes if n not in previous.delete_files]
-        if new_segs or new_upds or new_dels:
-            cur = metadata_cursor(con)
-            cur.execute("BEGIN TRANSACTION")
-            try:
-                if new_segs:
-                    _insert_rows(cur, snap, new_segs, live=False)
-                if new_upds:
-                    _apply_updates(cur, snap, new_upds)
-                if new_dels:
-                    cur.execute(f"DELETE FROM images WHERE id IN ({snap.retired_sql(new_dels)})")
-                cur.execute("CREATE OR REPLACE VIEW failures AS " + snap.failures_sql())
-                cur.execute("COMMIT")
-            except Exception:
-                cur.execute("ROLLBACK")
-                raise
-        return con
+    segments, updates, deletes = {s.n for s in base.segments}, set(base.updates), set(base.deletes)
+    new_segs = [s for s in gen.segments if s.n not in segments]
+    new_upds = [n for n in gen.updates if n not in updates]
+    new_dels = [n for n in gen.deletes if n not in deletes]
+    if new_segs or new_upds or new_dels:
+        cur = metadata_cursor(con)
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            if new_segs:
+                _insert_rows(cur, snap, new_segs, live=False)
+            if new_upds:
+                _apply_updates(cur, snap, new_upds)
+            if new_dels:
+                cur.execute(f"DELETE FROM images WHERE id IN ({snap.retired_sql(new_dels)})")
+            cur.execute("CREATE OR REPLACE VIEW failures AS " + snap.failures_sql())
+            cur.execute("COMMIT")
+        except Exception:
+            cur.execute("ROLLBACK")
+            raise
+    return sum(s.rows for s in new_segs)
+
+
+def _metadata(collection: Collection, snap: Snapshot, previous: ServedState | None, options: StateOptions) -> Any:
+    gen = snap.generation
+    if previous is not None and _extends(previous.generation, gen):
+        # Incremental: the same connection, brought to this generation.
+        _apply_increment(previous.con, snap, previous.generation)
+        return previous.con
+    large = options.metadata_file and gen.images >= metadata_file.METADATA_FILE_MIN_ROWS
+    if large:
+        con = _from_persisted(collection, snap)
+        if con is not None:
+            return con
     con = connect_metadata()
     con.execute(f"CREATE TABLE images AS {snap.images_sql([])}")
     _insert_rows(con, snap, list(gen.segments), live=True)
@@ -351,7 +376,34 @@ def _metadata(snap: Snapshot, previous: ServedState | None) -> Any:
     # the id column otherwise); DuckDB keeps it up to date through the incremental inserts and
     # deletes above.
     con.execute("CREATE INDEX images_id ON images (id)")
+    if large:
+        metadata_file.save_served_file(con, METADATA_DB, collection, gen)
     return con
+
+
+def _from_persisted(collection: Collection, snap: Snapshot) -> Any | None:
+    """The served metadata of ``snap``'s generation from the newest persisted file of it or of a
+    generation it extends (:mod:`indexer.search.metadata_file`); None when there is none."""
+    gen = snap.generation
+    for number, path in metadata_file.persisted(collection, gen.number):
+        try:
+            base = collection.read_generation(number)
+        except Exception:  # a generation file removed or unreadable: its persisted file is no use
+            continue
+        if metadata_file.served_file(collection, base) != path or not _extends(base, gen):
+            continue
+        con = metadata_file.open_copy(path, base.images, METADATA_DB)
+        if con is None:
+            continue
+        install_fold(con)
+        added = _apply_increment(con, snap, base)
+        con.execute(f"CREATE OR REPLACE VIEW failures AS {snap.failures_sql()}")
+        con.execute("CREATE INDEX IF NOT EXISTS images_id ON images (id)")
+        log.info("served metadata of generation %d from %s (+%d rows since)", gen.number, path.name, added)
+        if added >= REPERSIST_FRACTION * max(1, base.images):
+            metadata_file.save_served_file(con, METADATA_DB, collection, gen)
+        return con
+    return None
 
 
 def _apply_updates(con: Any, snap: Snapshot, numbers: list[int]) -> None:

@@ -10,6 +10,8 @@ Layout (see docs/ARCHITECTURE.md)::
       segments/del-NNNNNNNN.parquet    ids retired by one commit
       segments/fail-NNNNNNNN.parquet   failures recorded by one commit
       index/...                        ANN index files (derived data, rebuildable from the vectors)
+      metadata/served-...duckdb        a large generation's served metadata, persisted by the first
+                                       search process that loaded it (derived data, deletable)
       writer.lock                      flock held by the one writing process
 
 :class:`Collection` opens (checking the format version) or creates the directory and lists its

@@ -146,6 +146,18 @@ class Writer:
                         removed += 1
                     except OSError as exc:  # pragma: no cover
                         log.warning("cannot remove unreferenced %s: %s", rel, exc)
+        # The served metadata persisted by search processes (indexer.search.metadata_file): a file
+        # of a generation no longer kept can never be used again.
+        kept = set(keep_numbers)
+        served = col.path / "metadata"
+        for name in os.listdir(served) if served.is_dir() else ():
+            number = name[len("served-") :].split("-", 1)[0]
+            if name.startswith("served-") and number.isdigit() and int(number) not in kept:
+                try:
+                    os.unlink(served / name)
+                    removed += 1
+                except OSError as exc:  # pragma: no cover
+                    log.warning("cannot remove unused metadata/%s: %s", name, exc)
         for n in numbers[:-KEEP_GENERATIONS]:
             try:
                 os.unlink(col.path / generation_file(n))
