@@ -413,6 +413,10 @@ def test_device_jpeg_decoding_indexes_the_same_images_as_cpu_decoding(tmp_path, 
     dev = _build(tmp_path / "dev", folder, model, workers=workers, gpu_decode=True, build_index=False)
     assert cpu.decoded_on_device == 0
     assert dev.decoded_on_device == 4  # the three plain JPEGs and the progressive one
+    from indexer.cli.index.build import format_report
+
+    assert "decoded     4 JPEGs in batches on the model's device" in format_report(dev)
+    assert "decoded  " not in format_report(cpu)
     assert dev.encoded == cpu.encoded == 6
     assert dev.failed_by_reason == cpu.failed_by_reason == {"truncated": 1, "not-an-image": 1}
     a, b = _stored(tmp_path / "cpu"), _stored(tmp_path / "dev")

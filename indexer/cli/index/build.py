@@ -273,6 +273,8 @@ def format_report(r) -> str:
         f"indexed     {r.encoded} encoded, {r.reused} reused by content hash, {r.metadata_updated} metadata updates",
         f"unchanged   {r.unchanged}",
     ]
+    if r.decoded_on_device:
+        lines.append(f"decoded     {r.decoded_on_device} JPEGs in batches on the model's device (--gpu-decode)")
     if r.rehashed:
         lines.append(f"rehashed    {r.rehashed} files read to compare content")
     if r.replaced or r.pruned or r.replaced_by_failure:
