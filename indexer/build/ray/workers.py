@@ -194,9 +194,10 @@ class Encoder:
                     j = jpegs[pos]
                     ok[j], stage[j], reason[j], detail[j] = False, exc.stage, exc.reason, exc.detail
                 batch["stage"], batch["reason"], batch["detail"] = stage, reason, detail
-        for j in np.flatnonzero(ok & ~pending):
-            row = np.frombuffer(payload[j], dtype=np.float32).reshape(3, size, size)
-            out[j] = torch.from_numpy(row.copy()).to(device)
+        decoded = np.flatnonzero(ok & ~pending)
+        if decoded.size:  # decoded by the read task: one copy to the device for all of them
+            rows = np.stack([np.frombuffer(payload[j], dtype=np.float32).reshape(3, size, size) for j in decoded])
+            out[torch.from_numpy(decoded)] = torch.from_numpy(rows).to(device)
         batch["ok"] = ok
         batch["on_device"] = on_device
         return out
