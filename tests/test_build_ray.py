@@ -168,6 +168,38 @@ def test_ray_device_decoding_indexes_the_same_images_as_cpu_decoding(tmp_path, r
     assert con_a.execute(q).fetchall() == con_b.execute(q).fetchall()
 
 
+@ray_timeout
+def test_device_decoding_streams_small_jpegs_through_a_small_window(tmp_path, ray_cluster, model, monkeypatch):
+    """Blocks of JPEG bytes weigh far less than blocks of decoded tensors: each must still go on
+    as soon as it is decoded (padded to DEVICE_ROW_FLOOR a row), or the read tasks would sit on
+    the driver's whole in-flight window and the run would wait forever."""
+    import indexer.build.ray.driver as rx
+
+    real_plan = rx.plan
+
+    def small_plan(resources, **kw):
+        p = real_plan(resources, **kw)
+        return rx.RayPlan(**{**p.__dict__, "in_flight": 12, "decode_rows": 3, "batch_size": 4})
+
+    monkeypatch.setattr(rx, "plan", small_plan)
+    paths = []
+    for i in range(40):  # ~1 KB each
+        picture(400 + i, (120, 90)).save(tmp_path / f"small_{i:02d}.jpg", quality=85)
+        paths.append(str(tmp_path / f"small_{i:02d}.jpg"))
+    (tmp_path / "notes.jpg").write_text("not a picture\n")  # a failed row: no payload at all
+    paths.append(str(tmp_path / "notes.jpg"))
+    pieces = [pa.table({"location": paths[k : k + 5]}) for k in range(0, len(paths), 5)]
+    work = ((piece, list(range(piece.num_rows)), {}) for piece in pieces)
+    ok_rows, failed_rows, on_device = 0, 0, 0
+    for _piece, ok, bad, vecs in rx.encode_with_ray(
+        work, model_info=model.describe(), options=BuildOptions(executor="ray", gpu_decode=True), model=model
+    ):
+        assert vecs.shape == (len(ok), model.dimension)
+        ok_rows, failed_rows = ok_rows + len(ok), failed_rows + len(bad)
+        on_device += sum(r["on_device"] for r in ok)
+    assert (ok_rows, failed_rows, on_device) == (40, 1, 40)
+
+
 def test_the_encoder_actor_decodes_pending_jpegs_and_records_what_fails(model):
     """In the actor (no Ray needed): a block from device-decoding read tasks holds JPEG bytes to
     decode, a tensor the read task decoded, and a failure; a JPEG whose header reads but whose
@@ -184,16 +216,20 @@ def test_the_encoder_actor_decodes_pending_jpegs_and_records_what_fails(model):
     picture(300, (500, 380)).save(buf, format="JPEG", quality=92)
     jpeg = buf.getvalue()
     png = model.transform(picture(301, (260, 300)).convert("RGB"))
-    batch = {
-        "ok": np.array([True, True, False, True]),
-        "stage": np.array(["", "", "decode", ""], dtype=object),
-        "reason": np.array(["", "", "not-an-image", ""], dtype=object),
-        "detail": np.array(["", "", "not a picture", ""], dtype=object),
-        "payload": np.array([jpeg, png.numpy().tobytes(), b"", _truncated_jpeg()], dtype=object),
-        "pending": np.array([True, False, False, True]),
-    }
-    out = enc(batch)
-    assert "payload" not in out and "pending" not in out
+
+    def block():
+        return {
+            "ok": np.array([True, True, False, True]),
+            "stage": np.array(["", "", "decode", ""], dtype=object),
+            "reason": np.array(["", "", "not-an-image", ""], dtype=object),
+            "detail": np.array(["", "", "not a picture", ""], dtype=object),
+            "payload": np.array([jpeg, png.numpy().tobytes(), b"", _truncated_jpeg()], dtype=object),
+            "pending": np.array([True, False, False, True]),
+            "pad": np.array([b"", b"", bytes(100), b""], dtype=object),
+        }
+
+    out = enc(block())
+    assert "payload" not in out and "pending" not in out and "pad" not in out
     assert out["ok"].tolist() == [True, True, False, False]
     assert out["on_device"].tolist() == [True, False, False, False]
     assert list(out["reason"]) == ["", "", "not-an-image", "truncated"] and out["stage"][3] == "decode"
@@ -203,6 +239,15 @@ def test_the_encoder_actor_decodes_pending_jpegs_and_records_what_fails(model):
     assert float(out["vector"][0] @ want_jpeg) > 0.9999 and float(out["vector"][1] @ want_png) > 0.9999
     assert float(out["vector"][0] @ out["vector"][1]) < 0.99  # two pictures, not one twice
     assert not out["vector"][[2, 3]].any()
+
+    def out_of_memory(datas):
+        raise RuntimeError("CUDA out of memory")
+
+    enc.decoder.decode = out_of_memory  # the decode step fails for the whole batch
+    out = enc(block())
+    assert not out["ok"].any() and not out["on_device"].any()
+    assert list(out["reason"]) == ["worker-crashed", "worker-crashed", "not-an-image", "worker-crashed"]
+    assert list(out["stage"]) == ["decode"] * 4 and "CUDA out of memory" in out["detail"][0]
 
 
 @ray_timeout

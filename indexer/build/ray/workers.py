@@ -9,7 +9,8 @@ hashes every file but hands plain JPEGs on as bytes, and the encoder actor decod
 batch on its own device with :class:`~indexer.media.batch_decode.BatchDecoder` (nvJPEG on CUDA),
 next to the model, as the local executor's build process does. Its blocks then carry a
 ``payload`` column (binary: the JPEG's bytes, or the float32 tensor of an image the decoder
-decoded itself) and ``pending`` (the row is a JPEG still to decode) in place of ``tensor``.
+decoded itself), ``pending`` (the row is a JPEG still to decode) and ``pad`` (zeros that make a
+small row count for :data:`DEVICE_ROW_FLOOR` bytes) in place of ``tensor``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ __all__ = ["Encoder", "dataset", "MAX_LOST_BLOCKS"]
 #: Ray Data blocks that may fail (their items recorded as ``worker-crashed``) before the run
 #: stops. More than a few means something systematic: stop and say so.
 MAX_LOST_BLOCKS = 16
+
+#: With device decoding, the bytes every row of a block counts for at least (a ``pad`` column of
+#: zeros tops small rows up). A read task holds what it yields until its buffer exceeds Ray's target
+#: block size; the target is set just under a full block of rows at this floor, so that every full
+#: block goes on at once whatever its JPEGs weigh (small JPEGs or failed rows would otherwise sit in
+#: the buffer, and with the driver's in-flight window spent on them the run would wait forever).
+#: 32 KiB: few photographs are smaller, so the padding rarely costs anything.
+DEVICE_ROW_FLOOR = 32 << 10
 
 
 def _decoder(
@@ -86,11 +95,12 @@ def _decode_block(block: pa.Table, size: int, settings: ItemSettings, host: str)
             stage[j] = rec.get("stage") or "decode"
             reason[j] = rec.get("reason") or "error"
             detail[j] = rec.get("detail") or ""
-    images: dict[str, Any] = (
-        {"tensor": ArrowTensorArray.from_numpy(tensors)}
-        if tensors is not None
-        else {"payload": pa.array(payload, pa.binary()), "pending": pa.array(pending)}
-    )
+    images: dict[str, Any]
+    if tensors is not None:
+        images = {"tensor": ArrowTensorArray.from_numpy(tensors)}
+    else:
+        pad = [bytes(max(0, DEVICE_ROW_FLOOR - len(b))) for b in payload]
+        images = {"payload": pa.array(payload, pa.binary()), "pending": pa.array(pending), "pad": pa.array(pad)}
     return pa.table(
         {
             "pid": block.column("pid"),
@@ -139,6 +149,7 @@ class Encoder:
                 f"the collection holds {want}-d vectors"
             )
         self.decoder = None
+        self.max_pixels = max_pixels
         if gpu_decode:
             from indexer.media.batch_decode import BatchDecoder
 
@@ -148,20 +159,22 @@ class Encoder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        tensors = None
         if "payload" in batch:
-            tensors = self._decode(batch)
+            batch.pop("pad", None)
+            try:
+                tensors = self._decode(batch)
+            except Exception as exc:  # e.g. out of GPU memory: the batch's items come back as failures
+                _fail(batch, "decode", exc)
         else:
             tensors = torch.from_numpy(np.ascontiguousarray(batch.pop("tensor")))
         ok = np.asarray(batch["ok"], dtype=bool)
         vectors = np.zeros((len(ok), self.model.dimension), dtype=np.float32)
-        if ok.any():
+        if ok.any() and tensors is not None:
             try:
                 vectors[ok] = self.model.encode_image_tensors(tensors[torch.from_numpy(np.flatnonzero(ok))])
             except Exception as exc:  # e.g. out of GPU memory: the batch's items come back as failures
-                batch["stage"] = np.where(ok, "encode", batch["stage"]).astype(object)
-                batch["reason"] = np.where(ok, "worker-crashed", batch["reason"]).astype(object)
-                batch["detail"] = np.where(ok, f"{type(exc).__name__}: {exc}", batch["detail"]).astype(object)
-                batch["ok"] = np.zeros_like(ok)
+                _fail(batch, "encode", exc)
         batch["vector"] = vectors
         return batch
 
@@ -183,7 +196,7 @@ class Encoder:
             if self.decoder is None:
                 from indexer.media.batch_decode import BatchDecoder
 
-                self.decoder = BatchDecoder(self.model.preprocess_config, str(device))
+                self.decoder = BatchDecoder(self.model.preprocess_config, str(device), max_pixels=self.max_pixels)
             got = self.decoder.decode([bytes(payload[j]) for j in jpegs])
             if got.rows:
                 out[torch.from_numpy(jpegs[got.rows])] = got.tensors.to(device)
@@ -201,6 +214,17 @@ class Encoder:
         batch["ok"] = ok
         batch["on_device"] = on_device
         return out
+
+
+def _fail(batch: dict[str, np.ndarray], stage: str, exc: Exception) -> None:
+    """The batch's ok items become ``worker-crashed`` failures at ``stage`` (their step failed for
+    the whole batch); items that had failed already keep their own reason."""
+    ok = np.asarray(batch["ok"], dtype=bool)
+    batch["stage"] = np.where(ok, stage, batch["stage"]).astype(object)
+    batch["reason"] = np.where(ok, "worker-crashed", batch["reason"]).astype(object)
+    batch["detail"] = np.where(ok, f"{type(exc).__name__}: {exc}", batch["detail"]).astype(object)
+    batch["ok"] = np.zeros_like(ok)
+    batch.setdefault("on_device", np.zeros(len(ok), dtype=bool))
 
 
 def dataset(ray: Any, feed: Any, model_info: dict, options: Any, p: RayPlan, gpu_decode: bool = False) -> Any:
@@ -246,7 +270,8 @@ def dataset(ray: Any, feed: Any, model_info: dict, options: Any, p: RayPlan, gpu
     # size. Just under one decoded block: every block goes on at once (a long-lived decoder must
     # not sit on finished images), and none is sliced.
     size = int(preprocess.get("size") or 224)
-    ctx.target_max_block_size = int(0.9 * p.decode_rows * (3 * size * size * 4 + 256))
+    row_bytes = DEVICE_ROW_FLOOR if gpu_decode else 3 * size * size * 4 + 256
+    ctx.target_max_block_size = int(0.9 * p.decode_rows * row_bytes)
     ctx.max_errored_blocks = MAX_LOST_BLOCKS
     # The input is fed by the driver, which may pause for long (downloading a piece of URLs):
     # an idle pipeline is not a stuck one.
