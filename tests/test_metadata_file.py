@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,7 @@ def test_a_later_generation_starts_from_an_older_file_plus_what_was_added(tmp_pa
     gen = c.latest_generation_number()
     with caplog.at_level(logging.INFO, logger="indexer.search.state"):
         grown = load_state(c, gen, None, StateOptions())
-    assert any("+20 rows since" in r.getMessage() for r in caplog.records)
+    assert any("(24 rows added, updated or retired since)" in r.getMessage() for r in caplog.records)  # 20 + 2 + 2
     full = load_state(c, gen, None, FULL)
     assert sorted(_rows(grown)[-78:]) == sorted(_rows(full)[-78:])  # the same rows (80 - 2 retired)
     assert grown.cursor().execute("SELECT count(*) FROM images").fetchone() == (78,)
@@ -146,16 +147,60 @@ def test_engines_agree_whichever_way_they_loaded(tmp_path, model):
     assert first.count(flt) == second.count(flt) == 20
 
 
-def test_the_writer_deletes_the_files_of_generations_it_no_longer_keeps(tmp_path, model):
+def test_a_file_outlives_the_generations_the_writer_keeps(tmp_path, model, caplog):
+    """Many small commits later (more than the writer keeps generations of), the file still
+    starts a process: its lineage is recorded in it; the writer keeps only the newest file."""
     from indexer.store.generations import KEEP_GENERATIONS
 
     c = _collection(tmp_path, model)
     load_state(c, c.latest_generation_number(), None, StateOptions())
-    persisted = c.path / "metadata" / _files(c)[0]
+    first = c.path / "metadata" / _files(c)[0]
     rng = np.random.default_rng(2)
-    for k in range(KEEP_GENERATIONS + 1):
+    for k in range(KEEP_GENERATIONS + 2):
         with c.writer() as w:  # a writer cleans up when it opens
-            assert persisted.exists() == (k < KEEP_GENERATIONS)
             w.add(rows_for(60 + k, 1), unit(rng.standard_normal((1, model.dimension))))
             w.commit()
-    assert not persisted.exists()
+    assert first.exists() and 1 not in c.generation_numbers()
+    gen = c.latest_generation_number()
+    with caplog.at_level(logging.INFO, logger="indexer.search.state"):
+        state = load_state(c, gen, None, StateOptions())  # 7 rows on 60: not persisted again
+    assert any(f"from {first.name} (7 rows added" in r.getMessage() for r in caplog.records)
+    assert sorted(_rows(state)) == sorted(_rows(load_state(c, gen, None, FULL)))
+    # A newer file (of a larger change) replaces it, and the writer keeps only the newest.
+    with c.writer() as w:
+        w.add(rows_for(100, 30), unit(rng.standard_normal((30, model.dimension))))
+        w.commit()
+    state = load_state(c, c.latest_generation_number(), None, StateOptions())
+    newest = _files(c)
+    assert len(newest) == 1 and newest[0] != first.name
+    # re-persisted sorted again: the table's own order is a full load's
+    assert _rows(state) == _rows(load_state(c, c.latest_generation_number(), None, FULL))
+    (c.path / "metadata" / "served-00000002-old.duckdb").write_bytes(b"")
+    stale = c.path / "metadata" / ".served-00000003-x.duckdb.123.tmp"
+    stale.write_bytes(b"")
+    os.utime(stale, (0, 0))  # an interrupted write, long ago
+    with c.writer():
+        pass
+    assert _files(c) == newest and not stale.exists()
+
+
+def test_private_copies_of_dead_processes_are_swept(tmp_path, model):
+    import tempfile
+
+    pid = 4_000_000
+    while pid > 1000:  # a pid no process has
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        except OSError:
+            pass
+        pid -= 1
+    left = Path(tempfile.gettempdir()) / f"bioclip-served-{pid}-killed"
+    left.mkdir()
+    (left / "served.duckdb").write_bytes(b"x")
+    c = _collection(tmp_path, model)
+    gen = c.latest_generation_number()
+    load_state(c, gen, None, StateOptions())
+    state = load_state(c, gen, None, StateOptions())  # opens a copy, sweeping first
+    assert not left.exists() and _private_copy(state).exists()

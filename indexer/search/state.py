@@ -25,7 +25,7 @@ from indexer.search.filters import Filter
 from indexer.search.taxonomy import Taxonomy
 from indexer.search.values import ColumnValues
 from indexer.store import Collection, Snapshot
-from indexer.store.generations import Generation, SegmentInfo
+from indexer.store.generations import SegmentInfo
 from indexer.store.ids import member
 from indexer.store.replacements import Replacement, find_replacement
 from indexer.store.schema import DERIVED_COLUMNS, RANK_COLUMNS, quote_ident
@@ -317,22 +317,13 @@ def _delta(
     return snap.load_vectors(uncovered)
 
 
-def _extends(base: Generation, gen: Generation) -> bool:
-    """Whether ``gen`` only added to ``base`` (segments, updates, retirements), so that the served
-    metadata of ``base`` becomes ``gen``'s by :func:`_apply_increment`."""
-    return (
-        {s.n for s in base.segments} <= {s.n for s in gen.segments}
-        and set(base.updates) <= set(gen.updates)
-        and set(base.deletes) <= set(gen.deletes)
-    )
-
-
-def _apply_increment(con: Any, snap: Snapshot, base: Generation) -> int:
-    """Bring the served metadata of ``base`` (in ``con``) to ``snap``'s generation: its new rows,
-    the superseding rows of updated images, less the retired ones, in one transaction, so that
-    concurrent readers see one state or the other. Returns the rows inserted."""
+def _apply_increment(con: Any, snap: Snapshot, base: metadata_file.Lineage) -> int:
+    """Bring the served metadata of ``base`` (in ``con``) to ``snap``'s generation, which extends
+    it: its new rows, the superseding rows of updated images, less the retired ones, in one
+    transaction, so that concurrent readers see one state or the other. Returns the rows it
+    inserted, superseded and retired."""
     gen = snap.generation
-    segments, updates, deletes = {s.n for s in base.segments}, set(base.updates), set(base.deletes)
+    segments, updates, deletes = set(base.segments), set(base.updates), set(base.deletes)
     new_segs = [s for s in gen.segments if s.n not in segments]
     new_upds = [n for n in gen.updates if n not in updates]
     new_dels = [n for n in gen.deletes if n not in deletes]
@@ -351,14 +342,14 @@ def _apply_increment(con: Any, snap: Snapshot, base: Generation) -> int:
         except Exception:
             cur.execute("ROLLBACK")
             raise
-    return sum(s.rows for s in new_segs)
+    return sum(s.rows for s in new_segs) + max(0, gen.updated - base.updated) + max(0, gen.deleted - base.deleted)
 
 
 def _metadata(collection: Collection, snap: Snapshot, previous: ServedState | None, options: StateOptions) -> Any:
     gen = snap.generation
-    if previous is not None and _extends(previous.generation, gen):
+    if previous is not None and metadata_file.Lineage.of(previous.generation).extended_by(gen):
         # Incremental: the same connection, brought to this generation.
-        _apply_increment(previous.con, snap, previous.generation)
+        _apply_increment(previous.con, snap, metadata_file.Lineage.of(previous.generation))
         return previous.con
     large = options.metadata_file and gen.images >= metadata_file.METADATA_FILE_MIN_ROWS
     if large:
@@ -384,22 +375,35 @@ def _metadata(collection: Collection, snap: Snapshot, previous: ServedState | No
 def _from_persisted(collection: Collection, snap: Snapshot) -> Any | None:
     """The served metadata of ``snap``'s generation from the newest persisted file of it or of a
     generation it extends (:mod:`indexer.search.metadata_file`); None when there is none."""
+    import duckdb
+
     gen = snap.generation
-    for number, path in metadata_file.persisted(collection, gen.number):
-        try:
-            base = collection.read_generation(number)
-        except Exception:  # a generation file removed or unreadable: its persisted file is no use
-            continue
-        if metadata_file.served_file(collection, base) != path or not _extends(base, gen):
+    for _number, path in metadata_file.persisted(collection, gen.number):
+        base = metadata_file.read_lineage(path)
+        if base is None or not base.extended_by(gen):
             continue
         con = metadata_file.open_copy(path, base.images, METADATA_DB)
         if con is None:
             continue
-        install_fold(con)
-        added = _apply_increment(con, snap, base)
-        con.execute(f"CREATE OR REPLACE VIEW failures AS {snap.failures_sql()}")
-        con.execute("CREATE INDEX IF NOT EXISTS images_id ON images (id)")
-        log.info("served metadata of generation %d from %s (+%d rows since)", gen.number, path.name, added)
+        try:
+            install_fold(con)
+            added = _apply_increment(con, snap, base)
+            con.execute(f"CREATE OR REPLACE VIEW failures AS {snap.failures_sql()}")
+            if added >= REPERSIST_FRACTION * max(1, base.images):
+                # worth a new file: sorted and compressed again, so the appended rows do not
+                # scatter each taxon's rows over new row groups file after file
+                compact_images(con)
+            con.execute("CREATE INDEX IF NOT EXISTS images_id ON images (id)")
+        except duckdb.Error as exc:  # e.g. a file of a layout the fingerprint did not tell apart
+            log.warning("cannot bring the persisted metadata %s up to date (%s); loading the generation", path, exc)
+            con.close()
+            continue
+        log.info(
+            "served metadata of generation %d from %s (%d rows added, updated or retired since)",
+            gen.number,
+            path.name,
+            added,
+        )
         if added >= REPERSIST_FRACTION * max(1, base.images):
             metadata_file.save_served_file(con, METADATA_DB, collection, gen)
         return con

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -146,18 +147,7 @@ class Writer:
                         removed += 1
                     except OSError as exc:  # pragma: no cover
                         log.warning("cannot remove unreferenced %s: %s", rel, exc)
-        # The served metadata persisted by search processes (indexer.search.metadata_file): a file
-        # of a generation no longer kept can never be used again.
-        kept = set(keep_numbers)
-        served = col.path / "metadata"
-        for name in os.listdir(served) if served.is_dir() else ():
-            number = name[len("served-") :].split("-", 1)[0]
-            if name.startswith("served-") and number.isdigit() and int(number) not in kept:
-                try:
-                    os.unlink(served / name)
-                    removed += 1
-                except OSError as exc:  # pragma: no cover
-                    log.warning("cannot remove unused metadata/%s: %s", name, exc)
+        removed += _clean_served_metadata(col.path / "metadata")
         for n in numbers[:-KEEP_GENERATIONS]:
             try:
                 os.unlink(col.path / generation_file(n))
@@ -465,3 +455,41 @@ class Writer:
         finally:
             con.unregister("_extra")
         return {k for (k,) in keys if k}
+
+
+#: A temporary file of an interrupted write of persisted served metadata is removed after this long
+#: (a write of 100M rows takes minutes).
+STALE_SERVED_TEMP_S = 6 * 3600
+
+
+def _clean_served_metadata(folder: Path) -> int:
+    """Keep only the newest served-metadata file a search process persisted
+    (:mod:`indexer.search.metadata_file`: one later generations can start from) and remove
+    temporary files of interrupted writes; returns how many files went."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+
+    def number(name: str) -> int:
+        n = name[len("served-") :].split("-", 1)[0]
+        return int(n) if n.isdigit() else -1
+
+    served = sorted((n for n in names if n.startswith("served-") and n.endswith(".duckdb")), key=number)
+    doomed = served[:-1]
+    now = time.time()
+    for name in names:
+        if name.startswith(".served-"):
+            try:
+                if now - os.stat(folder / name).st_mtime > STALE_SERVED_TEMP_S:
+                    doomed.append(name)
+            except OSError:  # pragma: no cover
+                pass
+    removed = 0
+    for name in doomed:
+        try:
+            os.unlink(folder / name)
+            removed += 1
+        except OSError as exc:  # pragma: no cover
+            log.warning("cannot remove metadata/%s: %s", name, exc)
+    return removed
