@@ -29,7 +29,8 @@ The coarse quantizer is an HNSW32 graph at every size (as the automatic choice h
 lists on, i.e. at 10M+), so assigning vectors to lists is not what a small n measures. The codes are
 the automatic choice's for the budget (PQ64 at 512-d and PQ96 at 768-d for 128 bytes a vector: the
 largest PQ with sub-vectors of at least 8 dimensions that fits), re-ranked exactly; ``--pq-subdim S``
-forces PQ{d/S} instead (16: PQ32 at 512-d, the code size that misses the text-query target at 1M).
+forces PQ{d/S} instead (16: PQ32 at 512-d, the code size that misses the text-query target at 1M);
+``--opq`` puts an OPQ rotation of as many blocks in front (``OPQ64,IVF...,PQ64``).
 Training is always two-level k-means and the codebooks are trained on ``--codebook-sample`` vectors
 (the library's default, 65,536).
 Everything is seeded. ``--quick``: 20K and 60K at 512-d, 100 queries, to check the script.
@@ -156,7 +157,10 @@ def one(n: int, d: int, args: argparse.Namespace, folder: Path) -> dict:
     if "_HNSW" not in head:  # the coarse quantizer of the 10M+ choice, at every size measured
         head = f"{head}_HNSW32"
     code = factory.split(",")[1] if factory.startswith("IVF") else f"PQ{d // 8}"
-    factory = f"{head},{f'PQ{d // args.pq_subdim}' if args.pq_subdim else code}"
+    code = f"PQ{d // args.pq_subdim}" if args.pq_subdim else code
+    factory = f"{head},{code}"
+    if args.opq:  # a learned rotation before the coarse quantizer and the codes
+        factory = f"OPQ{code[2:].split('x')[0]},{factory}"
     opts = ShardOptions(executor="local", workers=args.workers)
     bound = build_memory(factory, n, d, opts)
     lookup = ArrayVectors(vecs, ids)
@@ -223,6 +227,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--bytes-per-vector", type=int, default=128, help="memory budget per vector (picks nlist)")
     ap.add_argument("--pq-subdim", type=int, default=0, help="force PQ{d/this} (default: the automatic choice's code)")
+    ap.add_argument("--opq", action="store_true", help="an OPQ rotation before the index (OPQm,IVF...,PQm)")
     ap.add_argument("--codebook-sample", type=int, default=ann_train.CODEBOOK_SAMPLE)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--queries", type=int, default=200)
