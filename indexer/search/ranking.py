@@ -53,7 +53,7 @@ def knn(
     if allowed is not None and exclude is not None:
         allowed = remove(allowed, exclude)
     if state.index is not None and state.index.ntotal and (allowed is None or allowed.size):
-        kwargs: dict[str, Any] = {"vector_lookup": state.vectors, "kind": kind}
+        kwargs: dict[str, Any] = {"vector_lookup": state.snapshot.vector_lookup, "kind": kind}
         if allowed is not None:
             kwargs["allowed_ids"] = allowed
         else:

@@ -116,6 +116,12 @@ class Snapshot:
                 self._vec_cache[seg.n] = arr
             return arr
 
+    @property
+    def vector_lookup(self) -> SegmentVectors:
+        """The stored vectors by id (a :data:`~indexer.store.vectors.VectorLookup`, with ``stored``
+        for the float16 rows themselves)."""
+        return self._lookup
+
     def get_vectors(self, ids: Any) -> np.ndarray:
         """float32 (len(ids), d) stored vectors of ``ids``, in order (retired ones included): one
         gather per segment touched. Raises KeyError for an id no segment of this generation holds."""

@@ -8,7 +8,9 @@ of ``ids[i]``; an id it does not hold raises KeyError. Two kinds of storage give
 - :class:`ArrayVectors`: one matrix with arbitrary ids (vectors handed to the ANN build).
 
 Both find, for each id, its block and row and then :func:`gather` reads the rows block by block in
-row order (sequential reads of a memory-mapped file), with no Python loop over ids.
+row order (sequential reads of a memory-mapped file), with no Python loop over ids. Both also give
+the rows as stored, unconverted (``stored(ids)``: float16 for a collection's segments), for scoring
+kernels that read float16 themselves (the ANN layer's exact re-ranking of one query's candidates).
 """
 
 from __future__ import annotations
@@ -23,10 +25,14 @@ __all__ = ["VectorLookup", "SegmentVectors", "ArrayVectors", "gather", "to_float
 VectorLookup = Callable[[np.ndarray], np.ndarray]
 
 
-def gather(block_of: np.ndarray, row_of: np.ndarray, block: Callable[[int], Any], d: int) -> np.ndarray:
-    """float32 (n, d): row ``row_of[i]`` of block ``block(block_of[i])`` for every i."""
+def gather(
+    block_of: np.ndarray, row_of: np.ndarray, block: Callable[[int], Any], d: int, dtype: Any = np.float32
+) -> np.ndarray:
+    """(n, d) of ``dtype`` (float32: converted; float16: as stored in float16 blocks): row
+    ``row_of[i]`` of block ``block(block_of[i])`` for every i."""
     n = block_of.size
-    out = np.empty((n, d), dtype=np.float32)
+    convert = np.dtype(dtype) == np.float32
+    out = np.empty((n, d), dtype=dtype)
     if n == 0:
         return out
     same = block_of[1:] == block_of[:-1]
@@ -36,11 +42,18 @@ def gather(block_of: np.ndarray, row_of: np.ndarray, block: Callable[[int], Any]
     cuts = np.flatnonzero(np.diff(sorted_blocks)) + 1
     for run in np.split(order, cuts):
         rows = block(int(block_of[run[0]]))[row_of[run]]
-        if in_order:  # the run is out[a:b]: converted in place
+        if in_order and convert:  # the run is out[a:b]: converted in place
             to_float32(rows, out[int(run[0]) : int(run[-1]) + 1])
+        elif in_order:
+            out[int(run[0]) : int(run[-1]) + 1] = rows
         else:
             out[run] = rows
     return out
+
+
+def _storage_dtype(blocks: Any) -> Any:
+    """float16 when every block given is float16, else float32."""
+    return np.float16 if all(getattr(b, "dtype", None) == np.float16 for b in blocks) else np.float32
 
 
 _FP16_DECODERS: dict[int, Any] = {}
@@ -76,6 +89,14 @@ class SegmentVectors:
         self.d = d
 
     def __call__(self, ids: Any) -> np.ndarray:
+        return self._get(ids, stored=False)
+
+    def stored(self, ids: Any) -> np.ndarray:
+        """The rows of ``ids`` as stored: float16 when every segment they are in is float16 (a
+        collection's always are), float32 otherwise."""
+        return self._get(ids, stored=True)
+
+    def _get(self, ids: Any, *, stored: bool) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if ids.size == 0:
             return np.empty((0, self.d), dtype=np.float32)
@@ -86,7 +107,8 @@ class SegmentVectors:
             bad = np.ones(ids.size, dtype=bool)
         if bad.any():
             raise KeyError(int(ids[np.argmax(bad)]))
-        return gather(seg, ids - self.starts[seg], self.segment, self.d)
+        dtype = _storage_dtype(self.segment(int(j)) for j in np.unique(seg)) if stored else np.float32
+        return gather(seg, ids - self.starts[seg], self.segment, self.d, dtype)
 
 
 class ArrayVectors:
@@ -98,6 +120,13 @@ class ArrayVectors:
         self.sorted_ids = np.asarray(ids)[self.order]
 
     def __call__(self, wanted: Any) -> np.ndarray:
+        return self._get(wanted, stored=False)
+
+    def stored(self, wanted: Any) -> np.ndarray:
+        """The rows of ``wanted`` as stored (float16 for a float16 matrix, else float32)."""
+        return self._get(wanted, stored=True)
+
+    def _get(self, wanted: Any, *, stored: bool) -> np.ndarray:
         wanted = np.asarray(wanted, dtype=np.int64).reshape(-1)
         d = self.vectors.shape[1]
         if wanted.size == 0:
@@ -107,4 +136,5 @@ class ArrayVectors:
             missing = wanted if self.sorted_ids.size == 0 else wanted[self.sorted_ids[pos] != wanted]
             raise KeyError(int(missing[0]))
         rows = self.order[pos]
-        return gather(np.zeros(rows.size, dtype=np.int64), rows, lambda _: self.vectors, d)
+        dtype = _storage_dtype([self.vectors]) if stored else np.float32
+        return gather(np.zeros(rows.size, dtype=np.int64), rows, lambda _: self.vectors, d, dtype)
