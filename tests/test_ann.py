@@ -504,3 +504,32 @@ def test_an_hnsw_coarse_quantizer_searches_deep_enough_for_the_lists_probed(monk
     monkeypatch.setattr(ann_search, "QUANTIZER_EF_PER_PROBE", 0)  # the graph's own efSearch, as before
     shallow = ann.recall_at_k(index.search(q, 10, params={"nprobe": 256})[1], truth, 10)
     assert shallow < deep - 0.05
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_one_query_is_reranked_from_its_rows_as_stored_with_the_same_result(dtype):
+    """A lookup with ``stored`` (float16 rows, unconverted) re-ranks one query's candidates with
+    FAISS's float16 kernel: the same ids and scores as converting them first; missing (-1) and
+    repeated candidates and fewer candidates than k are handled alike."""
+    from indexer.ann.search import _rerank
+    from indexer.store.vectors import ArrayVectors
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3000, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(3000, dtype=np.int64) * 5 + 2
+    lookup = ArrayVectors(x.astype(dtype), ids)
+    q = rng.standard_normal((1, 64)).astype(np.float32)
+    for size in (200, 4):
+        cand = ids[rng.choice(3000, size=(1, size), replace=False)]  # as FAISS gives them: unique
+        cand[0, 1] = -1
+        fast = _rerank(q, cand, 10, lookup)
+        plain = _rerank(q, cand, 10, lambda want: lookup(want))  # no stored: converted first
+        assert np.array_equal(fast[1], plain[1])
+        np.testing.assert_allclose(fast[0], plain[0], rtol=0, atol=1e-6)
+        cand[0, -1] = cand[0, 0]  # a repeated candidate comes back once
+        fast = _rerank(q, cand, 10, lookup)
+        valid = np.unique(cand[cand >= 0])
+        best = valid[np.argsort(-(lookup(valid) @ q[0]))[:10]]
+        assert fast[1][0][: best.size].tolist() == best.tolist()
+        assert (fast[1][0][best.size :] == -1).all()

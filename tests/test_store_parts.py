@@ -55,6 +55,11 @@ def test_both_vector_lookups_agree_and_refuse_unknown_ids():
     expected = all_vectors[wanted].astype(np.float32)
     assert np.array_equal(by_segment(wanted), expected)
     assert np.array_equal(by_array(wanted), expected)
+    for lookup in (by_segment, by_array):  # the rows as stored: float16, unconverted, in order
+        got = lookup.stored(wanted)
+        assert got.dtype == np.float16 and np.array_equal(got, all_vectors[wanted])
+    as_float32 = ArrayVectors(all_vectors.astype(np.float32), ids)
+    assert as_float32.stored(wanted).dtype == np.float32
     assert by_segment(np.array([], dtype=np.int64)).shape == (0, 4)
     for lookup in (by_segment, by_array):
         with pytest.raises(KeyError):
