@@ -511,7 +511,7 @@ def test_one_query_is_reranked_from_its_rows_as_stored_with_the_same_result(dtyp
     """A lookup with ``stored`` (float16 rows, unconverted) re-ranks one query's candidates with
     FAISS's float16 kernel: the same ids and scores as converting them first; missing (-1) and
     repeated candidates and fewer candidates than k are handled alike."""
-    from indexer.ann.search import _rerank
+    from indexer.ann.rerank import rerank as _rerank
     from indexer.store.vectors import ArrayVectors
 
     rng = np.random.default_rng(4)

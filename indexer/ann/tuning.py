@@ -181,7 +181,7 @@ class _RerankDepths:
     def __init__(
         self, ann: AnnIndex, queries: np.ndarray, params: dict[str, int], hi: int, k: int, lookup: VectorLookup
     ):
-        from indexer.ann.search import candidate_scores
+        from indexer.ann.rerank import candidate_scores
 
         self.k = k
         self.ids = ann.candidates(queries, k * hi, params)

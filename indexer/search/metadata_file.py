@@ -109,8 +109,7 @@ def _fingerprint() -> str:
     import duckdb
 
     from indexer.dwc.normalise import META_VERSION
-    from indexer.search.state import ROW_ORDER
-    from indexer.store.schema import ALL_COLUMNS, COLUMN_TYPES
+    from indexer.store.schema import ALL_COLUMNS, COLUMN_TYPES, ROW_ORDER
 
     layout = json.dumps([LAYOUT_VERSION, META_VERSION, list(ALL_COLUMNS), COLUMN_TYPES, list(ROW_ORDER)])
     digest = hashlib.sha256(layout.encode()).hexdigest()[:12]

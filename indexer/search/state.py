@@ -28,7 +28,7 @@ from indexer.store import Collection, Snapshot
 from indexer.store.generations import SegmentInfo
 from indexer.store.ids import member
 from indexer.store.replacements import Replacement, find_replacement
-from indexer.store.schema import DERIVED_COLUMNS, RANK_COLUMNS, quote_ident
+from indexer.store.schema import DERIVED_COLUMNS, ROW_ORDER, quote_ident
 
 __all__ = [
     "ServedState",
@@ -219,11 +219,6 @@ _DERIVED = ", ".join(quote_ident(c) for c in DERIVED_COLUMNS)
 #: database file's: dictionary, FSST, RLE and bit-packing), about a ninth of the plain in-memory
 #: table's memory for Darwin Core rows (``bench/metadata_scale.py``).
 METADATA_DB = "meta"
-
-#: The order of the served table's rows: by taxonomy, so that the rows of one taxon are a few
-#: row groups (a filter on a rank skips the others by their min/max, and repeated names compress
-#: to runs), then by id.
-ROW_ORDER: tuple[str, ...] = (*RANK_COLUMNS, "scientificName", "id")
 
 
 def connect_metadata() -> Any:

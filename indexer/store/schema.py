@@ -72,6 +72,11 @@ RANK_COLUMNS: Final[tuple[str, ...]] = (
     "specificEpithet",
 )
 
+#: The order of the rows of the table a search process serves (``indexer.search.state``): by
+#: taxonomy, so that the rows of one taxon are a few row groups (a filter on a rank skips the others
+#: by their min/max, and repeated names compress to runs), then by id.
+ROW_ORDER: Final[tuple[str, ...]] = (*RANK_COLUMNS, "scientificName", "id")
+
 #: Darwin Core (and a few media) terms kept as their own columns.
 DWC_COLUMNS: Final[tuple[str, ...]] = (
     "recordID",  # the record (specimen/occurrence) the image belongs to; several images may share it
